@@ -1,0 +1,39 @@
+"""gptimg-flows: GPT Image 2 pipelines on Prefect, across five hosted providers and offline.
+
+Public API (what users, deployments and docs rely on):
+- blocks: OpenAIImageCredentials, ScenarioCredentials, RunwareCredentials,
+  SkillsVideoCredentials, GptImage2AICredentials, ImageArchive
+- flows: generate_images, edit_image, generate_edit_archive, batch_generate
+- models: ImageRequest, EditRequest, ArchivedImage; errors in gptimg_flows.errors
+"""
+
+from __future__ import annotations
+
+from .blocks import (
+    GptImage2AICredentials,
+    ImageArchive,
+    OpenAIImageCredentials,
+    RunwareCredentials,
+    ScenarioCredentials,
+    SkillsVideoCredentials,
+)
+from .flows import batch_generate, edit_image, generate_edit_archive, generate_images
+from .models import ArchivedImage, EditRequest, ImageRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchivedImage",
+    "EditRequest",
+    "GptImage2AICredentials",
+    "ImageArchive",
+    "ImageRequest",
+    "OpenAIImageCredentials",
+    "RunwareCredentials",
+    "ScenarioCredentials",
+    "SkillsVideoCredentials",
+    "batch_generate",
+    "edit_image",
+    "generate_edit_archive",
+    "generate_images",
+]

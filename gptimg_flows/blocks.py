@@ -1,0 +1,266 @@
+"""Prefect blocks: one credentials block per provider, and the image archive.
+
+Secrets are `SecretStr`: the Prefect UI, flow-run parameters and logs show them masked. A block
+hands out a provider adapter (`get_provider`); nothing else ever reads the secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from prefect.blocks.abstract import CredentialsBlock
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from .archive import Archive, default_basepath
+from .providers.base import Provider
+from .providers.offline import OfflineProvider
+
+_DOCS = "https://github.com/gptimg-flows/gptimg-flows#providers"
+
+
+class ProviderCredentials(CredentialsBlock, ABC):
+    """Fields every provider block shares; `get_provider()` builds the adapter."""
+
+    provider_name: ClassVar[str]
+
+    base_url: str | None = Field(
+        default=None,
+        description="Override the API base URL (a proxy or a test server). Empty = the provider's.",
+    )
+    timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Read timeout for one API call, in seconds."
+    )
+
+    @abstractmethod
+    def _build(self) -> Provider: ...
+
+    def get_provider(self) -> Provider:
+        """The adapter for these credentials, shared per event loop (one connection pool)."""
+        return _cached_provider(self)
+
+    def get_client(self) -> Provider:
+        return self.get_provider()
+
+
+class OpenAIImageCredentials(ProviderCredentials):
+    """Credentials for OpenAI's Images API (gpt-image-2).
+
+    Example:
+        ```python
+        from gptimg_flows import OpenAIImageCredentials
+        creds = OpenAIImageCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image OpenAI Credentials"
+    _block_type_slug = "gptimg-openai-credentials"
+    _logo_url = "https://cdn.simpleicons.org/openai"  # type: ignore[assignment]
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    provider_name: ClassVar[str] = "openai"
+
+    api_key: SecretStr = Field(description="OpenAI API key (what OPENAI_API_KEY holds).")
+    organization: str | None = Field(default=None, description="Optional OpenAI organization id.")
+    model: str = Field(default="gpt-image-2", description="Image model name.")
+    timeout_seconds: float = Field(
+        default=600.0, gt=0, description="Image calls are synchronous and can take minutes."
+    )
+
+    def _build(self) -> Provider:
+        kw: dict[str, Any] = {"model": self.model, "timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        if self.organization:
+            kw["organization"] = self.organization
+        from .providers.openai import OpenAIProvider
+
+        return OpenAIProvider(self.api_key.get_secret_value(), **kw)
+
+
+class ScenarioCredentials(ProviderCredentials):
+    """Credentials for Scenario's API (model_openai-gpt-image-2): an API key and secret.
+
+    Example:
+        ```python
+        from gptimg_flows import ScenarioCredentials
+        creds = ScenarioCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image Scenario Credentials"
+    _block_type_slug = "gptimg-scenario-credentials"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    provider_name: ClassVar[str] = "scenario"
+
+    api_key: SecretStr = Field(description="SCENARIO_SDK_API_KEY")
+    api_secret: SecretStr = Field(description="SCENARIO_SDK_API_SECRET")
+
+    def _build(self) -> Provider:
+        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        from .providers.scenario import ScenarioProvider
+
+        return ScenarioProvider(
+            self.api_key.get_secret_value(), self.api_secret.get_secret_value(), **kw
+        )
+
+
+class RunwareCredentials(ProviderCredentials):
+    """Credentials for Runware's REST API (openai:gpt-image@2).
+
+    Example:
+        ```python
+        from gptimg_flows import RunwareCredentials
+        creds = RunwareCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image Runware Credentials"
+    _block_type_slug = "gptimg-runware-credentials"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    provider_name: ClassVar[str] = "runware"
+
+    api_key: SecretStr = Field(description="RUNWARE_API_KEY")
+
+    def _build(self) -> Provider:
+        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        from .providers.runware import RunwareProvider
+
+        return RunwareProvider(self.api_key.get_secret_value(), **kw)
+
+
+class SkillsVideoCredentials(ProviderCredentials):
+    """Credentials for skills.video's generation API (openai/gpt-image-2).
+
+    Example:
+        ```python
+        from gptimg_flows import SkillsVideoCredentials
+        creds = SkillsVideoCredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image skills.video Credentials"
+    _block_type_slug = "gptimg-skillsvideo-credentials"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    provider_name: ClassVar[str] = "skillsvideo"
+
+    api_key: SecretStr = Field(description="SKILLS_VIDEO_API_KEY")
+
+    def _build(self) -> Provider:
+        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        from .providers.skillsvideo import SkillsVideoProvider
+
+        return SkillsVideoProvider(self.api_key.get_secret_value(), **kw)
+
+
+class GptImage2AICredentials(ProviderCredentials):
+    """Credentials for gptimage2.ai's generate API.
+
+    Example:
+        ```python
+        from gptimg_flows import GptImage2AICredentials
+        creds = GptImage2AICredentials.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image gptimage2.ai Credentials"
+    _block_type_slug = "gptimg-gptimage2ai-credentials"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    provider_name: ClassVar[str] = "gptimage2ai"
+
+    api_key: SecretStr = Field(description="GPTIMAGE2_API_KEY")
+
+    def _build(self) -> Provider:
+        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        from .providers.gptimage2ai import GptImage2AIProvider
+
+        return GptImage2AIProvider(self.api_key.get_secret_value(), **kw)
+
+
+CREDENTIAL_BLOCKS: tuple[type[ProviderCredentials], ...] = (
+    OpenAIImageCredentials,
+    ScenarioCredentials,
+    RunwareCredentials,
+    SkillsVideoCredentials,
+    GptImage2AICredentials,
+)
+
+
+class ImageArchive(Block):
+    """Where generated images are kept: a local folder or any fsspec URL (s3://, gs://, …).
+
+    Images are written once under content-addressed names with a JSON sidecar each.
+
+    Example:
+        ```python
+        from gptimg_flows import ImageArchive
+        archive = ImageArchive.load("BLOCK_NAME")
+        ```
+    """
+
+    _block_type_name = "GPT Image Archive"
+    _block_type_slug = "gptimg-image-archive"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+
+    basepath: str = Field(
+        default_factory=default_basepath,
+        description="Local folder or fsspec URL, e.g. s3://bucket/prefix",
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fsspec options, e.g. {'endpoint_url': ..., 'key': ..., 'secret': ...} for s3",
+    )
+    secret_storage_options: SecretStr | None = Field(
+        default=None,
+        description="JSON object merged into storage_options, kept secret (e.g. S3 keys).",
+    )
+
+    def get_archive(self) -> Archive:
+        import json
+
+        options = dict(self.storage_options)
+        if self.secret_storage_options is not None:
+            options.update(json.loads(self.secret_storage_options.get_secret_value()))
+        return Archive(self.basepath, options)
+
+
+# -- adapter cache ------------------------------------------------------------------------------
+
+_ADAPTERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, Provider]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cached_provider(block: ProviderCredentials) -> Provider:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return block._build()
+    # The fingerprint includes the secret values so rotated keys get a new adapter; it only
+    # ever lives in this in-memory dict.
+    fingerprint = type(block).__name__ + repr(
+        sorted(
+            (k, v.get_secret_value() if isinstance(v, SecretStr) else v)
+            for k, v in block.__dict__.items()
+            if not k.startswith("_")
+        )
+    )
+    per_loop = _ADAPTERS.setdefault(loop, {})
+    adapter = per_loop.get(fingerprint)
+    if adapter is None:
+        adapter = per_loop[fingerprint] = block._build()
+    return adapter
+
+
+def offline_provider() -> Provider:
+    return OfflineProvider()

@@ -1,0 +1,125 @@
+"""Typed errors. The class decides the retry policy, so a new failure mode is a new class here.
+
+Messages never contain credentials: they are built from status codes and the provider's own
+error text, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Base of every error a provider call can raise."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        job_id: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        self.message = message
+        self.provider = provider
+        self.job_id = job_id
+        self.status_code = status_code
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.provider:
+            where.append(self.provider)
+        if self.job_id:
+            where.append(f"job {self.job_id}")
+        if self.status_code is not None:
+            where.append(f"HTTP {self.status_code}")
+        prefix = f"[{', '.join(where)}] " if where else ""
+        return f"{prefix}{self.message}"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keep keyword-only fields across pickling (Prefect persists task exceptions).
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ProviderError], message: str, state: dict[str, object]) -> ProviderError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    err.args = (err._render(),)
+    return err
+
+
+class RetryableError(ProviderError):
+    """Transient: the same call may succeed later. Only these are retried."""
+
+
+class RateLimited(RetryableError):
+    """The provider answered 429; `retry_after` is its hint in seconds, when it gave one."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class ServerError(RetryableError):
+    """The provider answered 5xx, or a response that is not what its API documents."""
+
+
+class TransportError(RetryableError):
+    """The connection failed, timed out, or broke mid-response (including truncated downloads).
+
+    `request_sent` tells whether the provider may have received the request: after a paid
+    submit that is the difference between "retry" and "look the job up first".
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = True, **kw: object) -> None:
+        self.request_sent = request_sent
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class InvalidRequest(ProviderError):
+    """The request cannot be honoured; raised before any credit is spent where we can tell."""
+
+    def __init__(self, message: str, *, field: str | None = None, **kw: object) -> None:
+        self.field = field
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+class AuthError(ProviderError):
+    """Credentials missing or refused (401/403). Retrying cannot help."""
+
+
+class InsufficientCredits(ProviderError):
+    """The account is out of credits (402 or the provider's equivalent)."""
+
+
+class ContentRejected(ProviderError):
+    """The provider's moderation refused the prompt or an input image."""
+
+
+class JobFailed(ProviderError):
+    """The provider accepted the job and then reported it failed or canceled."""
+
+
+class JobTimeout(ProviderError):
+    """The job did not finish before our polling deadline. It may still finish and be billed."""
+
+
+class OutputExpired(ProviderError):
+    """An output URL no longer serves the image; re-resolve it, then download again."""
+
+
+class InvalidOutput(ProviderError):
+    """A download is not the image it claims to be, or exceeds the size cap."""
+
+
+class MalformedResponse(ProviderError):
+    """The provider answered with something that is not its documented JSON.
+
+    Not retried: after a submit, the job may exist and be billed, so a blind retry could pay
+    twice.
+    """
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The one retry predicate every task uses."""
+    return isinstance(exc, RetryableError)

@@ -1,0 +1,414 @@
+"""The flows users run: generate_images, edit_image, generate_edit_archive, batch_generate.
+
+Each is a composition a user could have written from the tasks; all are async so one process
+can keep hundreds of provider jobs in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import time
+from typing import Any
+
+import fsspec
+from prefect import flow
+from prefect.artifacts import acreate_markdown_artifact
+from prefect.logging import get_run_logger
+from pydantic import BaseModel, Field
+
+from .archive import Archive
+from .blocks import (
+    CREDENTIAL_BLOCKS,
+    GptImage2AICredentials,
+    ImageArchive,
+    OpenAIImageCredentials,
+    ProviderCredentials,
+    RunwareCredentials,
+    ScenarioCredentials,
+    SkillsVideoCredentials,
+)
+from .errors import InvalidRequest, ProviderError
+from .models import (
+    ArchivedImage,
+    Background,
+    EditRequest,
+    ExtraValue,
+    ImageRequest,
+    InputFidelity,
+    InputImage,
+    Moderation,
+    OutputFormat,
+    Quality,
+    Resolution,
+    canonical_json,
+)
+from .tasks import (
+    ProviderSpec,
+    archive_images,
+    archived_result,
+    download_outputs,
+    load_edit_inputs,
+    provider_of,
+    request_key,
+    submit_job,
+    upload_inputs,
+    wait_for_job,
+)
+
+ProviderParam = (
+    OpenAIImageCredentials
+    | ScenarioCredentials
+    | RunwareCredentials
+    | SkillsVideoCredentials
+    | GptImage2AICredentials
+    | str
+)
+ArchiveParam = ImageArchive | str | None
+
+
+# -- resolving what the user named ------------------------------------------------------------
+
+
+async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
+    """A block object, `"offline"`, a saved block's name, or `"<block-type-slug>/<name>"`."""
+    if isinstance(provider, ProviderCredentials):
+        return provider
+    name = provider.strip()
+    if name == "offline":
+        return "offline"
+    if "/" in name:
+        slug, _, block_name = name.partition("/")
+        for cls in CREDENTIAL_BLOCKS:
+            if cls.get_block_type_slug() == slug:
+                return await _load_block(cls, block_name, name)
+        raise InvalidRequest(f"provider: unknown block type {slug!r}", field="provider")
+    for cls in CREDENTIAL_BLOCKS:
+        try:
+            return await _load_block(cls, name, name)
+        except InvalidRequest:
+            continue
+    raise InvalidRequest(
+        f"provider: no saved credentials block named {name!r} (nor is it 'offline'); save one with "
+        "e.g. ScenarioCredentials(...).save(name) or blocks/from_env.py",
+        field="provider",
+    )
+
+
+async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: str) -> ProviderSpec:
+    try:
+        block = await cls.aload(block_name)
+    except ValueError:
+        raise InvalidRequest(f"provider: no block {shown!r}", field="provider") from None
+    assert isinstance(block, ProviderCredentials)
+    return block
+
+
+async def resolve_archive(archive: ArchiveParam) -> Archive:
+    """An ImageArchive block, a saved block's name, a path or fsspec URL, or None (default)."""
+    if archive is None:
+        return Archive()
+    if isinstance(archive, ImageArchive):
+        return archive.get_archive()
+    text = archive.strip()
+    if "://" in text or "/" in text or text.startswith((".", "~")):
+        return Archive(text)
+    try:
+        block: ImageArchive = await ImageArchive.aload(text)
+    except ValueError:
+        raise InvalidRequest(
+            f"archive: {text!r} is neither a saved ImageArchive block nor a path/URL",
+            field="archive",
+        ) from None
+    return block.get_archive()
+
+
+# -- one request, end to end --------------------------------------------------------------------
+
+
+async def produce(
+    spec: ProviderSpec,
+    request: ImageRequest,
+    archive: Archive,
+    *,
+    slot: str = "0",
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+    extra: dict[str, Any] | None = None,
+) -> list[ArchivedImage]:
+    """Validate → (inputs) → archived already? → submit → wait → download → archive."""
+    logger = get_run_logger()
+    adapter = provider_of(spec)
+    adapter.validate(request)  # before anything is read, uploaded or paid
+    digests: list[str] = []
+    parents: list[str] = []
+    loaded: list[InputImage] = []
+    mask: InputImage | None = None
+    if isinstance(request, EditRequest):
+        loaded, mask = await load_edit_inputs(request)
+        digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
+        parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
+    if refresh:
+        slot = f"{slot}:refresh:{time.time_ns()}"
+    key = request_key(adapter, request, digests, slot)
+    if not refresh and (found := await archived_result(archive, key)):
+        logger.info(
+            "%d image(s) for this request are already archived: no provider call", len(found)
+        )
+        return found
+    inputs = (
+        await upload_inputs(spec, request, loaded, mask, archive)
+        if isinstance(request, EditRequest)
+        else None
+    )
+    job = await submit_job(spec, request, inputs, key, archive)
+    status = await wait_for_job(spec, job, timeout_seconds)
+    images = await download_outputs(spec, job, status)
+    return await archive_images(images, archive, key, job, status, request.prompt, parents, extra)
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+
+
+def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
+    """Cost per unit (usd, credits, cu…): providers bill in different currencies."""
+    out: dict[str, float] = {}
+    for img in images:
+        if img.cost is not None:
+            unit = img.cost_unit or "?"
+            out[unit] = round(out.get(unit, 0.0) + img.cost, 6)
+    return out
+
+
+def _cost_text(costs: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
+
+
+async def publish_images(images: list[ArchivedImage], title: str, key: str | None = None) -> None:
+    rows = [
+        "| # | image | prompt | provider | size | cost |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, img in enumerate(images):
+        prompt = img.prompt.replace("|", "\\|").replace("\n", " ")[:120]
+        cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "-"
+        rows.append(
+            f"| {i} | [{img.sha256[:12]}]({img.uri}) | {prompt} | {img.provider} "
+            f"| {img.width}x{img.height} | {cost} |"
+        )
+    body = f"## {title}\n\nTotal cost: {_cost_text(total_cost(images))}\n\n" + "\n".join(rows)
+    await acreate_markdown_artifact(markdown=body, key=key, description=title)
+
+
+# -- flows --------------------------------------------------------------------------------------
+
+
+@flow(name="generate-images", log_prints=True)
+async def generate_images(
+    prompt: str,
+    provider: ProviderParam = "offline",
+    archive: ArchiveParam = None,
+    n: int = 1,
+    size: str | None = None,
+    resolution: Resolution | None = None,
+    quality: Quality | None = None,
+    background: Background | None = None,
+    output_format: OutputFormat | None = None,
+    output_compression: int | None = None,
+    moderation: Moderation | None = None,
+    seed: int | None = None,
+    extras: dict[str, ExtraValue] | None = None,
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+) -> list[ArchivedImage]:
+    """Generate `n` images from a prompt and archive them."""
+    request = ImageRequest(
+        prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
+        background=background, output_format=output_format,
+        output_compression=output_compression, moderation=moderation, seed=seed,
+        extras=extras or {},
+    )  # fmt: skip
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
+    images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    await publish_images(images, f"Generated: {request.prompt[:60]}")
+    return images
+
+
+@flow(name="edit-image", log_prints=True)
+async def edit_image(
+    image: str | list[str],
+    prompt: str,
+    provider: ProviderParam = "offline",
+    mask: str | None = None,
+    archive: ArchiveParam = None,
+    n: int = 1,
+    size: str | None = None,
+    quality: Quality | None = None,
+    background: Background | None = None,
+    output_format: OutputFormat | None = None,
+    input_fidelity: InputFidelity | None = None,
+    extras: dict[str, ExtraValue] | None = None,
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+) -> list[ArchivedImage]:
+    """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says."""
+    request = EditRequest(
+        images=[image] if isinstance(image, str) else image, mask=mask, prompt=prompt, n=n,
+        size=size, quality=quality, background=background, output_format=output_format,
+        input_fidelity=input_fidelity, extras=extras or {},
+    )  # fmt: skip
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
+    images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    await publish_images(images, f"Edited: {request.prompt[:60]}")
+    return images
+
+
+class PipelineResult(BaseModel):
+    generated: list[ArchivedImage]
+    edited: list[ArchivedImage]
+    cost: dict[str, float] = Field(default_factory=dict)
+
+
+@flow(name="generate-edit-archive", log_prints=True)
+async def generate_edit_archive(
+    prompt: str,
+    edit_prompt: str,
+    provider: ProviderParam = "offline",
+    mask: str | None = None,
+    archive: ArchiveParam = None,
+    size: str | None = None,
+    quality: Quality | None = None,
+    output_format: OutputFormat | None = None,
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+) -> PipelineResult:
+    """Generate an image, edit it (with the mask, if given), and archive both with lineage."""
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
+    first = ImageRequest(prompt=prompt, size=size, quality=quality, output_format=output_format)
+    edit = EditRequest(
+        images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
+        output_format=output_format,
+    )  # fmt: skip
+    adapter = provider_of(spec)
+    adapter.validate(first)
+    adapter.validate(edit)  # both checked before the first credit is spent
+    generated = await produce(spec, first, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    edit = edit.model_copy(update={"images": [generated[0].uri]})
+    edited = await produce(
+        spec, edit, store, refresh=refresh, timeout_seconds=timeout_seconds,
+        extra={"derived_from": generated[0].uri},
+    )  # fmt: skip
+    result = PipelineResult(generated=generated, edited=edited, cost=total_cost(generated + edited))
+    await publish_images(generated + edited, f"Pipeline: {prompt[:40]} → {edit_prompt[:40]}")
+    return result
+
+
+class BatchFailure(BaseModel):
+    index: int
+    prompt: str
+    error: str
+    error_type: str
+
+
+class BatchResult(BaseModel):
+    images: list[ArchivedImage]
+    failures: list[BatchFailure]
+    cost: dict[str, float] = Field(default_factory=dict)
+
+
+def _failure(index: int, prompt: str, exc: BaseException) -> BatchFailure:
+    return BatchFailure(
+        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__
+    )
+
+
+def read_prompts(source: list[str] | str) -> list[dict[str, Any]]:
+    """Prompts from a list, or a JSONL / CSV / plain-text file at any fsspec URL.
+
+    JSONL lines and CSV rows may carry per-item fields (`prompt`, `n`, `size`, `quality`, …).
+    """
+    if isinstance(source, list):
+        return [{"prompt": p} for p in source]
+    with fsspec.open(source, "rt", encoding="utf-8") as fh:
+        text = fh.read()
+    if source.endswith(".jsonl") or source.endswith(".json"):
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidRequest(
+                    f"prompts: {source}:{lineno} is not JSON ({exc.msg})"
+                ) from None
+            rows.append(value if isinstance(value, dict) else {"prompt": str(value)})
+        return rows
+    if source.endswith(".csv"):
+        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
+    return [{"prompt": line} for line in text.splitlines() if line.strip()]
+
+
+@flow(name="batch-generate", log_prints=True)
+async def batch_generate(
+    prompts: list[str] | str,
+    provider: ProviderParam = "offline",
+    archive: ArchiveParam = None,
+    concurrency: int = 8,
+    size: str | None = None,
+    quality: Quality | None = None,
+    output_format: OutputFormat | None = None,
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+) -> BatchResult:
+    """Generate one request per prompt, `concurrency` at a time; failures do not stop the rest."""
+    logger = get_run_logger()
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
+    rows = read_prompts(prompts)
+    adapter = provider_of(spec)
+    requests: list[ImageRequest | None] = []
+    failures: list[BatchFailure] = []
+    for i, row in enumerate(rows):
+        fields = {"size": size, "quality": quality, "output_format": output_format}
+        fields.update({k: v for k, v in row.items() if v not in (None, "")})
+        try:
+            req = ImageRequest.model_validate(fields)
+            adapter.validate(req)
+            requests.append(req)
+        except (ValueError, ProviderError) as exc:
+            requests.append(None)
+            failures.append(_failure(i, str(row.get("prompt", "")), exc))
+    gate = asyncio.Semaphore(max(1, concurrency))
+    images: list[ArchivedImage] = []
+
+    async def one(i: int, req: ImageRequest, slot: str) -> None:
+        async with gate:
+            try:
+                images.extend(
+                    await produce(spec, req, store, slot=slot, refresh=refresh,
+                                  timeout_seconds=timeout_seconds)
+                )  # fmt: skip
+            except Exception as exc:
+                failures.append(_failure(i, req.prompt, exc))
+
+    # A request's slot is its occurrence number among identical requests, so re-running an
+    # edited prompt file only pays for lines that are new, and a duplicate line is a new image.
+    seen: dict[str, int] = {}
+    slots: list[str] = []
+    for r in requests:
+        fp = canonical_json(r.fingerprint()) if r is not None else ""
+        slots.append(str(seen.get(fp, 0)))
+        seen[fp] = seen.get(fp, 0) + 1
+    await asyncio.gather(*(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None))
+    failures.sort(key=lambda f: f.index)
+    result = BatchResult(images=images, failures=failures, cost=total_cost(images))
+    logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
+                _cost_text(result.cost))  # fmt: skip
+    await publish_images(images, f"Batch of {len(rows)} prompt(s)")
+    return result

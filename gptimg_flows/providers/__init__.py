@@ -1,0 +1,2 @@
+from .base import Capabilities, PreparedInputs, Provider
+from .offline import OfflineProvider

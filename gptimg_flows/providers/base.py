@@ -1,0 +1,502 @@
+"""The provider contract, capability checks, and the one HTTP helper every adapter uses.
+
+No Prefect here: adapters translate requests and answers; retry and idempotency policy live in
+the task layer and act on the typed errors raised below.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import (
+    AuthError,
+    ContentRejected,
+    InsufficientCredits,
+    InvalidRequest,
+    JobFailed,
+    MalformedResponse,
+    OutputExpired,
+    ProviderError,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
+from ..sizes import ratio_of
+
+log = logging.getLogger("gptimg_flows.providers")
+
+#: Optional request fields an adapter may or may not honour (None = provider default).
+OPTIONAL_FIELDS = (
+    "size",
+    "resolution",
+    "quality",
+    "background",
+    "output_format",
+    "output_compression",
+    "moderation",
+    "seed",
+    "input_fidelity",
+)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one provider can do with GPT Image 2, in our request model's terms."""
+
+    model: str
+    max_n: int
+    fields: frozenset[str]
+    size_mode: Literal["pixels", "ratios"]
+    ratios: tuple[str, ...] = ()
+    resolutions: tuple[str, ...] = ()
+    auto_size: bool = False
+    multiple_of: int = 16
+    min_side: int = 16
+    max_side: int = 3840
+    max_pixels: int | None = None
+    ratio_bounds: tuple[float, float] | None = None
+    qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
+    backgrounds: tuple[str, ...] = ()
+    formats: tuple[str, ...] = ()
+    moderations: tuple[str, ...] = ()
+    edit: bool = True
+    mask: bool = False
+    max_reference_images: int = 16
+    input_kinds: frozenset[Literal["bytes", "url"]] = frozenset({"bytes"})
+    extras: frozenset[str] = frozenset()
+    min_prompt_chars: int = 1
+    max_prompt_chars: int = 32000
+    synchronous: bool = False
+    can_find_job_by_key: bool = False
+    can_cancel: bool = False
+    cost_unit: str = "credits"
+    notes: tuple[str, ...] = field(default=())
+
+    def table_row(self) -> dict[str, str]:
+        """One row of the README/CLI capability table."""
+        sizes = (
+            f"WxH, multiples of {self.multiple_of}, sides {self.min_side}-{self.max_side}"
+            + (f", ≤{self.max_pixels:,} px" if self.max_pixels else "")
+            + (", auto" if self.auto_size else "")
+            if self.size_mode == "pixels"
+            else "ratios "
+            + ", ".join(self.ratios)
+            + (f" at {'/'.join(self.resolutions)}" if self.resolutions else "")
+        )
+        return {
+            "model": self.model,
+            "n": f"1-{self.max_n}",
+            "sizes": sizes,
+            "mask": "yes" if self.mask else "no",
+            "transparent": "yes" if "transparent" in self.backgrounds else "no",
+            "formats": ", ".join(self.formats) or "provider's choice",
+            "inputs": ", ".join(sorted(self.input_kinds)),
+            "extras": ", ".join(sorted(self.extras)) or "-",
+        }
+
+
+class PreparedInputs(BaseModel):
+    """Inputs in the provider's own terms (asset ids, URLs, data URIs), plus bytes for multipart."""
+
+    model_config = ConfigDict(frozen=True)
+
+    refs: list[str] = Field(default_factory=list)
+    mask_ref: str | None = None
+    images: list[InputImage] = Field(default_factory=list)
+    mask: InputImage | None = None
+    digests: list[str] = Field(default_factory=list, description="sha256 of each input, in order")
+
+
+class Provider(ABC):
+    """One hosted GPT Image 2 API. Subclasses translate; they never retry or sleep."""
+
+    name: ClassVar[str]
+    display_name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    # -- checks before any network call ----------------------------------------------------
+
+    def validate(self, request: ImageRequest) -> None:
+        """Raise InvalidRequest naming the field and what is allowed; never call the network."""
+        caps = self.capabilities
+        who = self.display_name
+        prompt_len = len(request.prompt)
+        if prompt_len < caps.min_prompt_chars or prompt_len > caps.max_prompt_chars:
+            raise self._invalid(
+                "prompt",
+                f"prompt has {prompt_len} characters; {who} takes "
+                f"{caps.min_prompt_chars}-{caps.max_prompt_chars}",
+            )
+        if request.n > caps.max_n:
+            raise self._invalid("n", f"n={request.n}; {who} makes 1-{caps.max_n} images a request")
+        for name in OPTIONAL_FIELDS:
+            if getattr(request, name, None) is not None and name not in caps.fields:
+                honoured = ", ".join(f for f in OPTIONAL_FIELDS if f in caps.fields) or "none"
+                raise self._invalid(
+                    name,
+                    f"{who} cannot honour `{name}`; leave it unset (fields it honours: {honoured})",
+                )
+        self._check_choice("quality", request.quality, caps.qualities)
+        self._check_choice("background", request.background, caps.backgrounds)
+        self._check_choice("output_format", request.output_format, caps.formats)
+        self._check_choice("moderation", request.moderation, caps.moderations)
+        if request.background == "transparent" and request.output_format == "jpeg":
+            raise self._invalid(
+                "background", "a transparent background needs output_format png or webp, not jpeg"
+            )
+        unknown = sorted(set(request.extras) - caps.extras)
+        if unknown:
+            allowed = ", ".join(sorted(caps.extras)) or "none"
+            raise self._invalid(
+                f"extras.{unknown[0]}",
+                f"{who} has no field {unknown[0]!r}; its extras are: {allowed}",
+            )
+        self._check_size(request)
+        if isinstance(request, EditRequest):
+            self._check_edit(request)
+
+    def _check_choice(self, name: str, value: str | None, allowed: Sequence[str]) -> None:
+        if value is not None and value not in allowed:
+            raise self._invalid(
+                name, f"{name}={value!r}; {self.display_name} allows {', '.join(allowed)}"
+            )
+
+    def _check_size(self, request: ImageRequest) -> None:
+        caps = self.capabilities
+        who = self.display_name
+        if request.size is None:
+            return
+        if request.size == "auto":
+            if not caps.auto_size:
+                raise self._invalid("size", f"{who} needs an explicit size, not auto")
+            return
+        if caps.size_mode == "ratios":
+            ratio = request.ratio() or ratio_of(*request.resolved_pixels())
+            if ratio not in caps.ratios:
+                raise self._invalid(
+                    "size",
+                    f"aspect ratio {ratio} is not offered by {who}; "
+                    f"allowed: {', '.join(caps.ratios)}",
+                )
+            return
+        w, h = request.resolved_pixels()
+        m = caps.multiple_of
+        if w % m or h % m:
+            raise self._invalid(
+                "size", f"size {w}x{h}: {who} needs width and height that are multiples of {m}"
+            )
+        if min(w, h) < caps.min_side or max(w, h) > caps.max_side:
+            raise self._invalid(
+                "size", f"size {w}x{h}: {who} takes sides from {caps.min_side} to {caps.max_side}"
+            )
+        if caps.max_pixels and w * h > caps.max_pixels:
+            raise self._invalid(
+                "size",
+                f"size {w}x{h} has {w * h:,} pixels; {who} allows at most {caps.max_pixels:,}",
+            )
+        if caps.ratio_bounds:
+            lo, hi = caps.ratio_bounds
+            if not lo <= w / h <= hi:
+                raise self._invalid(
+                    "size", f"size {w}x{h}: {who} needs an aspect ratio between 1:3 and 3:1"
+                )
+
+    def _check_edit(self, request: EditRequest) -> None:
+        caps = self.capabilities
+        who = self.display_name
+        if not caps.edit:
+            raise self._invalid("images", f"{who} does not edit images")
+        if len(request.images) > caps.max_reference_images:
+            raise self._invalid(
+                "images",
+                f"{len(request.images)} reference images; {who} takes at most "
+                f"{caps.max_reference_images}",
+            )
+        if request.mask is not None and not caps.mask:
+            raise self._invalid(
+                "mask",
+                f"{who} does not support masks; "
+                "use openai, scenario or skillsvideo for masked edits",
+            )
+
+    def _invalid(self, field_name: str, message: str) -> InvalidRequest:
+        return InvalidRequest(message, field=field_name, provider=self.name)
+
+    # -- the job lifecycle -----------------------------------------------------------------
+
+    async def upload_inputs(
+        self, request: EditRequest, images: Sequence[InputImage], mask: InputImage | None
+    ) -> PreparedInputs:
+        """Turn loaded inputs into what the provider takes. Default: bytes sent at submit."""
+        return PreparedInputs(images=list(images), mask=mask, digests=[i.sha256 for i in images])
+
+    @abstractmethod
+    async def submit(self, request: ImageRequest, inputs: PreparedInputs | None, key: str) -> Job:
+        """Start a job (the only call that costs money). `key` is our idempotency key."""
+
+    async def find_job(self, job: Job) -> JobStatus | None:
+        """Look up a job that may have been submitted under `job.key` but whose answer was lost.
+
+        Only providers whose API can be asked by our own key (Runware's taskUUID) implement it.
+        """
+        return None
+
+    @abstractmethod
+    async def poll(self, job: Job) -> JobStatus:
+        """Ask once how the job is doing."""
+
+    async def resolve_outputs(self, job: Job, status: JobStatus) -> list[OutputRef]:
+        """Turn a finished status into downloadable refs (asset ids → URLs where needed)."""
+        return list(status.outputs)
+
+    async def refresh_output(self, job: Job, ref: OutputRef) -> OutputRef:
+        """A fresh URL for an output whose URL expired. Default: the provider cannot."""
+        raise OutputExpired(
+            f"output {ref.index} URL expired and {self.display_name} cannot re-issue it",
+            provider=self.name,
+            job_id=job.job_id,
+        )
+
+    async def cancel(self, job: Job) -> None:
+        """Cancel a running job where the API allows it."""
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def __aenter__(self) -> Provider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"<{type(self).__name__} {self.name}>"
+
+
+# -- status spelling ------------------------------------------------------------------------
+
+
+def _norm(status: str) -> str:
+    return re.sub(r"[\s_-]+", "-", status.strip().lower())
+
+
+def map_status(raw: str, table: Mapping[str, JobState]) -> JobState:
+    """Map a provider's status spelling; unknown spellings count as still running (logged)."""
+    state = table.get(_norm(raw))
+    if state is None:
+        log.warning("unknown job status %r; treating it as still running", raw)
+        return JobState.RUNNING
+    return state
+
+
+def status_table(**groups: Sequence[str]) -> dict[str, JobState]:
+    """`status_table(queued=["queued", "pending"], ...)` → normalised lookup table."""
+    return {_norm(s): JobState(state) for state, spellings in groups.items() for s in spellings}
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+_CREDIT_WORDS = ("insufficient", "credit", "balance", "quota_exceeded", "payment", "billing")
+_MODERATION_WORDS = (
+    "moderation",
+    "content_policy",
+    "content policy",
+    "safety",
+    "nsfw",
+    "content_rejected",
+    "contentrejected",
+)
+
+
+def parse_retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date)."""
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def error_details(response: httpx.Response) -> tuple[str, str | None, str | None]:
+    """(message, code, parameter) from any of the providers' error shapes, or a short body."""
+    try:
+        body: Any = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+        text = re.sub(r"<[^>]+>", " ", response.text)
+        text = " ".join(text.split())[:200]
+        return (text or response.reason_phrase or "no body"), None, None
+    candidates: list[Any] = [body]
+    if isinstance(body, dict):
+        for k in ("error", "errors", "detail"):
+            v = body.get(k)
+            if isinstance(v, list) and v:
+                v = v[0]
+            if v is not None:
+                candidates.insert(0, v)
+    for c in candidates:
+        if isinstance(c, str):
+            return c[:500], None, None
+        if isinstance(c, dict):
+            message = c.get("message") or c.get("error") or c.get("detail") or c.get("msg")
+            code = c.get("code") or c.get("type")
+            param = c.get("parameter") or c.get("param")
+            if message or code:
+                return (
+                    str(message or code)[:500],
+                    str(code) if code else None,
+                    str(param) if param else None,
+                )
+    return json.dumps(body)[:200], None, None
+
+
+def error_for_response(provider: str, response: httpx.Response) -> ProviderError:
+    """Map an HTTP error answer to the typed error that decides what happens next."""
+    status = response.status_code
+    message, code, param = error_details(response)
+    text = f"{message} {code or ''}".lower()
+    kw: dict[str, Any] = {"provider": provider, "status_code": status}
+    if status == 429 and "insufficient_quota" in text:  # OpenAI's spelling of "no credits"
+        return InsufficientCredits(f"out of credits: {message}", **kw)
+    if status == 429:
+        return RateLimited(
+            f"rate limited: {message}", retry_after=parse_retry_after(response.headers), **kw
+        )
+    if status in (401, 403):
+        return AuthError(f"credentials refused: {message}", **kw)
+    if status == 402 or (status < 500 and any(w in text for w in _CREDIT_WORDS)):
+        return InsufficientCredits(f"out of credits: {message}", **kw)
+    if status < 500 and any(w in text for w in _MODERATION_WORDS):
+        return ContentRejected(f"rejected by moderation: {message}", **kw)
+    if status >= 500:
+        return ServerError(f"server error: {message}", **kw)
+    if status in (400, 404, 409, 413, 415, 422):
+        return InvalidRequest(f"request refused: {message}", field=param, **kw)
+    return ProviderError(f"unexpected answer: {message}", **kw)
+
+
+def failure_error(provider: str, job: Job, status: JobStatus) -> ProviderError:
+    """The error for a job the provider reports failed: moderation is told apart."""
+    text = f"{status.error or ''} {status.error_code or ''}".lower()
+    message = status.error or status.error_code or status.raw_status or "no reason given"
+    if any(w in text for w in _MODERATION_WORDS) or "moderat" in text:
+        return ContentRejected(
+            f"rejected by moderation: {message}", provider=provider, job_id=job.job_id
+        )
+    verb = "was canceled" if status.state is JobState.CANCELED else "failed"
+    return JobFailed(f"job {verb}: {message}", provider=provider, job_id=job.job_id)
+
+
+class ApiClient:
+    """httpx.AsyncClient wrapper: auth headers, timeouts, and typed errors for one provider.
+
+    Credentials live only in the client's default headers, never in messages or reprs.
+    """
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout: httpx.Timeout,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.provider = provider
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers=dict(headers),
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Any = None,
+        ok: tuple[int, ...] = (200, 201, 202),
+        job_id: str | None = None,
+    ) -> tuple[int, Any]:
+        """Send one request; return (status, parsed JSON) or raise a typed error."""
+        url = path if path.startswith("http") or not path else "/" + path.lstrip("/")
+        try:
+            response = await self._client.request(
+                method, url, json=json_body, data=data, files=files
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise TransportError(
+                f"could not reach {self.provider}: {type(exc).__name__}",
+                request_sent=False,
+                provider=self.provider,
+                job_id=job_id,
+            ) from None
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"connection to {self.provider} failed mid-request: {type(exc).__name__}",
+                request_sent=True,
+                provider=self.provider,
+                job_id=job_id,
+            ) from None
+        if response.status_code not in ok:
+            err = error_for_response(self.provider, response)
+            err.job_id = job_id
+            err.args = (err._render(),)
+            raise err
+        try:
+            return response.status_code, response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            snippet = " ".join(re.sub(r"<[^>]+>", " ", response.text).split())[:120]
+            raise MalformedResponse(
+                f"answer is not JSON ({response.headers.get('content-type', '?')}): {snippet!r}",
+                provider=self.provider,
+                status_code=response.status_code,
+                job_id=job_id,
+            ) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def require(body: Any, *path: str | int, provider: str, job_id: str | None = None) -> Any:
+    """Dig `path` out of a JSON answer, or raise MalformedResponse saying what was missing."""
+    cur = body
+    for key in path:
+        try:
+            cur = cur[key]
+        except (KeyError, IndexError, TypeError):
+            where = ".".join(str(p) for p in path)
+            raise MalformedResponse(
+                f"answer has no `{where}`", provider=provider, job_id=job_id
+            ) from None
+    return cur
+
+
+def default_timeout(read: float) -> httpx.Timeout:
+    return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)

@@ -1,0 +1,118 @@
+"""Draws real, deterministic images from a prompt, and applies masked edits pixel-exactly.
+
+Used by the offline provider and by the provider emulator, so every test and demo handles real
+image bytes of the requested size and format without a key or a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import textwrap
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFont
+
+Format = Literal["png", "jpeg", "webp"]
+MIME: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def _rng(prompt: str, seed: int) -> random.Random:
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def _colour(rng: random.Random, alpha: int = 255) -> tuple[int, int, int, int]:
+    return (rng.randrange(256), rng.randrange(256), rng.randrange(256), alpha)
+
+
+def draw(
+    prompt: str, width: int, height: int, seed: int = 0, transparent: bool = False
+) -> Image.Image:
+    """An RGBA picture visibly made from the prompt: its colours, shapes and its words."""
+    rng = _rng(prompt, seed)
+    top, bottom = _colour(rng), _colour(rng)
+    img = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    if not transparent:
+        # Vertical gradient built from a 1-pixel column, then stretched: fast at any size.
+        column = Image.new("RGBA", (1, 256))
+        for y in range(256):
+            t = y / 255
+            column.putpixel(
+                (0, y), tuple(round(a + (b - a) * t) for a, b in zip(top, bottom, strict=True))
+            )
+        img = column.resize((width, height), Image.Resampling.BILINEAR)
+    shapes = ImageDraw.Draw(img)
+    unit = max(8, min(width, height) // 6)
+    for word in prompt.split()[:12] or ["?"]:
+        wr = _rng(word, seed)
+        x, y = rng.randrange(width), rng.randrange(height)
+        r = wr.randrange(unit // 2, unit + 1)
+        box = (x - r, y - r, x + r, y + r)
+        if len(word) % 2:
+            shapes.ellipse(box, fill=_colour(wr, 220), outline=(255, 255, 255, 255))
+        else:
+            shapes.rectangle(box, fill=_colour(wr, 220), outline=(0, 0, 0, 255))
+    size = max(10, min(width, height) // 16)
+    font = ImageFont.load_default(size=size)
+    chars = max(8, int(width / (size * 0.6)))
+    text = "\n".join(textwrap.wrap(prompt, chars)[:6])
+    shapes.multiline_text(
+        (size // 2, size // 2), text, font=font, fill=(255, 255, 255, 255),
+        stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0, 255),
+    )  # fmt: skip
+    return img
+
+
+def encode(img: Image.Image, fmt: Format, quality: int | None = None) -> bytes:
+    """Encode losslessly where the format allows, so masked edits stay pixel-exact."""
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, "PNG", compress_level=1)
+    elif fmt == "webp":
+        if quality is None:
+            img.save(buf, "WEBP", lossless=True, quality=30, method=0)
+        else:
+            img.save(buf, "WEBP", quality=quality)
+    else:
+        img.convert("RGB").save(buf, "JPEG", quality=quality or 90)
+    return buf.getvalue()
+
+
+def render(
+    prompt: str,
+    width: int,
+    height: int,
+    fmt: Format = "png",
+    seed: int = 0,
+    transparent: bool = False,
+    quality: int | None = None,
+) -> bytes:
+    """Image bytes for a prompt: same prompt, size, format and seed → same bytes."""
+    return encode(draw(prompt, width, height, seed, transparent), fmt, quality)
+
+
+def edit(
+    base: Image.Image,
+    prompt: str,
+    mask: Image.Image | None,
+    seed: int = 0,
+) -> Image.Image:
+    """Repaint `base` from `prompt`. Where the mask is opaque (alpha 255) pixels stay exactly.
+
+    Without a mask the whole picture is blended with the new drawing, so the result is visibly
+    derived from the input.
+    """
+    base = base.convert("RGBA")
+    fresh = draw(prompt, base.width, base.height, seed)
+    if mask is None:
+        return Image.blend(base, fresh, 0.5)
+    alpha = mask.convert("RGBA").getchannel("A")
+    if alpha.size != base.size:
+        raise ValueError(f"mask is {alpha.size}, image is {base.size}")
+    # Paint the new drawing only where the mask is not fully opaque.
+    editable = alpha.point(lambda a: 255 if a < 255 else 0)
+    out = base.copy()
+    out.paste(fresh, (0, 0), editable)
+    return out

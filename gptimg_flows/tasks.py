@@ -1,0 +1,435 @@
+"""Prefect tasks: upload_inputs, submit_job, wait_for_job, download_outputs, archive_images.
+
+Retry, idempotency and cache policy live here, once:
+- retries happen only for `RetryableError`, as Prefect retries the UI shows, with exponential
+  backoff and jitter that never undercuts a provider's Retry-After;
+- a submit is keyed on the normalised request, its inputs' digests and the output slot; the key's
+  job record in the archive is written before and after the paid call, so a retry, a re-run or a
+  restarted process polls the recorded job instead of paying again;
+- a request whose images are already archived (`_results/<key>.json`) is answered from the
+  archive with no provider call. Credentials never enter a key, a parameter or a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, SupportsIndex, overload
+
+import httpx
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.logging import get_run_logger
+from prefect.tasks import Task
+
+from .archive import Archive
+from .blocks import ProviderCredentials, offline_provider
+from .download import DownloadedImage, download, save_inline
+from .errors import (
+    InvalidRequest,
+    JobTimeout,
+    OutputExpired,
+    ProviderError,
+    RateLimited,
+    TransportError,
+    is_retryable,
+)
+from .inputs import load_image, prepare_mask
+from .models import (
+    ArchivedImage,
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobStatus,
+    OutputRef,
+    canonical_json,
+)
+from .providers.base import PreparedInputs, Provider, failure_error
+from .retry import backoff_delay, poll_delays
+
+ProviderSpec = ProviderCredentials | str
+RETRIES = 5
+KEY_VERSION = 1
+
+# -- retry policy -------------------------------------------------------------------------------
+
+_retry_after_hint: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "gptimg_retry_after", default=None
+)
+
+
+def retry_on_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect `retry_condition_fn`: retry only transient errors; remember any Retry-After."""
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        try:
+            state.result(raise_on_failure=True)
+        except BaseException as raised:
+            exc = raised
+    retry = exc is not None and is_retryable(exc)
+    _retry_after_hint.set(exc.retry_after if isinstance(exc, RateLimited) else None)
+    return retry
+
+
+class _Backoff(list[float]):
+    """The delays Prefect indexes by attempt; each read adds jitter and honours Retry-After.
+
+    Prefect reads `retry_delay_seconds[attempt]` right after calling the retry condition in
+    the same context, which is where the Retry-After hint was left.
+    """
+
+    @overload
+    def __getitem__(self, i: SupportsIndex) -> float: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[float]: ...
+    def __getitem__(self, i: SupportsIndex | slice) -> float | list[float]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        hint = _retry_after_hint.get()
+        _retry_after_hint.set(None)
+        return backoff_delay(int(i), retry_after=hint)
+
+
+def retry_delays(retries: int) -> list[float]:
+    """`retry_delay_seconds` callable form: Prefect calls it with the retry count."""
+    return _Backoff([0.0] * max(1, retries))
+
+
+RETRY_OPTIONS: dict[str, Any] = {
+    "retries": RETRIES,
+    "retry_delay_seconds": retry_delays,
+    "retry_condition_fn": retry_on_retryable,
+    "cache_policy": NO_CACHE,
+}
+
+# -- keys and records -----------------------------------------------------------------------------
+
+
+def provider_of(spec: ProviderSpec) -> Provider:
+    if isinstance(spec, ProviderCredentials):
+        return spec.get_provider()
+    if spec == "offline":
+        return offline_provider()
+    raise InvalidRequest(f"unknown provider {spec!r}", field="provider")
+
+
+def request_key(
+    provider: Provider, request: ImageRequest, input_digests: Sequence[str], slot: str
+) -> str:
+    """The idempotency key of one paid submit. No credentials, no base URL: only what is asked."""
+    payload = {
+        "v": KEY_VERSION,
+        "provider": provider.name,
+        "model": provider.capabilities.model,
+        "request": request.fingerprint(),
+        "inputs": list(input_digests),
+        "slot": slot,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def _job_rel(key: str) -> str:
+    return f"_jobs/{key}.json"
+
+
+def _result_rel(key: str) -> str:
+    return f"_results/{key}.json"
+
+
+class SubmitUncertain(ProviderError):
+    """A submit for this key was sent but its answer never recorded: it may have been billed.
+
+    Not retried: re-submitting could pay twice. Re-run with `refresh=True` to pay for a new one.
+    """
+
+
+async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
+    """The images a finished request already produced, if they are all still in the archive."""
+    record = await asyncio.to_thread(archive.read_json, _result_rel(key))
+    if not record:
+        return None
+    images = [ArchivedImage.model_validate(i) for i in record.get("images", [])]
+    present = await asyncio.gather(
+        *(asyncio.to_thread(archive.fs.exists, _strip(archive, i.uri)) for i in images)
+    )
+    return images if images and all(present) else None
+
+
+def _strip(archive: Archive, uri: str) -> str:
+    return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+# -- tasks --------------------------------------------------------------------------------------
+
+
+@task(name="upload-inputs", **RETRY_OPTIONS)
+async def upload_inputs(
+    provider: ProviderSpec,
+    request: EditRequest,
+    images: list[InputImage],
+    mask: InputImage | None,
+    archive: Archive,
+) -> PreparedInputs:
+    """Hand loaded inputs to the provider (asset uploads, URLs, data URIs, multipart).
+
+    Inputs are archived (content-addressed) so lineage can point at them, and so providers that
+    only take URLs can be given signed ones.
+    """
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    if "bytes" not in adapter.capabilities.input_kinds:
+        images = [await _with_url(archive, img) for img in images]
+        if mask is not None:
+            mask = await _with_url(archive, mask)
+    else:
+        await asyncio.gather(*(_archive_input(archive, img) for img in images))
+    prepared = await adapter.upload_inputs(request, images, mask)
+    logger.info(
+        "prepared %d input image(s)%s for %s",
+        len(images),
+        " and a mask" if mask else "",
+        adapter.display_name,
+    )
+    return prepared
+
+
+async def load_edit_inputs(request: EditRequest) -> tuple[list[InputImage], InputImage | None]:
+    """Read and check every input before anything is uploaded or paid: a bad file, a URL into
+    a private network, or a mask that does not fit the image fails here."""
+    images = list(
+        await asyncio.gather(
+            *(load_image(src, f"images[{i}]") for i, src in enumerate(request.images))
+        )
+    )
+    mask: InputImage | None = None
+    if request.mask is not None:
+        raw_mask = await load_image(request.mask, "mask")
+        mask = await asyncio.to_thread(prepare_mask, raw_mask, images[0])
+    return images, mask
+
+
+async def _archive_input(archive: Archive, image: InputImage) -> str:
+    rel = Archive.image_rel(image.sha256, image.mime)
+    return await asyncio.to_thread(archive.put_bytes, image.data, rel, overwrite=False)
+
+
+async def _with_url(archive: Archive, image: InputImage) -> InputImage:
+    if image.url:
+        return image
+    rel = Archive.image_rel(image.sha256, image.mime)
+    await asyncio.to_thread(archive.put_bytes, image.data, rel, overwrite=False)
+    try:
+        url = await asyncio.to_thread(archive.sign, rel)
+    except NotImplementedError as exc:
+        raise InvalidRequest(str(exc), field="images") from None
+    return image.model_copy(update={"url": url})
+
+
+@task(name="submit-job", task_run_name="submit-{key:.12}", **RETRY_OPTIONS)
+async def submit_job(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+) -> Job:
+    """The one paid call, guarded by the key's job record so it happens once per key."""
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    adapter.validate(request)
+    record = await asyncio.to_thread(archive.read_json, _job_rel(key))
+    if record and record.get("job"):
+        job = Job.model_validate(record["job"])
+        logger.info("job %s for this request is already recorded: polling it, not paying again",
+                    job.job_id)  # fmt: skip
+        return job
+    if record and record.get("state") == "submitting":
+        probe = Job(provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key)
+        found = await adapter.find_job(probe)
+        if found is not None:
+            job = probe.model_copy(update={"job_id": found.job_id})
+            await _record_job(archive, job)
+            logger.info("found job %s submitted earlier under this key", job.job_id)
+            return job
+        if not adapter.capabilities.can_find_job_by_key:
+            raise SubmitUncertain(
+                f"a submit for this request started at {record.get('started_at')} and its answer "
+                "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
+                provider=adapter.name,
+            )
+    await asyncio.to_thread(
+        archive.write_json,
+        _job_rel(key),
+        {"state": "submitting", "key": key, "provider": adapter.name,
+         "started_at": datetime.now(UTC).isoformat()},
+    )  # fmt: skip
+    try:
+        job = await adapter.submit(request, inputs, key)
+    except TransportError as exc:
+        if not exc.request_sent:
+            await asyncio.to_thread(archive.delete, _job_rel(key))
+        raise
+    except ProviderError:
+        # The provider refused the call: nothing was created, nothing billed.
+        await asyncio.to_thread(archive.delete, _job_rel(key))
+        raise
+    job = await _stage_inline(archive, job)
+    await _record_job(archive, job)
+    logger.info("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
+    return job
+
+
+async def _record_job(archive: Archive, job: Job) -> None:
+    await asyncio.to_thread(
+        archive.write_json,
+        _job_rel(job.key),
+        {"state": "submitted", "job": job.model_dump(mode="json")},
+    )
+
+
+async def _stage_inline(archive: Archive, job: Job) -> Job:
+    """Synchronous providers hand back image bytes: keep them in the archive at once."""
+    if job.status is None or not any(o.data for o in job.status.outputs):
+        return job
+    staged: list[OutputRef] = []
+    for ref in job.status.outputs:
+        if ref.data is None:
+            staged.append(ref)
+            continue
+        ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(ref.mime or "", "png")
+        rel = f"_staging/{job.key}/{ref.index}.{ext}"
+        uri = await asyncio.to_thread(archive.put_bytes, ref.data, rel)
+        staged.append(ref.model_copy(update={"data": None, "url": _fsspec_uri(archive, uri)}))
+    return job.model_copy(update={"status": job.status.model_copy(update={"outputs": staged})})
+
+
+def _fsspec_uri(archive: Archive, uri: str) -> str:
+    return uri if "://" in uri else f"file://{uri}"
+
+
+@task(name="wait-for-job", task_run_name="wait-{job.job_id}", **RETRY_OPTIONS)
+async def wait_for_job(
+    provider: ProviderSpec, job: Job, timeout_seconds: float = 900.0
+) -> JobStatus:
+    """Poll until the job ends: fast at first, then backing off, following the provider's hints.
+
+    Passing the deadline raises `JobTimeout` (the job is canceled where the API allows).
+    """
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    if job.status is not None and job.status.state.terminal:
+        status = job.status
+    else:
+        status = await _poll_until_done(adapter, job, timeout_seconds)
+    if status.state.value != "succeeded":
+        raise failure_error(adapter.name, job, status)
+    logger.info("job %s finished with %d output(s)", job.job_id, len(status.outputs) or job.n)
+    return status
+
+
+async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) -> JobStatus:
+    deadline = time.monotonic() + timeout_seconds
+    delays = poll_delays()
+    attempt = 0
+    while True:
+        status = await adapter.poll(job)
+        if status.state.terminal:
+            return status
+        now = time.monotonic()
+        if now >= deadline:
+            await adapter.cancel(job)
+            raise JobTimeout(
+                f"still {status.raw_status or status.state.value} after {timeout_seconds:.0f} s",
+                provider=adapter.name,
+                job_id=job.job_id,
+            )
+        delay = status.poll_after or delays[min(attempt, len(delays) - 1)]
+        attempt += 1
+        await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+
+
+@task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
+async def download_outputs(
+    provider: ProviderSpec, job: Job, status: JobStatus
+) -> list[DownloadedImage]:
+    """Stream each output to a verified local file, re-resolving URLs that expired."""
+    adapter = provider_of(provider)
+    refs = await adapter.resolve_outputs(job, status)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        return list(await asyncio.gather(*(_fetch(adapter, client, job, ref) for ref in refs)))
+
+
+async def _fetch(
+    adapter: Provider, client: httpx.AsyncClient, job: Job, ref: OutputRef
+) -> DownloadedImage:
+    if ref.data is not None:
+        return await save_inline(ref)
+    try:
+        return await download(client, ref)
+    except OutputExpired:
+        fresh = await adapter.refresh_output(job, ref)
+        get_run_logger().info("output %d URL expired; re-resolved it", ref.index)
+        return await download(client, fresh)
+
+
+@task(name="archive-images", **RETRY_OPTIONS)
+async def archive_images(
+    images: list[DownloadedImage],
+    archive: Archive,
+    key: str,
+    job: Job,
+    status: JobStatus,
+    prompt: str,
+    parents: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[ArchivedImage]:
+    """Write each image once (content-addressed) with its sidecar, then the request's record."""
+    logger = get_run_logger()
+    cost_each = (status.cost / len(images)) if status.cost is not None and images else None
+    out: list[ArchivedImage] = []
+    for image in images:
+        rel = Archive.image_rel(image.sha256, image.mime)
+        uri = await asyncio.to_thread(archive.put_file, image.path, rel)
+        meta = ArchivedImage(
+            uri=uri,
+            sidecar_uri=archive.uri(Archive.sidecar_rel(image.sha256)),
+            sha256=image.sha256,
+            mime=image.mime,
+            width=image.width,
+            height=image.height,
+            size_bytes=image.size_bytes,
+            provider=job.provider,
+            model=job.model,
+            prompt=prompt,
+            job_id=job.job_id,
+            seed=image.seed,
+            cost=cost_each,
+            cost_unit=status.cost_unit,
+            request_key=key,
+            parents=list(parents or []),
+            extra=dict(extra or {}),
+        )
+        await asyncio.to_thread(
+            archive.write_json,
+            Archive.sidecar_rel(image.sha256),
+            meta.model_dump(mode="json"),
+            overwrite=False,
+        )
+        out.append(meta)
+    await asyncio.to_thread(
+        archive.write_json,
+        _result_rel(key),
+        {"key": key, "job_id": job.job_id, "images": [i.model_dump(mode="json") for i in out]},
+    )
+    for image in images:
+        await asyncio.to_thread(Path(image.path).unlink, missing_ok=True)
+    await asyncio.to_thread(archive.delete, f"_staging/{key}")
+    logger.info("archived %d image(s) under %s", len(out), archive.basepath)
+    return out
