@@ -84,12 +84,21 @@ async def save_inline(ref: OutputRef) -> DownloadedImage:
 
 
 async def download(
-    client: httpx.AsyncClient, ref: OutputRef, *, max_bytes: int = MAX_OUTPUT_BYTES
+    client: httpx.AsyncClient,
+    ref: OutputRef,
+    *,
+    fs: fsspec.AbstractFileSystem | None = None,
+    max_bytes: int = MAX_OUTPUT_BYTES,
 ) -> DownloadedImage:
-    """Stream one output URL to a spool file; typed errors say what to do next."""
+    """Stream one output URL to a spool file; typed errors say what to do next.
+
+    Non-http URLs are objects staged in our archive, read through its filesystem `fs`.
+    """
     assert ref.url is not None
-    if "://" in ref.url and not ref.url.startswith(("http://", "https://")):
-        return await asyncio.to_thread(_copy_fsspec, ref, max_bytes)
+    if not ref.url.startswith(("http://", "https://")):
+        if fs is None:
+            raise InvalidOutput(f"output {ref.index}: no filesystem to read {ref.url}")
+        return await asyncio.to_thread(_copy_fsspec, fs, ref, max_bytes)
     tmp = _new_spool_file()
     digest = hashlib.sha256()
     size = 0
@@ -128,14 +137,14 @@ async def download(
     return await asyncio.to_thread(_finish, tmp, digest.hexdigest(), size, ref, "its URL")
 
 
-def _copy_fsspec(ref: OutputRef, max_bytes: int) -> DownloadedImage:
-    """Outputs spooled into the archive's staging area (fsspec URLs) are copied the same way."""
+def _copy_fsspec(fs: fsspec.AbstractFileSystem, ref: OutputRef, max_bytes: int) -> DownloadedImage:
+    """Outputs spooled into the archive's staging area are copied the same way."""
     assert ref.url is not None
     tmp = _new_spool_file()
     digest = hashlib.sha256()
     size = 0
     try:
-        with fsspec.open(ref.url, "rb") as src, tmp.open("wb") as dst:
+        with fs.open(ref.url, "rb") as src, tmp.open("wb") as dst:
             while chunk := src.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:

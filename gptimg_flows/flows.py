@@ -165,7 +165,7 @@ async def produce(
     )
     job = await submit_job(spec, request, inputs, key, archive)
     status = await wait_for_job(spec, job, timeout_seconds)
-    images = await download_outputs(spec, job, status)
+    images = await download_outputs(spec, job, status, archive)
     return await archive_images(images, archive, key, job, status, request.prompt, parents, extra)
 
 

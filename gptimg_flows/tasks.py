@@ -306,12 +306,8 @@ async def _stage_inline(archive: Archive, job: Job) -> Job:
         ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(ref.mime or "", "png")
         rel = f"_staging/{job.key}/{ref.index}.{ext}"
         uri = await asyncio.to_thread(archive.put_bytes, ref.data, rel)
-        staged.append(ref.model_copy(update={"data": None, "url": _fsspec_uri(archive, uri)}))
+        staged.append(ref.model_copy(update={"data": None, "url": uri}))
     return job.model_copy(update={"status": job.status.model_copy(update={"outputs": staged})})
-
-
-def _fsspec_uri(archive: Archive, uri: str) -> str:
-    return uri if "://" in uri else f"file://{uri}"
 
 
 @task(name="wait-for-job", task_run_name="wait-{job.job_id}", **RETRY_OPTIONS)
@@ -357,26 +353,28 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
 async def download_outputs(
-    provider: ProviderSpec, job: Job, status: JobStatus
+    provider: ProviderSpec, job: Job, status: JobStatus, archive: Archive
 ) -> list[DownloadedImage]:
     """Stream each output to a verified local file, re-resolving URLs that expired."""
     adapter = provider_of(provider)
     refs = await adapter.resolve_outputs(job, status)
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-        return list(await asyncio.gather(*(_fetch(adapter, client, job, ref) for ref in refs)))
+        return list(
+            await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs))
+        )
 
 
 async def _fetch(
-    adapter: Provider, client: httpx.AsyncClient, job: Job, ref: OutputRef
+    adapter: Provider, client: httpx.AsyncClient, archive: Archive, job: Job, ref: OutputRef
 ) -> DownloadedImage:
     if ref.data is not None:
         return await save_inline(ref)
     try:
-        return await download(client, ref)
+        return await download(client, ref, fs=archive.fs)
     except OutputExpired:
         fresh = await adapter.refresh_output(job, ref)
         get_run_logger().info("output %d URL expired; re-resolved it", ref.index)
-        return await download(client, fresh)
+        return await download(client, fresh, fs=archive.fs)
 
 
 @task(name="archive-images", **RETRY_OPTIONS)
