@@ -44,12 +44,11 @@ def demo(
 
 @app.command()
 def providers() -> None:
-    """The capability table of every provider."""
-    from .providers import PROVIDERS
+    """The capability table of every provider (markdown)."""
+    from .providers import capability_notes, capability_table
 
-    for name, cls in PROVIDERS.items():
-        row = cls.capabilities.table_row()
-        typer.echo(f"{name}: " + "; ".join(f"{k}={v}" for k, v in row.items()))
+    typer.echo(capability_table())
+    typer.echo("\nAssumed, not confirmed by the providers' documents:\n" + capability_notes())
 
 
 def main() -> None:

@@ -251,7 +251,9 @@ async def submit_job(
                     job.job_id)  # fmt: skip
         return job
     if record and record.get("state") == "submitting":
-        probe = Job(provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key)
+        probe = Job(
+            provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
+        )
         found = await adapter.find_job(probe)
         if found is not None:
             job = probe.model_copy(update={"job_id": found.job_id})

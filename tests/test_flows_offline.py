@@ -63,8 +63,15 @@ async def test_generate_edit_archive_keeps_unmasked_pixels_and_records_lineage(
     )  # fmt: skip
     gen, edited = result.generated[0], result.edited[0]
     before, after = _pixels(gen.uri), _pixels(edited.uri)
-    assert ImageChops.difference(before.crop((0, 200, 512, 512)), after.crop((0, 200, 512, 512))).getbbox() is None
-    assert ImageChops.difference(before.crop((0, 0, 512, 200)), after.crop((0, 0, 512, 200))).getbbox()
+    assert (
+        ImageChops.difference(
+            before.crop((0, 200, 512, 512)), after.crop((0, 200, 512, 512))
+        ).getbbox()
+        is None
+    )
+    assert ImageChops.difference(
+        before.crop((0, 0, 512, 200)), after.crop((0, 0, 512, 200))
+    ).getbbox()
     sidecar = json.loads(Path(edited.sidecar_uri).read_text())
     assert sidecar["parents"] == [gen.uri]
     assert sidecar["prompt"] == "replace the sky with a storm"
@@ -77,12 +84,20 @@ async def test_generate_edit_archive_keeps_unmasked_pixels_and_records_lineage(
 async def test_rerun_is_answered_from_the_archive_and_refresh_pays_again(
     archive_dir: Path, submits: list[str]
 ) -> None:
-    first = await generate_images(prompt="a red kite", provider="offline", archive=str(archive_dir), size="256x256")
-    again = await generate_images(prompt="a red kite", provider="offline", archive=str(archive_dir), size="256x256")
+    first = await generate_images(
+        prompt="a red kite", provider="offline", archive=str(archive_dir), size="256x256"
+    )
+    again = await generate_images(
+        prompt="a red kite", provider="offline", archive=str(archive_dir), size="256x256"
+    )
     assert [i.uri for i in again] == [i.uri for i in first]
     assert len(submits) == 1, "a re-run with the same inputs must not call the provider"
     fresh = await generate_images(
-        prompt="a red kite", provider="offline", archive=str(archive_dir), size="256x256", refresh=True
+        prompt="a red kite",
+        provider="offline",
+        archive=str(archive_dir),
+        size="256x256",
+        refresh=True,
     )
     assert len(submits) == 2 and fresh[0].sha256 != first[0].sha256
 
@@ -122,13 +137,21 @@ async def test_batch_from_jsonl_reports_bad_lines_and_keeps_the_rest(
 ) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
-        "\n".join(json.dumps(row) for row in [
-            {"prompt": "a fox"}, {"prompt": "   "}, {"prompt": "a cat", "size": "100x100"},
-            {"prompt": "a fox"}, {"prompt": "an owl", "n": 2},
-        ])  # fmt: skip
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"prompt": "a fox"},
+                {"prompt": "   "},
+                {"prompt": "a cat", "size": "100x100"},
+                {"prompt": "a fox"},
+                {"prompt": "an owl", "n": 2},
+            ]
+        )
     )
-    result = await batch_generate(prompts=str(prompts), provider="offline", archive=str(archive_dir),
-                                  concurrency=3, size="128x128")  # fmt: skip
+    result = await batch_generate(
+        prompts=str(prompts), provider="offline", archive=str(archive_dir), concurrency=3,
+        size="128x128",
+    )  # fmt: skip
     assert [f.index for f in result.failures] == [1, 2]
     assert "prompt is empty" in result.failures[0].error
     assert "multiples of 16" in result.failures[1].error
@@ -138,7 +161,9 @@ async def test_batch_from_jsonl_reports_bad_lines_and_keeps_the_rest(
 
 
 async def test_each_run_publishes_an_artifact_with_cost(archive_dir: Path) -> None:
-    await generate_images(prompt="a teapot", provider="offline", archive=str(archive_dir), size="128x128")
+    await generate_images(
+        prompt="a teapot", provider="offline", archive=str(archive_dir), size="128x128"
+    )
     bodies = [a["data"] for a in await artifacts() if "a teapot" in str(a["data"])]
     assert bodies, "no artifact mentions the prompt"
     assert "Total cost" in bodies[0] and "offline" in bodies[0]

@@ -12,7 +12,9 @@ from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.inputs import load_image, prepare_mask
 
 
-def _png(path: Path, size: tuple[int, int], mode: str = "RGBA", colour: object = (10, 20, 30, 255)) -> Path:
+def _png(
+    path: Path, size: tuple[int, int], mode: str = "RGBA", colour: object = (10, 20, 30, 255)
+) -> Path:
     Image.new(mode, size, colour).save(path, "PNG")  # type: ignore[arg-type]
     return path
 
@@ -43,10 +45,16 @@ async def test_inputs_over_the_cap_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "http://169.254.169.254/latest/meta-data", "http://10.0.0.8/a.png",
-     "http://127.0.0.1:9/a.png"],
+    [
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.8/a.png",
+        "http://127.0.0.1:9/a.png",
+    ],
 )
-async def test_file_urls_and_private_networks_are_not_fetched(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_file_urls_and_private_networks_are_not_fetched(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("GPTIMG_ALLOW_PRIVATE_URLS", raising=False)
     with pytest.raises(InvalidRequest) as err:
         await load_image(url, "mask")

@@ -21,7 +21,12 @@ def test_empty_or_whitespace_prompt_is_refused(prompt: str) -> None:
 
 @pytest.mark.parametrize(
     ("given", "stored"),
-    [("1536x1024", "1536x1024"), (" 1024 X 1536 ", "1024x1536"), ("32:18", "16:9"), ("AUTO", "auto")],
+    [
+        ("1536x1024", "1536x1024"),
+        (" 1024 X 1536 ", "1024x1536"),
+        ("32:18", "16:9"),
+        ("AUTO", "auto"),
+    ],
 )
 def test_size_is_normalised(given: str, stored: str) -> None:
     assert ImageRequest(prompt="p", size=given).size == stored

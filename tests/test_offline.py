@@ -19,7 +19,9 @@ def _open(data: bytes) -> Image.Image:
     return img
 
 
-async def _one(request: ImageRequest, key: str = "k" * 64, inputs: PreparedInputs | None = None) -> bytes:
+async def _one(
+    request: ImageRequest, key: str = "k" * 64, inputs: PreparedInputs | None = None
+) -> bytes:
     job = await OfflineProvider().submit(request, inputs, key)
     assert job.status is not None and job.status.state.terminal
     data = job.status.outputs[0].data
@@ -53,8 +55,14 @@ def _input(img: Image.Image) -> InputImage:
     buf = io.BytesIO()
     img.save(buf, "PNG")
     data = buf.getvalue()
-    return InputImage(data=data, mime="image/png", width=img.width, height=img.height,
-                      sha256=InputImage.digest(data), has_alpha=img.mode == "RGBA")
+    return InputImage(
+        data=data,
+        mime="image/png",
+        width=img.width,
+        height=img.height,
+        sha256=InputImage.digest(data),
+        has_alpha=img.mode == "RGBA",
+    )
 
 
 async def test_masked_edit_keeps_opaque_pixels_byte_identical_and_changes_the_rest() -> None:

@@ -104,6 +104,8 @@ class Capabilities:
             "formats": ", ".join(self.formats) or "provider's choice",
             "inputs": ", ".join(sorted(self.input_kinds)),
             "extras": ", ".join(sorted(self.extras)) or "-",
+            "jobs": "sync" if self.synchronous else "async (polled)",
+            "cost unit": self.cost_unit,
         }
 
 

@@ -1,0 +1,394 @@
+"""OpenAI: GPT Image 2 from its origin, through the synchronous Images API.
+
+The answer to a generate or edit holds the images themselves (`data[].b64_json`), so a job is
+finished the moment `submit` returns. There is no job id and nothing to fetch again later: a
+crash between submit and archive loses the images (and they are still billed). OpenAI documents
+no idempotency key for images, so this adapter never retries; the task layer decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import PurePath
+from typing import Any, ClassVar
+
+import httpx
+from PIL import Image
+
+from ..errors import AuthError, InvalidRequest, JobFailed, MalformedResponse, ProviderError
+from ..imageio import magic_mime
+from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
+from ..sizes import parse_size
+from .base import (
+    ApiClient,
+    Capabilities,
+    PreparedInputs,
+    Provider,
+    default_timeout,
+    require,
+)
+
+log = logging.getLogger("gptimg_flows.providers.openai")
+
+API_KEY_ENV = "OPENAI_API_KEY"
+DEFAULT_MODEL = "gpt-image-2"
+
+#: OpenAI's mask limit: a PNG under 4 MB.
+MAX_MASK_BYTES = 4 * 1024 * 1024
+#: Input image types the edits endpoint takes for GPT Image models.
+INPUT_MIMES = ("image/png", "image/jpeg", "image/webp")
+#: USD per image by quality: the emulator's table (wire.md), NOT OpenAI's token-based price.
+ESTIMATED_USD_PER_IMAGE = {"low": 0.01, "medium": 0.04, "high": 0.17, "auto": 0.17}
+COST_UNIT = "usd-estimate"
+
+_MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_EXT_BY_MIME = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+#: OpenAI echoes a masked key in 401 messages ("Incorrect API key provided: sk-ab***cd").
+_KEY_PATTERN = re.compile(r"\b(sk|sess)-[A-Za-z0-9_*\-]{4,}")
+
+
+# -- helpers shared with other adapters of the same model (scenario.py) ---------------------
+
+
+def check_mask(
+    provider: Provider, image: InputImage, mask: InputImage, max_bytes: int | None
+) -> None:
+    """GPT Image 2's mask rules: a PNG with alpha, the first image's size, under `max_bytes`."""
+    who = provider.display_name
+    if mask.mime != "image/png" or not mask.has_alpha:
+        raise InvalidRequest(
+            f"mask must be a PNG with an alpha channel (transparent = area to edit); got "
+            f"{mask.mime}{' with alpha' if mask.has_alpha else ' without alpha'}",
+            field="mask",
+            provider=provider.name,
+        )
+    if (mask.width, mask.height) != (image.width, image.height):
+        raise InvalidRequest(
+            f"mask is {mask.width}x{mask.height} but the first image is "
+            f"{image.width}x{image.height}; {who} needs the same size",
+            field="mask",
+            provider=provider.name,
+        )
+    if max_bytes is not None and len(mask.data) >= max_bytes:
+        raise InvalidRequest(
+            f"mask is {len(mask.data):,} bytes; {who} takes masks under {max_bytes:,} bytes",
+            field="mask",
+            provider=provider.name,
+        )
+
+
+def _to_png(image: InputImage) -> InputImage:
+    with Image.open(io.BytesIO(image.data)) as img:
+        img.load()
+        has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+        converted = img.convert("RGBA" if has_alpha else "RGB")
+    buf = io.BytesIO()
+    converted.save(buf, "PNG")
+    data = buf.getvalue()
+    return InputImage(
+        data=data,
+        mime="image/png",
+        width=image.width,
+        height=image.height,
+        sha256=InputImage.digest(data),
+        name=PurePath(image.name).stem + ".png",
+        url=None,
+        has_alpha=has_alpha,
+    )
+
+
+async def first_image_as_png(image: InputImage) -> InputImage:
+    """The image to edit, as PNG: the API wants the mask and the first image in one format.
+
+    PNG is lossless, so this changes no pixel; the digest used for our keys stays the original's.
+    """
+    if image.mime == "image/png":
+        return image
+    log.info("converting the first image from %s to PNG to match the PNG mask", image.mime)
+    return await asyncio.to_thread(_to_png, image)
+
+
+class Secrets:
+    """Our credentials, kept only to scrub them from error messages; its repr shows nothing."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, *values: str) -> None:
+        self._values = tuple(v for v in values if v)
+
+    def scrub(self, text: str) -> str:
+        text = _KEY_PATTERN.sub("[redacted key]", text)
+        for value in self._values:
+            text = text.replace(value, "[redacted]")
+        return text
+
+    def __repr__(self) -> str:
+        return "<credentials hidden>"
+
+
+def redact(err: ProviderError, secrets: Secrets) -> ProviderError:
+    """Remove our credentials (whole, or as OpenAI echoes them masked) from an error message."""
+    message = secrets.scrub(err.message)
+    if message != err.message:
+        err.message = message
+        err.args = (err._render(),)
+    return err
+
+
+def _estimated_cost(quality: str | None, count: int) -> float:
+    return round(ESTIMATED_USD_PER_IMAGE.get(quality or "auto", 0.17) * count, 4)
+
+
+class OpenAIProvider(Provider):
+    """GPT Image 2 through OpenAI's Images API (`/images/generations`, `/images/edits`)."""
+
+    name: ClassVar[str] = "openai"
+    display_name: ClassVar[str] = "OpenAI"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        model=DEFAULT_MODEL,
+        max_n=10,
+        fields=frozenset(
+            {
+                "size",
+                "resolution",
+                "quality",
+                "background",
+                "output_format",
+                "output_compression",
+                "moderation",
+                "input_fidelity",
+            }
+        ),
+        size_mode="pixels",
+        auto_size=True,
+        multiple_of=16,
+        min_side=16,
+        max_side=3840,
+        max_pixels=8_294_400,
+        ratio_bounds=(1 / 3, 3.0),
+        qualities=("auto", "low", "medium", "high"),
+        backgrounds=("auto", "transparent", "opaque"),
+        formats=("png", "jpeg", "webp"),
+        moderations=("auto", "low"),
+        edit=True,
+        mask=True,
+        max_reference_images=16,
+        input_kinds=frozenset({"bytes"}),
+        synchronous=True,
+        can_find_job_by_key=False,
+        can_cancel=False,
+        cost_unit=COST_UNIT,
+        notes=(
+            "synchronous: images come back inline (b64_json) in the submit answer; a lost answer "
+            "cannot be fetched again and is still billed",
+            "cost is an estimate per image by quality (low 0.01, medium 0.04, high/auto 0.17 "
+            "USD), not OpenAI's token-based bill; token usage is kept in job.handle['usage']",
+            "a ratio size (e.g. 16:9 + resolution) is sent as the exact WxH it converts to",
+            "no minimum size is enforced here; third-party pages report a floor of about "
+            "655,360 pixels for gpt-image-2 (unconfirmed): smaller sizes may be refused by OpenAI",
+            "background='transparent' is passed through; whether gpt-image-2 honours it is not "
+            "confirmed by the documents we hold",
+            "output_compression needs output_format jpeg or webp",
+            "edits: a non-PNG first image is converted to PNG when a mask is given (same format)",
+            "no idempotency key is documented: a retried submit may generate and bill twice",
+        ),
+    )
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        base_url: str = "https://api.openai.com/v1",
+        model: str = DEFAULT_MODEL,
+        timeout: float = 600.0,
+        organization: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not api_key or not api_key.strip():
+            raise AuthError(
+                f"no OpenAI API key: set {API_KEY_ENV} or pass api_key", provider=self.name
+            )
+        self.model = model
+        self._secrets = Secrets(api_key.strip())
+        headers = {"Authorization": f"Bearer {api_key.strip()}"}
+        if organization:
+            headers["OpenAI-Organization"] = organization
+        # Generation takes tens of seconds to minutes: the read timeout must allow it.
+        self._api = ApiClient(self.name, base_url, headers, default_timeout(timeout), transport)
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def validate(self, request: ImageRequest) -> None:
+        """Base checks, then the OpenAI rules the base cannot express."""
+        super().validate(request)
+        if request.output_compression is not None and request.output_format not in (
+            "jpeg",
+            "webp",
+        ):
+            raise self._invalid(
+                "output_compression",
+                "output_compression applies only to output_format jpeg or webp; "
+                f"output_format is {request.output_format or 'unset (png)'}",
+            )
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    async def upload_inputs(
+        self, request: EditRequest, images: Sequence[InputImage], mask: InputImage | None
+    ) -> PreparedInputs:
+        """Bytes travel in the multipart submit; check them here so a refusal costs nothing."""
+        if not images:
+            raise self._invalid("images", "an edit needs at least one input image")
+        if len(images) > self.capabilities.max_reference_images:
+            raise self._invalid(
+                "images",
+                f"{len(images)} images; OpenAI edits take at most "
+                f"{self.capabilities.max_reference_images}",
+            )
+        for i, img in enumerate(images):
+            if img.mime not in INPUT_MIMES:
+                raise self._invalid(
+                    f"images[{i}]", f"{img.mime} is not accepted; OpenAI takes PNG, JPEG or WebP"
+                )
+        digests = [img.sha256 for img in images]
+        prepared = list(images)
+        if mask is not None:
+            check_mask(self, images[0], mask, MAX_MASK_BYTES)
+            prepared[0] = await first_image_as_png(images[0])
+        return PreparedInputs(images=prepared, mask=mask, digests=digests)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def build_fields(self, request: ImageRequest) -> dict[str, Any]:
+        """The generation fields exactly as sent (JSON body, or form fields of an edit)."""
+        fields: dict[str, Any] = {"model": self.model, "prompt": request.prompt, "n": request.n}
+        if request.size == "auto":
+            fields["size"] = "auto"
+        elif request.size is not None or request.resolution is not None:
+            width, height = request.resolved_pixels()
+            fields["size"] = f"{width}x{height}"
+        for name in ("quality", "background", "output_format", "output_compression", "moderation"):
+            value = getattr(request, name)
+            if value is not None:
+                fields[name] = value
+        if isinstance(request, EditRequest) and request.input_fidelity is not None:
+            fields["input_fidelity"] = request.input_fidelity
+        return fields
+
+    async def submit(self, request: ImageRequest, inputs: PreparedInputs | None, key: str) -> Job:
+        """One POST; the answer is the finished job."""
+        self.validate(request)
+        job_id = "openai-" + key[:24]
+        fields = self.build_fields(request)
+        if isinstance(request, EditRequest):
+            if inputs is None or not inputs.images:
+                raise self._invalid(
+                    "images", "an edit needs its input images: call upload_inputs first"
+                )
+            if request.mask is not None and inputs.mask is None:
+                raise self._invalid("mask", "the mask was not prepared: call upload_inputs first")
+            files: list[tuple[str, tuple[str, bytes, str]]] = [
+                ("image[]", (f"image_{i}.{_EXT_BY_MIME.get(img.mime, 'png')}", img.data, img.mime))
+                for i, img in enumerate(inputs.images)
+            ]
+            if inputs.mask is not None:
+                files.append(("mask", ("mask.png", inputs.mask.data, "image/png")))
+            form = {k: str(v) for k, v in fields.items()}
+            body = await self._call("POST", "/images/edits", job_id, data=form, files=files)
+        else:
+            body = await self._call("POST", "/images/generations", job_id, json_body=fields)
+        status = self._status(body, request, job_id)
+        usage = body.get("usage") if isinstance(body, dict) else None
+        handle: dict[str, Any] = {"usage": usage} if isinstance(usage, dict) else {}
+        return Job(
+            provider=self.name,
+            model=self.model,
+            job_id=job_id,
+            key=key,
+            n=request.n,
+            handle=handle,
+            status=status,
+        )
+
+    def _status(self, body: Any, request: ImageRequest, job_id: str) -> JobStatus:
+        """A finished JobStatus from the synchronous answer (images decoded from base64)."""
+        items = require(body, "data", provider=self.name, job_id=job_id)
+        if not isinstance(items, list) or not items:
+            raise self._malformed("answer has no images in `data`", job_id)
+        answer_format = body.get("output_format") or request.output_format or "png"
+        fallback_mime = _MIME_BY_FORMAT.get(str(answer_format), "image/png")
+        size = parse_size(str(body.get("size") or ""))
+        if size is None and request.size not in (None, "auto"):
+            size = request.resolved_pixels()
+        outputs = []
+        for index in range(len(items)):
+            encoded = require(body, "data", index, "b64_json", provider=self.name, job_id=job_id)
+            try:
+                data = base64.b64decode(str(encoded), validate=True)
+            except (binascii.Error, ValueError):
+                raise self._malformed(f"`data.{index}.b64_json` is not base64", job_id) from None
+            outputs.append(
+                OutputRef(
+                    index=index,
+                    data=data,
+                    mime=magic_mime(data[:16]) or fallback_mime,
+                    width=size[0] if size else None,
+                    height=size[1] if size else None,
+                )
+            )
+        quality = body.get("quality") or request.quality
+        return JobStatus(
+            job_id=job_id,
+            state=JobState.SUCCEEDED,
+            raw_status="completed",
+            progress=1.0,
+            outputs=outputs,
+            cost=_estimated_cost(str(quality) if quality else None, len(outputs)),
+            cost_unit=COST_UNIT,
+        )
+
+    # -- the rest of the lifecycle -------------------------------------------------------------
+
+    async def poll(self, job: Job) -> JobStatus:
+        """OpenAI jobs finish at submit; a job rebuilt without its answer cannot be recovered."""
+        if job.status is None:
+            raise JobFailed(
+                "OpenAI answers synchronously and keeps no copy: the images of this submit "
+                "were lost with its answer (it may still have been billed); submit again",
+                provider=self.name,
+                job_id=job.job_id,
+            )
+        return job.status
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        job_id: str,
+        *,
+        json_body: Any = None,
+        data: dict[str, str] | None = None,
+        files: Any = None,
+    ) -> Any:
+        try:
+            _, body = await self._api.request(
+                method, path, json_body=json_body, data=data, files=files, job_id=job_id
+            )
+        except ProviderError as err:
+            redact(err, self._secrets)
+            raise
+        return body
+
+    def _malformed(self, message: str, job_id: str) -> MalformedResponse:
+        return MalformedResponse(message, provider=self.name, job_id=job_id)
