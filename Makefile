@@ -23,9 +23,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gptimg demo
 
+SOURCES := $(wildcard gptimg_flows tests blocks deployments bench)
+
 lint: $(STAMP)
-	$(BIN)/ruff check gptimg_flows tests blocks deployments bench
-	$(BIN)/ruff format --check gptimg_flows tests blocks deployments bench
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -147,7 +147,7 @@ async def produce(
     loaded: list[InputImage] = []
     mask: InputImage | None = None
     if isinstance(request, EditRequest):
-        loaded, mask = await load_edit_inputs(request)
+        loaded, mask = await load_edit_inputs(request, archive)
         digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
         parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
     if refresh:

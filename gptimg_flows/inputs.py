@@ -13,7 +13,9 @@ import ipaddress
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import fsspec
@@ -80,9 +82,11 @@ async def _read_http(url: str, field: str, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-def _read_fsspec(source: str, field: str, max_bytes: int) -> bytes:
+def _read_fsspec(
+    source: str, field: str, max_bytes: int, options: Mapping[str, Any] | None = None
+) -> bytes:
     try:
-        with fsspec.open(source, "rb") as fh:
+        with fsspec.open(source, "rb", **dict(options or {})) as fh:
             data: bytes = fh.read(max_bytes + 1)
     except FileNotFoundError:
         raise InvalidRequest(f"{field}: no such file {source}", field=field) from None
@@ -96,9 +100,17 @@ def _read_fsspec(source: str, field: str, max_bytes: int) -> bytes:
 
 
 async def read_source(
-    source: str | bytes, field: str, *, max_bytes: int = MAX_INPUT_BYTES
+    source: str | bytes,
+    field: str,
+    *,
+    max_bytes: int = MAX_INPUT_BYTES,
+    storage_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[bytes, str | None]:
-    """Bytes of an input and, for http(s) sources, the URL a provider could fetch itself."""
+    """Bytes of an input and, for http(s) sources, the URL a provider could fetch itself.
+
+    `storage_options` maps a protocol (`s3`) to the fsspec options to read it with: inputs
+    that live in the archive's store are read with the archive's endpoint and credentials.
+    """
     if isinstance(source, bytes):
         if len(source) > max_bytes:
             raise InvalidRequest(f"{field}: {len(source):,} bytes exceeds the cap", field=field)
@@ -114,16 +126,23 @@ async def read_source(
             f"{field}: file:// URLs are not fetched; give a plain local path instead", field=field
         )
     if scheme and len(scheme) > 1:  # s3://, gs://, memory://, … ("C:" is a drive letter)
-        return await asyncio.to_thread(_read_fsspec, text, field, max_bytes), None
+        options = (storage_options or {}).get(scheme)
+        return await asyncio.to_thread(_read_fsspec, text, field, max_bytes, options), None
     path = os.path.expanduser(text)
     return await asyncio.to_thread(_read_fsspec, path, field, max_bytes), None
 
 
 async def load_image(
-    source: str | bytes, field: str, *, max_bytes: int = MAX_INPUT_BYTES
+    source: str | bytes,
+    field: str,
+    *,
+    max_bytes: int = MAX_INPUT_BYTES,
+    storage_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> InputImage:
     """Load and identify one input image."""
-    data, url = await read_source(source, field, max_bytes=max_bytes)
+    data, url = await read_source(
+        source, field, max_bytes=max_bytes, storage_options=storage_options
+    )
     try:
         info = await asyncio.to_thread(sniff, data)
     except ValueError as exc:

@@ -200,17 +200,23 @@ async def upload_inputs(
     return prepared
 
 
-async def load_edit_inputs(request: EditRequest) -> tuple[list[InputImage], InputImage | None]:
+async def load_edit_inputs(
+    request: EditRequest, archive: Archive
+) -> tuple[list[InputImage], InputImage | None]:
     """Read and check every input before anything is uploaded or paid: a bad file, a URL into
     a private network, or a mask that does not fit the image fails here."""
+    options = {archive.protocol: archive.storage_options} if not archive.local else None
     images = list(
         await asyncio.gather(
-            *(load_image(src, f"images[{i}]") for i, src in enumerate(request.images))
+            *(
+                load_image(src, f"images[{i}]", storage_options=options)
+                for i, src in enumerate(request.images)
+            )
         )
     )
     mask: InputImage | None = None
     if request.mask is not None:
-        raw_mask = await load_image(request.mask, "mask")
+        raw_mask = await load_image(request.mask, "mask", storage_options=options)
         mask = await asyncio.to_thread(prepare_mask, raw_mask, images[0])
     return images, mask
 

@@ -71,3 +71,24 @@ def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
         aws_access_key_id="testing", aws_secret_access_key="testing",
     ).create_bucket(Bucket=bucket)  # fmt: skip
     return f"s3://{bucket}/images-test", options
+
+
+@pytest.fixture
+def provider_block(emulator: Any) -> Any:
+    """`provider_block("scenario")`: a credentials block pointed at the emulator."""
+    from gptimg_flows.blocks import CREDENTIAL_BLOCKS
+    from gptimg_flows.testing.config import EMULATOR_KEYS
+
+    by_name = {cls.provider_name: cls for cls in CREDENTIAL_BLOCKS}
+
+    def make(name: str, **overrides: Any) -> Any:
+        key = EMULATOR_KEYS[name]
+        fields: dict[str, Any] = {"base_url": emulator.base_url(name)}
+        if isinstance(key, tuple):
+            fields["api_key"], fields["api_secret"] = key
+        else:
+            fields["api_key"] = key
+        fields.update(overrides)
+        return by_name[name](**fields)
+
+    return make

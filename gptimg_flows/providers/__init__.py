@@ -24,7 +24,6 @@ PROVIDERS: dict[str, type[Provider]] = {
 }
 
 
-
 def capability_table() -> str:
     """The markdown table the README and `gptimg providers` show, built from the adapters."""
     rows = [(name, cls.capabilities.table_row()) for name, cls in PROVIDERS.items()]
@@ -45,8 +44,6 @@ def capability_notes() -> str:
 
 
 __all__ = [
-    "capability_notes",
-    "capability_table",
     "PROVIDERS",
     "Capabilities",
     "GptImage2AIProvider",
@@ -57,4 +54,6 @@ __all__ = [
     "RunwareProvider",
     "ScenarioProvider",
     "SkillsVideoProvider",
+    "capability_notes",
+    "capability_table",
 ]
