@@ -47,10 +47,10 @@ from .models import (
 )
 from .tasks import (
     ProviderSpec,
-    archive_images,
     archived_result,
     download_outputs,
     load_edit_inputs,
+    materializing_archive,
     provider_of,
     request_key,
     submit_job,
@@ -166,7 +166,11 @@ async def produce(
     job = await submit_job(spec, request, inputs, key, archive)
     status = await wait_for_job(spec, job, timeout_seconds)
     images = await download_outputs(spec, job, status, archive)
-    return await archive_images(images, archive, key, job, status, request.prompt, parents, extra)
+    archiving = materializing_archive(images, archive, parents)
+    archived: list[ArchivedImage] = await archiving(
+        images, archive, key, job, status, request.prompt, parents, extra
+    )
+    return archived
 
 
 # -- artifacts ----------------------------------------------------------------------------------

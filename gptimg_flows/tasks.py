@@ -23,10 +23,11 @@ from typing import Any, SupportsIndex, overload
 
 import httpx
 from prefect import task
+from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.logging import get_run_logger
-from prefect.tasks import Task
+from prefect.tasks import MaterializingTask, Task
 
 from .archive import Archive
 from .blocks import ProviderCredentials, offline_provider
@@ -439,3 +440,33 @@ async def archive_images(
     await asyncio.to_thread(archive.delete, f"_staging/{key}")
     logger.info("archived %d image(s) under %s", len(out), archive.basepath)
     return out
+
+
+def asset_key(uri: str) -> str:
+    """Prefect asset keys are URIs: archive paths on a local disk become `file://` URIs."""
+    return uri if "://" in uri else "file://" + uri
+
+
+def materializing_archive(
+    images: list[DownloadedImage], archive: Archive, parents: Sequence[str]
+) -> Task[..., Any]:
+    """`archive_images` declared as materializing each image's archive URI, depending on its
+    inputs' URIs: the Prefect UI then draws lineage from input to generated to edited image.
+
+    Content-addressed names are known before the write (the sha256 is), which is what lets the
+    assets be declared up front.
+    """
+    assets = [
+        Asset(
+            key=asset_key(archive.uri(Archive.image_rel(i.sha256, i.mime))),
+            properties=AssetProperties(name=f"{i.sha256[:12]} ({i.width}x{i.height})"),
+        )
+        for i in images
+    ]
+    return MaterializingTask(
+        fn=archive_images.fn,
+        assets=assets,
+        asset_deps=[asset_key(p) for p in parents] or None,
+        name="archive-images",
+        **RETRY_OPTIONS,
+    )

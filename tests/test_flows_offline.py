@@ -21,7 +21,7 @@ from gptimg_flows import (
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OfflineProvider
 
-from .prefect_api import artifacts
+from .prefect_api import artifacts, asset_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -167,3 +167,28 @@ async def test_each_run_publishes_an_artifact_with_cost(archive_dir: Path) -> No
     bodies = [a["data"] for a in await artifacts() if "a teapot" in str(a["data"])]
     assert bodies, "no artifact mentions the prompt"
     assert "Total cost" in bodies[0] and "offline" in bodies[0]
+
+
+async def test_archived_images_are_prefect_assets_with_lineage(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    mask = _mask(tmp_path / "mask.png", (128, 128), editable_rows=40)
+    result = await generate_edit_archive(
+        prompt="lineage: a pier", edit_prompt="lineage: add gulls", provider="offline",
+        mask=mask, archive=str(archive_dir), size="128x128",
+    )  # fmt: skip
+    generated = "file://" + result.generated[0].uri
+    edited = "file://" + result.edited[0].uri
+    events = await asset_events({generated, edited})
+    materialized = {
+        e["resource"]["prefect.resource.id"]: e
+        for e in events
+        if e["event"] == "prefect.asset.materialization.succeeded"
+    }
+    assert generated in materialized and edited in materialized, list(materialized)
+    upstream = [
+        r["prefect.resource.id"]
+        for r in materialized[edited]["related"]
+        if r.get("prefect.resource.role") == "asset"
+    ]
+    assert upstream == [generated]

@@ -1,0 +1,28 @@
+"""Runs one flow in its own process, so a test can kill -9 it mid-run.
+
+Usage: python -m tests.flow_process '<json>' with keys flow, provider, base_url, api_key,
+api_secret?, kwargs. Prints the archived URIs as JSON on success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+
+async def main(spec: dict[str, Any]) -> None:
+    import gptimg_flows
+    from gptimg_flows.blocks import CREDENTIAL_BLOCKS
+
+    cls = next(c for c in CREDENTIAL_BLOCKS if c.provider_name == spec["provider"])
+    block = cls(**spec["block"])
+    flow = getattr(gptimg_flows, spec["flow"])
+    result = await flow(provider=block, **spec["kwargs"])
+    images = result if isinstance(result, list) else result.images
+    print(json.dumps([i.uri for i in images]))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))
