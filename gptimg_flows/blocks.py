@@ -58,7 +58,6 @@ class OpenAIImageCredentials(ProviderCredentials):
 
     _block_type_name = "GPT Image OpenAI Credentials"
     _block_type_slug = "gptimg-openai-credentials"
-    _logo_url = "https://cdn.simpleicons.org/openai"  # type: ignore[assignment]
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "openai"
 
@@ -95,8 +94,10 @@ class ScenarioCredentials(ProviderCredentials):
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "scenario"
 
-    api_key: SecretStr = Field(description="SCENARIO_SDK_API_KEY")
-    api_secret: SecretStr = Field(description="SCENARIO_SDK_API_SECRET")
+    api_key: SecretStr = Field(description="Scenario API key (what SCENARIO_SDK_API_KEY holds).")
+    api_secret: SecretStr = Field(
+        description="Scenario API secret (what SCENARIO_SDK_API_SECRET holds)."
+    )
 
     def _build(self) -> Provider:
         kw: dict[str, Any] = {"timeout": self.timeout_seconds}
@@ -124,7 +125,7 @@ class RunwareCredentials(ProviderCredentials):
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "runware"
 
-    api_key: SecretStr = Field(description="RUNWARE_API_KEY")
+    api_key: SecretStr = Field(description="Runware API key (what RUNWARE_API_KEY holds).")
 
     def _build(self) -> Provider:
         kw: dict[str, Any] = {"timeout": self.timeout_seconds}
@@ -150,7 +151,9 @@ class SkillsVideoCredentials(ProviderCredentials):
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "skillsvideo"
 
-    api_key: SecretStr = Field(description="SKILLS_VIDEO_API_KEY")
+    api_key: SecretStr = Field(
+        description="skills.video API key (what SKILLS_VIDEO_API_KEY holds)."
+    )
 
     def _build(self) -> Provider:
         kw: dict[str, Any] = {"timeout": self.timeout_seconds}
@@ -176,7 +179,7 @@ class GptImage2AICredentials(ProviderCredentials):
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "gptimage2ai"
 
-    api_key: SecretStr = Field(description="GPTIMAGE2_API_KEY")
+    api_key: SecretStr = Field(description="gptimage2.ai API key (what GPTIMAGE2_API_KEY holds).")
 
     def _build(self) -> Provider:
         kw: dict[str, Any] = {"timeout": self.timeout_seconds}
@@ -214,11 +217,11 @@ class ImageArchive(Block):
 
     basepath: str = Field(
         default_factory=default_basepath,
-        description="Local folder or fsspec URL, e.g. s3://bucket/prefix",
+        description="Local folder or fsspec URL, e.g. s3://bucket/prefix.",
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec options, e.g. {'endpoint_url': ..., 'key': ..., 'secret': ...} for s3",
+        description="fsspec options, e.g. {'client_kwargs': {'endpoint_url': ...}} for s3.",
     )
     secret_storage_options: SecretStr | None = Field(
         default=None,
