@@ -12,10 +12,15 @@ import io
 import json
 import time
 from typing import Any
+from uuid import UUID
 
 import fsspec
 from prefect import flow
-from prefect.artifacts import acreate_markdown_artifact
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    aupdate_progress_artifact,
+)
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
@@ -190,7 +195,12 @@ def _cost_text(costs: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
 
 
-async def publish_images(images: list[ArchivedImage], title: str, key: str | None = None) -> None:
+async def publish_images(
+    images: list[ArchivedImage],
+    title: str,
+    key: str | None = None,
+    failures: list[BatchFailure] | None = None,
+) -> None:
     rows = [
         "| # | image | prompt | provider | size | cost |",
         "|---|---|---|---|---|---|",
@@ -203,6 +213,13 @@ async def publish_images(images: list[ArchivedImage], title: str, key: str | Non
             f"| {img.width}x{img.height} | {cost} |"
         )
     body = f"## {title}\n\nTotal cost: {_cost_text(total_cost(images))}\n\n" + "\n".join(rows)
+    if failures:
+        body += "\n\n### Failures\n\n| # | prompt | error |\n|---|---|---|\n"
+        body += "\n".join(
+            f"| {f.index} | {f.prompt[:80].replace('|', '/')} | "
+            f"{f.error_type}: {f.error[:200].replace('|', '/')} |"
+            for f in failures
+        )
     await acreate_markdown_artifact(markdown=body, key=key, description=title)
 
 
@@ -319,6 +336,31 @@ class BatchFailure(BaseModel):
     error_type: str
 
 
+class _Progress:
+    """A progress artifact for a batch, updated at most once a second (the API is shared)."""
+
+    def __init__(self, total: int, done: int = 0) -> None:
+        self.total, self.done = max(1, total), done
+        self.artifact_id: UUID | None = None
+        self._last = 0.0
+
+    async def start(self) -> None:
+        self.artifact_id = await acreate_progress_artifact(
+            progress=100.0 * self.done / self.total, description="batch progress"
+        )
+
+    async def advance(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.artifact_id is not None and now - self._last >= 1.0:
+            self._last = now
+            await aupdate_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
+
+    async def finish(self) -> None:
+        if self.artifact_id is not None:
+            await aupdate_progress_artifact(self.artifact_id, 100.0)
+
+
 class BatchResult(BaseModel):
     images: list[ArchivedImage]
     failures: list[BatchFailure]
@@ -390,6 +432,8 @@ async def batch_generate(
             failures.append(_failure(i, str(row.get("prompt", "")), exc))
     gate = asyncio.Semaphore(max(1, concurrency))
     images: list[ArchivedImage] = []
+    progress = _Progress(total=len(rows), done=len(failures))
+    await progress.start()
 
     async def one(i: int, req: ImageRequest, slot: str) -> None:
         async with gate:
@@ -398,8 +442,9 @@ async def batch_generate(
                     await produce(spec, req, store, slot=slot, refresh=refresh,
                                   timeout_seconds=timeout_seconds)
                 )  # fmt: skip
-            except Exception as exc:
+            except Exception as exc:  # one item's failure is reported, not fatal
                 failures.append(_failure(i, req.prompt, exc))
+            await progress.advance()
 
     # A request's slot is its occurrence number among identical requests, so re-running an
     # edited prompt file only pays for lines that are new, and a duplicate line is a new image.
@@ -411,8 +456,9 @@ async def batch_generate(
         seen[fp] = seen.get(fp, 0) + 1
     await asyncio.gather(*(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None))
     failures.sort(key=lambda f: f.index)
+    await progress.finish()
     result = BatchResult(images=images, failures=failures, cost=total_cost(images))
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
                 _cost_text(result.cost))  # fmt: skip
-    await publish_images(images, f"Batch of {len(rows)} prompt(s)")
+    await publish_images(images, f"Batch of {len(rows)} prompt(s)", failures=failures)
     return result
