@@ -54,7 +54,7 @@ async def test_an_html_page_instead_of_the_image_fails_clearly_and_a_rerun_does_
 ) -> None:
     block = provider_block("skillsvideo")
     emulator.force("download_not_image", provider="skillsvideo")
-    with pytest.raises(InvalidOutput, match="not an image|text/html"):
+    with pytest.raises(InvalidOutput, match=r"not an image|text/html"):
         await generate_images(prompt="a paid job", provider=block, archive=str(archive_dir),
                               size="1:1")  # fmt: skip
     assert not list(archive_dir.glob("images/*/*.png")), "nothing half-written is archived"
@@ -69,8 +69,10 @@ async def test_polling_deadline_raises_job_timeout_and_cancels_where_possible(
 ) -> None:
     emulator.configure(latency=30.0)
     with pytest.raises(JobTimeout, match="after 2 s"):
-        await generate_images(prompt="a slow job", provider=provider_block("scenario"),
-                              archive=str(archive_dir), size="256x256", timeout_seconds=2)  # fmt: skip
+        await generate_images(
+            prompt="a slow job", provider=provider_block("scenario"), archive=str(archive_dir),
+            size="256x256", timeout_seconds=2,
+        )  # fmt: skip
     assert emulator.ledger()["requests"]["scenario"].get("cancel") == 1
 
 
