@@ -8,6 +8,9 @@ import os
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+# A home of the suite's own: its result store and logs are scanned for secrets, and a
+# developer's ~/.prefect is left alone.
+os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="gptimg-tests-"))
 
 import socket
 import uuid
