@@ -56,8 +56,10 @@ async def test_keys_appear_nowhere_after_every_flow_and_a_refused_key(
     await generate_edit_archive(prompt="secret pipeline", edit_prompt="more", mask=str(mask),
                                 provider=_block(provider_block, "openai"),
                                 archive=str(archive_dir), size="256x256")  # fmt: skip
-    await batch_generate(prompts=["secret a", "secret b"], provider=_block(provider_block, "runware"),
-                         archive=str(archive_dir), size="256x256")  # fmt: skip
+    await batch_generate(
+        prompts=["secret a", "secret b"], provider=_block(provider_block, "runware"),
+        archive=str(archive_dir), size="256x256",
+    )  # fmt: skip
     with pytest.raises(AuthError) as refused:
         await generate_images(prompt="secret refused", archive=str(archive_dir),
                               provider=provider_block("openai", api_key=WRONG))  # fmt: skip
