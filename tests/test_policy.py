@@ -1,0 +1,127 @@
+"""Retry, key and polling policy as pure functions: decided once, tested here."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import httpx
+import pytest
+
+from gptimg_flows import tasks
+from gptimg_flows.blocks import RunwareCredentials
+from gptimg_flows.download import download
+from gptimg_flows.errors import (
+    AuthError,
+    InvalidOutput,
+    RateLimited,
+    ServerError,
+    TransportError,
+    is_retryable,
+)
+from gptimg_flows.models import ImageRequest, Job, JobState, JobStatus, OutputRef
+from gptimg_flows.providers.base import Provider
+from gptimg_flows.providers.offline import OfflineProvider
+from gptimg_flows.retry import backoff_delay, poll_delays
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(i, rng=rng) for i in range(8)]
+    for i, d in enumerate(delays):
+        base = min(60.0, 2.0**i)
+        assert base <= d <= base * 1.25, (i, d)
+
+
+def test_retry_after_is_a_floor_never_undercut() -> None:
+    for seed in range(50):
+        assert backoff_delay(0, retry_after=7.5, rng=random.Random(seed)) >= 7.5
+
+
+@pytest.mark.parametrize(
+    ("exc", "retry"),
+    [(RateLimited("x"), True), (ServerError("x"), True), (TransportError("x"), True),
+     (AuthError("x"), False), (InvalidOutput("x"), False), (ValueError("x"), False)],
+)  # fmt: skip
+def test_only_transient_errors_are_retried(exc: Exception, retry: bool) -> None:
+    assert is_retryable(exc) is retry
+
+
+def test_prefect_delay_list_honours_the_retry_after_of_the_failure() -> None:
+    from prefect.states import Failed
+
+    delays = tasks.retry_delays(5)
+    assert isinstance(delays, list) and len(delays) == 5
+    assert tasks.retry_on_retryable(None, None, Failed(data=RateLimited("slow", retry_after=9)))  # type: ignore[arg-type]
+    assert delays[0] >= 9
+    assert delays[0] <= 1.25, "the hint is used once, then plain backoff resumes"
+    assert not tasks.retry_on_retryable(None, None, Failed(data=AuthError("no")))  # type: ignore[arg-type]
+
+
+def test_request_key_ignores_credentials_and_base_url_but_not_what_is_asked() -> None:
+    a = RunwareCredentials(api_key="key-one", base_url="http://127.0.0.1:1/runware/v1")
+    b = RunwareCredentials(api_key="key-two")
+    req = ImageRequest(prompt="a fox", size="256x256")
+    key_a = tasks.request_key(a.get_provider(), req, [], "0")
+    assert key_a == tasks.request_key(b.get_provider(), req, [], "0")
+    assert "key-one" not in key_a
+    assert key_a != tasks.request_key(b.get_provider(), req, [], "1")
+    assert key_a != tasks.request_key(b.get_provider(), req, ["abc"], "0")
+    other = ImageRequest(prompt="a fox", size="256x256", quality="high")
+    assert key_a != tasks.request_key(b.get_provider(), other, [], "0")
+    assert key_a != tasks.request_key(OfflineProvider(), req, [], "0")
+
+
+def test_poll_rhythm_starts_fast_and_backs_off_to_a_cap() -> None:
+    delays = poll_delays()
+    assert delays[0] == 0.5 and delays[-1] == 10.0
+    assert all(b >= a for a, b in itertools.pairwise(delays))
+
+
+class _Scripted(Provider):
+    """A provider whose job finishes after a fixed number of polls, with an optional hint."""
+
+    name = "scripted"
+    display_name = "scripted"
+    capabilities = OfflineProvider.capabilities
+
+    def __init__(self, polls_until_done: int, hint: float | None) -> None:
+        self.left, self.hint, self.polls = polls_until_done, hint, 0
+
+    async def submit(self, request: Any, inputs: Any, key: str) -> Job:
+        raise NotImplementedError
+
+    async def poll(self, job: Job) -> JobStatus:
+        self.polls += 1
+        self.left -= 1
+        state = JobState.SUCCEEDED if self.left <= 0 else JobState.RUNNING
+        return JobStatus(job_id=job.job_id, state=state, poll_after=self.hint)
+
+
+async def test_polling_follows_the_providers_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(tasks.asyncio, "sleep", fake_sleep)
+    job = Job(provider="scripted", model="m", job_id="j1", key="k")
+    status = await tasks._poll_until_done(_Scripted(4, hint=0.2), job, 60)
+    assert status.state is JobState.SUCCEEDED and slept == [0.2, 0.2, 0.2]
+    slept.clear()
+    await tasks._poll_until_done(_Scripted(4, hint=None), job, 60)
+    assert slept == poll_delays()[:3]
+
+
+async def test_download_stops_at_the_size_cap() -> None:
+    big = b"\x89PNG\r\n\x1a\n" + b"0" * 5000
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=big, headers={"content-type": "image/png"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        with pytest.raises(InvalidOutput, match="cap"):
+            await download(
+                client, OutputRef(index=0, url="https://cdn.example/x.png"), max_bytes=1000
+            )
