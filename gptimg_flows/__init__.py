@@ -17,7 +17,13 @@ from .blocks import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
-from .flows import batch_generate, edit_image, generate_edit_archive, generate_images
+from .flows import (
+    batch_generate,
+    daily_content,
+    edit_image,
+    generate_edit_archive,
+    generate_images,
+)
 from .models import ArchivedImage, EditRequest, ImageRequest
 
 __version__ = "0.1.0"
@@ -33,6 +39,7 @@ __all__ = [
     "ScenarioCredentials",
     "SkillsVideoCredentials",
     "batch_generate",
+    "daily_content",
     "edit_image",
     "generate_edit_archive",
     "generate_images",

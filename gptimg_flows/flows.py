@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import time
+from datetime import date
 from typing import Any
 from uuid import UUID
 
@@ -461,4 +462,45 @@ async def batch_generate(
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
                 _cost_text(result.cost))  # fmt: skip
     await publish_images(images, f"Batch of {len(rows)} prompt(s)", failures=failures)
+    return result
+
+
+def fill_template(template: str, day: date, themes: list[str]) -> str:
+    """`{date}` / `{date:%A %d %B}` and `{theme}` filled: the theme rotates one per day."""
+    theme = themes[day.toordinal() % len(themes)] if themes else ""
+    try:
+        return template.format(date=day, theme=theme)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidRequest(
+            f"prompt_template: {exc!s} (use {{date}}, {{date:%d %B}} and {{theme}})",
+            field="prompt_template",
+        ) from None
+
+
+@flow(name="daily-content", log_prints=True)
+async def daily_content(
+    prompt_template: str = "editorial poster for {theme}, dated {date:%A %d %B %Y}",
+    themes: list[str] | None = None,
+    edit_prompt: str = "add a bold headline banner across the top",
+    provider: ProviderParam = "offline",
+    mask: str | None = None,
+    archive: ArchiveParam = None,
+    size: str | None = None,
+    quality: Quality | None = None,
+    run_date: date | None = None,
+    timeout_seconds: float = 900.0,
+) -> PipelineResult:
+    """The scheduled pipeline: fill the prompt with the run's date and theme, then generate →
+    edit (with the mask) → archive. The date is the run's scheduled day, so a late or re-run
+    run makes the same image (and pays nothing twice)."""
+    from prefect.runtime import flow_run
+
+    day = run_date or flow_run.scheduled_start_time.date()
+    chosen = themes or ["spring sale", "new arrivals", "customer stories", "behind the scenes"]
+    prompt = fill_template(prompt_template, day, chosen)
+    get_run_logger().info("prompt for %s: %s", day.isoformat(), prompt)
+    result: PipelineResult = await generate_edit_archive(
+        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
+        size=size, quality=quality, timeout_seconds=timeout_seconds,
+    )  # fmt: skip
     return result

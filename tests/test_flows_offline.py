@@ -192,3 +192,22 @@ async def test_archived_images_are_prefect_assets_with_lineage(
         if r.get("prefect.resource.role") == "asset"
     ]
     assert upstream == [generated]
+
+
+async def test_daily_content_fills_the_template_with_the_date_and_a_rotating_theme(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    import datetime
+
+    from gptimg_flows import daily_content
+
+    day = datetime.date(2026, 11, 23)
+    themes = ["autumn", "winter"]
+    result = await daily_content(
+        prompt_template="poster for {theme} on {date:%d %B %Y}", themes=themes,
+        provider="offline", archive=str(archive_dir), size="128x128", run_date=day,
+        mask=_mask(tmp_path / "m.png", (128, 128), 40),
+    )  # fmt: skip
+    theme = themes[day.toordinal() % 2]
+    assert result.generated[0].prompt == f"poster for {theme} on 23 November 2026"
+    assert result.edited[0].parents == [result.generated[0].uri]
