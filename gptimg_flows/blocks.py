@@ -34,6 +34,21 @@ class ProviderCredentials(CredentialsBlock, ABC):
     timeout_seconds: float = Field(
         default=120.0, gt=0, description="Read timeout for one API call, in seconds."
     )
+    concurrency_limit: str | None = Field(
+        default=None,
+        description=(
+            "Name of a Prefect global concurrency limit capping this provider's running jobs "
+            "across every worker (create it with `prefect gcl create NAME --limit K`)."
+        ),
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description=(
+            "Name of a Prefect global concurrency limit with slot decay capping submits per "
+            "second across every worker (`prefect gcl create NAME --limit N "
+            "--slot-decay-per-second R`)."
+        ),
+    )
 
     @abstractmethod
     def _build(self) -> Provider: ...

@@ -58,7 +58,9 @@ from .tasks import (
     load_edit_inputs,
     materializing_archive,
     provider_of,
+    provider_slot,
     request_key,
+    submit_allowance,
     submit_job,
     upload_inputs,
     wait_for_job,
@@ -169,8 +171,10 @@ async def produce(
         if isinstance(request, EditRequest)
         else None
     )
-    job = await submit_job(spec, request, inputs, key, archive)
-    status = await wait_for_job(spec, job, timeout_seconds)
+    async with provider_slot(spec):
+        await submit_allowance(spec)
+        job = await submit_job(spec, request, inputs, key, archive)
+        status = await wait_for_job(spec, job, timeout_seconds)
     images = await download_outputs(spec, job, status, archive)
     archiving = materializing_archive(images, archive, parents)
     archived: list[ArchivedImage] = await archiving(

@@ -13,10 +13,11 @@ Retry, idempotency and cache policy live here, once:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, SupportsIndex, overload
@@ -26,6 +27,7 @@ from prefect import task
 from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
 from prefect.logging import get_run_logger
 from prefect.tasks import MaterializingTask, Task
 
@@ -165,6 +167,46 @@ async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | N
 
 def _strip(archive: Archive, uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
+
+
+# -- provider limits held by the Prefect server ---------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def provider_slot(spec: ProviderSpec) -> AsyncIterator[None]:
+    """Hold one slot of the block's global concurrency limit while a job runs.
+
+    The limit lives on the Prefect server, so it holds across every worker and machine. A
+    named limit that does not exist is an error, not a silent "unlimited".
+    """
+    name = spec.concurrency_limit if isinstance(spec, ProviderCredentials) else None
+    if not name:
+        yield
+        return
+    try:
+        async with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
+            yield
+    except ConcurrencySlotAcquisitionError as exc:
+        raise InvalidRequest(
+            f"concurrency limit {name!r} cannot be used ({exc}); create it with "
+            f"`prefect gcl create {name} --limit K`",
+            field="concurrency_limit",
+        ) from None
+
+
+async def submit_allowance(spec: ProviderSpec) -> None:
+    """Wait for the block's rate limit (a decaying global limit) before a paid submit."""
+    name = spec.rate_limit if isinstance(spec, ProviderCredentials) else None
+    if not name:
+        return
+    try:
+        await rate_limit(name, occupy=1, strict=True)
+    except ConcurrencySlotAcquisitionError as exc:
+        raise InvalidRequest(
+            f"rate limit {name!r} cannot be used ({exc}); create it with "
+            f"`prefect gcl create {name} --limit N --slot-decay-per-second R`",
+            field="rate_limit",
+        ) from None
 
 
 # -- tasks --------------------------------------------------------------------------------------
