@@ -211,3 +211,36 @@ async def test_daily_content_fills_the_template_with_the_date_and_a_rotating_the
     theme = themes[day.toordinal() % 2]
     assert result.generated[0].prompt == f"poster for {theme} on 23 November 2026"
     assert result.edited[0].parents == [result.generated[0].uri]
+
+
+async def test_batch_reads_a_csv_from_any_fsspec_url(archive_dir: Path) -> None:
+    import fsspec
+
+    with fsspec.open("memory://prompts/today.csv", "w") as fh:
+        fh.write("prompt,size\na heron,128x128\na crane,256x128\n")
+    result = await batch_generate(prompts="memory://prompts/today.csv", provider="offline",
+                                  archive=str(archive_dir))  # fmt: skip
+    assert sorted((i.prompt, i.width, i.height) for i in result.images) == [
+        ("a crane", 256, 128), ("a heron", 128, 128),
+    ]  # fmt: skip
+
+
+def test_flow_parameters_render_as_a_typed_form() -> None:
+    from gptimg_flows import daily_content
+
+    for flow_ in (
+        generate_images,
+        edit_image,
+        generate_edit_archive,
+        batch_generate,
+        daily_content,
+    ):
+        schema = flow_.parameters.model_dump()
+        props = schema["properties"]
+        assert "provider" in props and "archive" in props, flow_.name
+        refs = [r.get("$ref", r.get("type")) for r in props["provider"]["anyOf"]]
+        assert refs[-1] == "string" and len(refs) == 6, refs
+        scenario = schema["definitions"]["ScenarioCredentials"]
+        assert scenario["block_type_slug"] == "gptimg-scenario-credentials"
+    gen = generate_images.parameters.model_dump()["properties"]
+    assert gen["quality"]["anyOf"][0]["enum"] == ["auto", "low", "medium", "high"]
