@@ -47,3 +47,39 @@ def poll_delays(
         d *= factor
     out.append(cap)
     return out
+
+
+class DurationEstimate:
+    """How long one provider's jobs take, learned from the jobs this process has seen.
+
+    With an estimate, the first poll is timed for when the job should be done and later ones
+    follow closely (5 % of the estimate apart), so a job is noticed soon after it finishes
+    with about one poll; a job running well past the estimate falls back to backing off.
+    """
+
+    ALPHA = 0.3
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        self.seconds = (
+            seconds
+            if self.seconds is None
+            else (1 - self.ALPHA) * self.seconds + self.ALPHA * seconds
+        )
+
+    def first_wait(self, elapsed: float) -> float:
+        """Seconds to wait before the first poll, `elapsed` seconds after the submit."""
+        if self.seconds is None:
+            return 0.0
+        return max(0.0, self.seconds * 1.02 - elapsed)
+
+    def next_delay(self, attempt: int, elapsed: float) -> float:
+        """Seconds to the next poll after `attempt` polls that found the job still running."""
+        if self.seconds is not None and elapsed < self.seconds * 1.5:
+            return max(0.05, 0.05 * self.seconds)
+        schedule = poll_delays()
+        return schedule[min(attempt, len(schedule) - 1)]

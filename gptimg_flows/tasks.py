@@ -55,7 +55,7 @@ from .models import (
     canonical_json,
 )
 from .providers.base import PreparedInputs, Provider, failure_error
-from .retry import backoff_delay, poll_delays
+from .retry import DurationEstimate, backoff_delay
 
 ProviderSpec = ProviderCredentials | str
 RETRIES = 5
@@ -381,13 +381,25 @@ async def wait_for_job(
     return status
 
 
+#: Learned job durations per provider, shared by every poll loop in this process.
+_DURATIONS: dict[str, DurationEstimate] = {}
+
+
 async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) -> JobStatus:
     deadline = time.monotonic() + timeout_seconds
-    delays = poll_delays()
-    attempt = 0
+    estimate = _DURATIONS.setdefault(adapter.name, DurationEstimate())
+
+    def elapsed() -> float:
+        return (datetime.now(UTC) - job.submitted_at).total_seconds()
+
+    first = min(estimate.first_wait(elapsed()), timeout_seconds)
+    if first > 0:
+        await asyncio.sleep(first)
+    attempt, gap = 0, 0.0
     while True:
         status = await adapter.poll(job)
         if status.state.terminal:
+            estimate.observe(elapsed() - gap / 2)
             return status
         now = time.monotonic()
         if now >= deadline:
@@ -397,9 +409,9 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
                 provider=adapter.name,
                 job_id=job.job_id,
             )
-        delay = status.poll_after or delays[min(attempt, len(delays) - 1)]
+        gap = status.poll_after or estimate.next_delay(attempt, elapsed())
         attempt += 1
-        await asyncio.sleep(min(delay, max(0.0, deadline - now)))
+        await asyncio.sleep(min(gap, max(0.0, deadline - now)))
 
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)

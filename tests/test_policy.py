@@ -23,7 +23,7 @@ from gptimg_flows.errors import (
 from gptimg_flows.models import ImageRequest, Job, JobState, JobStatus, OutputRef
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.offline import OfflineProvider
-from gptimg_flows.retry import backoff_delay, poll_delays
+from gptimg_flows.retry import DurationEstimate, backoff_delay, poll_delays
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
@@ -106,12 +106,24 @@ async def test_polling_follows_the_providers_hint(monkeypatch: pytest.MonkeyPatc
         slept.append(seconds)
 
     monkeypatch.setattr(tasks.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(tasks, "_DURATIONS", {"scripted": DurationEstimate()})
     job = Job(provider="scripted", model="m", job_id="j1", key="k")
     status = await tasks._poll_until_done(_Scripted(4, hint=0.2), job, 60)
     assert status.state is JobState.SUCCEEDED and slept == [0.2, 0.2, 0.2]
     slept.clear()
+    tasks._DURATIONS["scripted"] = DurationEstimate()  # nothing learned: the default rhythm
     await tasks._poll_until_done(_Scripted(4, hint=None), job, 60)
     assert slept == poll_delays()[:3]
+
+
+def test_a_learned_duration_times_the_first_poll_and_keeps_later_ones_close() -> None:
+    est = DurationEstimate()
+    assert est.first_wait(0.0) == 0.0 and est.next_delay(0, 0.3) == poll_delays()[0]
+    for _ in range(20):
+        est.observe(1.0)
+    assert est.first_wait(0.1) == pytest.approx(0.92)
+    assert est.next_delay(0, 1.05) == pytest.approx(0.05)  # near the estimate: poll closely
+    assert est.next_delay(3, 2.0) == poll_delays()[3]  # far past it: back off again
 
 
 async def test_download_stops_at_the_size_cap() -> None:
