@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import weakref
 from pathlib import Path
 
 import fsspec
@@ -38,6 +39,28 @@ class DownloadedImage(BaseModel):
     size_bytes: int
     index: int
     seed: str | None = None
+
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def shared_client() -> httpx.AsyncClient:
+    """One bare client per event loop for output downloads.
+
+    Building a client builds an SSL context (tens of ms of CPU on the event loop), so a client
+    per job stalls every other job in a large batch. It carries no credentials.
+    """
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = _CLIENTS[loop] = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=True,
+        )
+    return client
 
 
 def spool_dir() -> Path:

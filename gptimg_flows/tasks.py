@@ -33,7 +33,7 @@ from prefect.tasks import MaterializingTask, Task
 
 from .archive import Archive
 from .blocks import ProviderCredentials, offline_provider
-from .download import DownloadedImage, download, save_inline
+from .download import DownloadedImage, download, save_inline, shared_client
 from .errors import (
     InvalidRequest,
     JobTimeout,
@@ -421,10 +421,8 @@ async def download_outputs(
     """Stream each output to a verified local file, re-resolving URLs that expired."""
     adapter = provider_of(provider)
     refs = await adapter.resolve_outputs(job, status)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0)) as client:
-        return list(
-            await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs))
-        )
+    client = shared_client()
+    return list(await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs)))
 
 
 async def _fetch(
