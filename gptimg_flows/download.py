@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidOutput, OutputExpired, ServerError, TransportError
-from .imageio import sniff
+from .imageio import sniff_file
 from .models import OutputRef
 
 MAX_OUTPUT_BYTES = 200 * 1024 * 1024
@@ -71,7 +71,7 @@ def spool_dir() -> Path:
 
 def _finish(tmp: Path, digest: str, size: int, ref: OutputRef, where: str) -> DownloadedImage:
     try:
-        info = sniff(tmp)
+        info = sniff_file(tmp)
     except ValueError as exc:
         tmp.unlink(missing_ok=True)
         raise InvalidOutput(f"output {ref.index} from {where} is {exc}") from None

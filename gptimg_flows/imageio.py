@@ -49,6 +49,38 @@ def magic_mime(head: bytes) -> str | None:
     return None
 
 
+#: Above this size `sniff` checks the file's end marker instead of walking every chunk:
+#: Pillow's walk reads each chunk into memory whole.
+FULL_VERIFY_MAX_BYTES = 8 * 2**20
+
+
+def ends_whole(path: Path, mime: str) -> bool:
+    """The file ends the way its format ends (PNG IEND, JPEG EOI, RIFF size = file size)."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(12)
+        fh.seek(max(0, size - 12))
+        tail = fh.read(12)
+    if mime == "image/png":
+        return tail.endswith(b"IEND\xaeB`\x82")
+    if mime == "image/jpeg":
+        return tail.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if mime == "image/webp":
+        return int.from_bytes(head[4:8], "little") + 8 == size
+    return True
+
+
+def sniff_file(path: Path) -> ImageInfo:
+    """`sniff` for a downloaded file: a full structural check when small, header + end marker
+    when large, so memory stays flat for big images."""
+    if path.stat().st_size <= FULL_VERIFY_MAX_BYTES:
+        return sniff(path)
+    info = sniff(path, verify=False)
+    if not ends_whole(path, info.mime):
+        raise ValueError("a truncated image (its end marker is missing)")
+    return info
+
+
 def sniff(source: bytes | Path, *, verify: bool = True) -> ImageInfo:
     """Identify an image and check it is whole; raise ValueError with a readable reason.
 

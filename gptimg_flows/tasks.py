@@ -455,7 +455,7 @@ async def archive_images(
     out: list[ArchivedImage] = []
     for image in images:
         rel = Archive.image_rel(image.sha256, image.mime)
-        uri = await asyncio.to_thread(archive.put_file, image.path, rel)
+        uri = await asyncio.to_thread(archive.put_file, image.path, rel, image.mime)
         meta = ArchivedImage(
             uri=uri,
             sidecar_uri=archive.uri(Archive.sidecar_rel(image.sha256)),

@@ -137,3 +137,24 @@ async def test_download_stops_at_the_size_cap() -> None:
             await download(
                 client, OutputRef(index=0, url="https://cdn.example/x.png"), max_bytes=1000
             )
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_large_downloads_are_checked_by_their_end_marker(
+    fmt: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io as _io
+
+    from PIL import Image
+
+    from gptimg_flows import imageio
+
+    monkeypatch.setattr(imageio, "FULL_VERIFY_MAX_BYTES", 10)  # every file counts as large
+    buf = _io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buf, fmt)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.write_bytes(buf.getvalue())
+    cut.write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])
+    assert imageio.sniff_file(whole).width == 64
+    with pytest.raises(ValueError, match=r"truncated|not a readable image"):
+        imageio.sniff_file(cut)
