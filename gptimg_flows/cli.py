@@ -2,7 +2,12 @@
 
 Settings that must be in place before Prefect is imported are set first: the embedded server
 needs more than Prefect's default 20 s to create its database on a fresh machine, and with no
-internet its telemetry only logs errors.
+internet its telemetry only logs errors. (The package's `__init__` imports Prefect before this
+module runs, so the callback also applies them to Prefect's settings for the command's run.)
+
+Errors end a command with one line on stderr, `error: <type>: <message>`, and exit code 2 for
+bad input (`InvalidRequest`, an unreadable file) or 1 for anything else; `--debug` adds the
+traceback and Prefect's own console logs.
 """
 
 from __future__ import annotations
@@ -13,12 +18,305 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import re
 import sys
+import traceback
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 
-app = typer.Typer(add_completion=False, help="GPT Image 2 pipelines on Prefect.")
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
+    from .flows import BatchResult
+    from .models import ArchivedImage, ExtraValue
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    add_completion=False,
+    help="GPT Image 2 pipelines on Prefect.",
+    no_args_is_help=True,
+    # Rich tracebacks print local variables, which may hold a key: we print plain ones.
+    pretty_exceptions_enable=False,
+)
+blocks_app = typer.Typer(help="Prefect blocks: register the types, create them from env vars.")
+app.add_typer(blocks_app, name="blocks", no_args_is_help=True)
+
+log = logging.getLogger("gptimg_flows.cli")
+
+
+class _Options:
+    debug = False
+    owns_process = False  # set by main(): nothing runs after the command but exit
+
+
+OPTIONS = _Options()
+
+
+@app.callback()
+def _main_options(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False, "--debug", help="On error, print the traceback; show Prefect's console logs."
+    ),
+) -> None:
+    """GPT Image 2 pipelines on Prefect."""
+    OPTIONS.debug = debug
+    ctx.with_resource(_env_defaults_applied())
+
+
+def _env_defaults_applied() -> contextlib.AbstractContextManager[Any]:
+    """Prefect read its settings when the package imported it, before this module's
+    `os.environ.setdefault`s: apply them (the user's own values win) for this command."""
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    return temporary_settings(
+        updates={
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: os.environ[
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            ],
+            PREFECT_SERVER_ANALYTICS_ENABLED: os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"],
+        }
+    )
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+_SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD)$")
+
+
+def _redact(text: str) -> str:
+    """Defence in depth: errors are built without credentials, but scrub any value of a
+    `*_KEY` / `*_SECRET` / `*_TOKEN` / `*_PASSWORD` variable before it is printed."""
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and len(value) >= 6 and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+def _bad_input(exc: BaseException) -> bool:
+    """Exit 2: the user can fix it by changing what they typed (or the file they named)."""
+    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
+    from pydantic import ValidationError
+
+    from .errors import InvalidRequest
+
+    bad = (InvalidRequest, ValidationError, ParameterTypeError, SignatureMismatchError)
+    return isinstance(exc, (*bad, FileNotFoundError, IsADirectoryError))
+
+
+def _as_invalid(exc: Exception) -> Exception:
+    """Pydantic's multi-line message as one InvalidRequest line, without its input echo."""
+    from pydantic import ValidationError
+
+    from .errors import InvalidRequest
+
+    if not isinstance(exc, ValidationError):
+        return exc
+    parts, first = [], None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        first = first or loc or None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+    return InvalidRequest("; ".join(parts), field=first)
+
+
+def _short_error(error_type: str, text: str) -> str:
+    """A batch item's error on one line; pydantic's block (header, `loc` line, indented
+    message, docs link) becomes `loc: message`."""
+    if error_type != "ValidationError":
+        return " ".join(text.split())
+    parts: list[str] = []
+    loc = ""
+    for line in text.splitlines()[1:]:
+        if not line.strip() or "For further information" in line:
+            continue
+        if not line.startswith(" "):
+            loc = line.strip()
+            continue
+        msg = re.sub(r"\s*\[type=[^\]]*\]$", "", line.strip()).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+    return "; ".join(parts) or " ".join(text.split())
+
+
+def _fail(exc: BaseException, original: BaseException | None = None) -> NoReturn:
+    if OPTIONS.debug:
+        tb = "".join(traceback.format_exception(original or exc))
+        sys.stderr.write(_redact(tb))
+    message = " ".join(str(exc).split())
+    line = f"error: {type(exc).__name__}: {message}" if message else f"error: {type(exc).__name__}"
+    typer.echo(_redact(line), err=True)
+    raise typer.Exit(2 if _bad_input(exc) else 1)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Every command body runs in here: one line per error, exit 2 or 1."""
+    try:
+        yield
+    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        raise
+    except Exception as exc:
+        _fail(_as_invalid(exc), exc)
+
+
+class _UserWarningsOnly(logging.Filter):
+    """Console filter outside --debug: warnings from our code and from runs (a converted mask)
+    reach the terminal; Prefect's progress chatter and error tracebacks do not: the command
+    reports errors itself, and every log is still sent to the Prefect API (see the UI)."""
+
+    _SOURCES = ("gptimg_flows", "prefect.flow_runs", "prefect.task_runs")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            record.levelno == logging.WARNING
+            and not record.exc_info
+            and record.name.startswith(self._SOURCES)
+        )
+
+
+@contextlib.contextmanager
+def _console_logs() -> Iterator[None]:
+    """Outside --debug, filter Prefect's console handlers and silence a temporary server's own
+    log (it prints shutdown races as tracebacks). When the process is ours (`main()`), the
+    quiet stays until exit, which is when Prefect logs "Stopping temporary server"; embedded
+    (tests, other programs) everything is put back."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
+
+    handlers: list[logging.Handler] = []
+    set_env = False
+    if not OPTIONS.debug:
+        loggers = [logging.getLogger()] + [
+            lg
+            for lg in logging.Logger.manager.loggerDict.values()
+            if isinstance(lg, logging.Logger)
+        ]
+        for lg in loggers:
+            handlers += [
+                h for h in lg.handlers if isinstance(h, PrefectConsoleHandler) and h not in handlers
+            ]
+        if "PREFECT_SERVER_LOGGING_LEVEL" not in os.environ:
+            os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "CRITICAL"
+            set_env = True
+    quiet = _UserWarningsOnly()
+    for h in handlers:
+        h.addFilter(quiet)
+    try:
+        yield
+    finally:
+        # Send queued logs and events now, while the filter holds: left to interpreter exit,
+        # Prefect warns "Still processing items" on the console.
+        EventsWorker.drain_all(timeout=10, at_exit=False)
+        APILogWorker.drain_all(timeout=10, at_exit=False)
+        if not OPTIONS.owns_process:
+            for h in handlers:
+                h.removeFilter(quiet)
+            if set_env:
+                os.environ.pop("PREFECT_SERVER_LOGGING_LEVEL", None)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    # Piped or captured: do not wrap table cells at 80 columns (paths must stay whole).
+    return console if console.is_terminal else Console(highlight=False, width=200)
+
+
+def _run(work: Callable[[], Coroutine[Any, Any, T]], status: str | None = None) -> T:
+    """Run a coroutine with Prefect's console quieted and, on a terminal, a spinner."""
+    show = status is not None and not OPTIONS.debug and sys.stderr.isatty()
+    spinner = _stderr_console().status(status or "") if show else contextlib.nullcontext()
+    with _console_logs(), spinner:
+        return asyncio.run(work())
+
+
+# -- argument helpers ---------------------------------------------------------------------------
+
+
+def _source(value: str) -> str:
+    """An input image or file: URLs as given, local paths absolute (recorded in sidecars)."""
+    if "://" in value or value.startswith("data:"):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def _archive(value: str | None) -> str | None:
+    """A saved ImageArchive block name is passed on; anything path-like is made absolute."""
+    if value is None or "://" in value:
+        return value
+    if "/" in value or os.sep in value or value.startswith((".", "~")) or Path(value).is_dir():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _extras(items: list[str] | None) -> dict[str, ExtraValue]:
+    """`--extra key=value`: numbers and true/false are typed, anything else is a string."""
+    from .errors import InvalidRequest
+
+    out: dict[str, ExtraValue] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"extra: {item!r} is not KEY=VALUE", field="extras")
+        value: ExtraValue = raw
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(raw)
+            if isinstance(parsed, bool | int | float):
+                value = parsed
+        out[key.strip()] = value
+    return out
+
+
+def _cost(costs: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
+
+
+def _print_images(images: list[ArchivedImage], as_json: bool) -> None:
+    from .flows import total_cost
+
+    if as_json:
+        typer.echo(json.dumps([img.model_dump(mode="json") for img in images], indent=2))
+        return
+    for img in images:
+        cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "cost unknown"
+        typer.echo(
+            f"{img.uri}  ({img.width}x{img.height}, {img.provider}, sha256 {img.sha256[:12]}, "
+            f"{cost})"
+        )
+    typer.echo(f"total cost: {_cost(total_cost(images))}; each image has a .json sidecar")
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+PROVIDER_HELP = "A saved credentials block name (see `gptimg blocks create`), or `offline`."
+ARCHIVE_HELP = (
+    "A saved ImageArchive block name, a folder (./name for a new one) or an fsspec URL "
+    "(default: $GPTIMG_ARCHIVE or ./gptimg-archive)."
+)
+SIZE_HELP = "WxH (1536x1024), an aspect ratio (16:9, with --resolution) or auto."
 
 
 @app.command()
@@ -32,7 +330,8 @@ def demo(
     """Generate → edit with a mask → archive, on the offline provider (no key needed)."""
     from .demo import run_demo
 
-    result = asyncio.run(run_demo(archive, prompt, edit_prompt))
+    with _errors():
+        result = asyncio.run(run_demo(archive, prompt, edit_prompt))
     for label, images in (("generated", result.generated), ("edited", result.edited)):
         for img in images:
             typer.echo(
@@ -51,7 +350,298 @@ def providers() -> None:
     typer.echo("\nAssumed, not confirmed by the providers' documents:\n" + capability_notes())
 
 
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    provider: str = typer.Option("offline", "--provider", "-p", help=PROVIDER_HELP),
+    archive: str | None = typer.Option(None, "--archive", "-a", help=ARCHIVE_HELP),
+    n: int = typer.Option(1, "--n", "-n", help="Number of images."),
+    size: str | None = typer.Option(None, help=SIZE_HELP),
+    resolution: str | None = typer.Option(None, help="1K, 2K or 4K, with a ratio --size."),
+    quality: str | None = typer.Option(None, help="auto, low, medium or high."),
+    output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
+    background: str | None = typer.Option(None, help="auto, transparent or opaque."),
+    compression: int | None = typer.Option(None, help="0-100, for jpeg and webp."),
+    moderation: str | None = typer.Option(None, help="auto or low."),
+    seed: int | None = typer.Option(None, help="Only providers that take a seed honour it."),
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("--extra", help="Provider-specific KEY=VALUE (repeatable), e.g. style=anime."),
+    ] = None,
+    refresh: bool = typer.Option(False, help="Pay for new images even if these are archived."),
+    timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
+) -> None:
+    """Text → images, archived; prints each image's URI. A re-run returns the archived ones."""
+    with _errors():
+        from .models import ImageRequest
+
+        fields: dict[str, Any] = dict(
+            prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
+            background=background, output_format=output_format,
+            output_compression=compression, moderation=moderation, seed=seed,
+            extras=_extras(extra),
+        )  # fmt: skip
+        ImageRequest(**fields)  # bad input exits here, before Prefect runs anything
+
+        async def work() -> list[ArchivedImage]:
+            from .flows import generate_images
+
+            images: list[ArchivedImage] = await generate_images(
+                provider=provider, archive=_archive(archive), refresh=refresh,
+                timeout_seconds=timeout, **fields,
+            )  # fmt: skip
+            return images
+
+        images = _run(work, status=f"generating with {provider}…")
+        _print_images(images, as_json)
+
+
+@app.command()
+def edit(
+    image: str = typer.Argument(..., help="Image to edit: a path, fsspec URL or http(s) URL."),
+    prompt: str = typer.Argument(..., help="How to change it."),
+    mask: str | None = typer.Option(
+        None, "--mask", "-m", help="PNG whose transparent pixels mark the area to edit."
+    ),
+    more: Annotated[
+        list[str] | None,
+        typer.Option("--image", "-i", help="A further reference image (repeatable)."),
+    ] = None,
+    provider: str = typer.Option("offline", "--provider", "-p", help=PROVIDER_HELP),
+    archive: str | None = typer.Option(None, "--archive", "-a", help=ARCHIVE_HELP),
+    n: int = typer.Option(1, "--n", "-n", help="Number of images."),
+    size: str | None = typer.Option(None, help=SIZE_HELP),
+    quality: str | None = typer.Option(None, help="auto, low, medium or high."),
+    output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
+    background: str | None = typer.Option(None, help="auto, transparent or opaque."),
+    input_fidelity: str | None = typer.Option(None, help="high or low."),
+    extra: Annotated[
+        list[str] | None,
+        typer.Option("--extra", help="Provider-specific KEY=VALUE (repeatable)."),
+    ] = None,
+    refresh: bool = typer.Option(False, help="Pay for new images even if these are archived."),
+    timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
+    as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
+) -> None:
+    """Image (+ mask) → images, archived with the input as parent; prints each image's URI."""
+    with _errors():
+        from .models import EditRequest
+
+        images_in = [_source(image), *(_source(m) for m in more or [])]
+        fields: dict[str, Any] = dict(
+            prompt=prompt, mask=_source(mask) if mask else None, n=n, size=size,
+            quality=quality, background=background, output_format=output_format,
+            input_fidelity=input_fidelity, extras=_extras(extra),
+        )  # fmt: skip
+        EditRequest(images=images_in, **fields)
+
+        async def work() -> list[ArchivedImage]:
+            from .flows import edit_image
+
+            images: list[ArchivedImage] = await edit_image(
+                image=images_in if len(images_in) > 1 else images_in[0], provider=provider,
+                archive=_archive(archive), refresh=refresh, timeout_seconds=timeout, **fields,
+            )  # fmt: skip
+            return images
+
+        images = _run(work, status=f"editing with {provider}…")
+        _print_images(images, as_json)
+
+
+@app.command()
+def batch(
+    prompts_file: str = typer.Argument(
+        ..., help="JSONL (per-line fields: prompt, n, size, …), CSV or text; path or fsspec URL."
+    ),
+    provider: str = typer.Option("offline", "--provider", "-p", help=PROVIDER_HELP),
+    archive: str | None = typer.Option(None, "--archive", "-a", help=ARCHIVE_HELP),
+    concurrency: int = typer.Option(8, min=1, help="Requests in flight at once."),
+    size: str | None = typer.Option(None, help=f"Default for items without one. {SIZE_HELP}"),
+    quality: str | None = typer.Option(None, help="Default for items without one."),
+    output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
+    refresh: bool = typer.Option(False, help="Pay for new images even if archived."),
+    timeout: float = typer.Option(900.0, help="Seconds to wait for each provider job."),
+    as_json: bool = typer.Option(False, "--json", help="Print the BatchResult as JSON."),
+) -> None:
+    """One request per prompt, with a progress bar and a summary table.
+
+    A failed item is reported in the table and does not fail the command (the others are paid
+    for and archived; re-running retries only what is missing): the exit code is 0 unless every
+    item failed (1).
+    """
+    with _errors():
+        from .errors import InvalidRequest
+        from .flows import read_prompts
+        from .models import ImageRequest
+
+        source = _source(prompts_file)
+        ImageRequest(prompt="-", size=size, quality=quality, output_format=output_format)
+        rows = read_prompts(source)
+        if not rows:
+            raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
+        kwargs: dict[str, Any] = dict(
+            prompts=source, provider=provider, archive=_archive(archive),
+            concurrency=concurrency, size=size, quality=quality, output_format=output_format,
+            refresh=refresh, timeout_seconds=timeout,
+        )  # fmt: skip
+        result, where = _run(lambda: _batch_with_progress(kwargs, len(rows)))
+        if as_json:
+            typer.echo(result.model_dump_json(indent=2))
+        else:
+            _print_batch_summary(result, len(rows), where)
+        if len(result.failures) >= len(rows):
+            first = result.failures[0]
+            raise BatchFailed(
+                f"all {len(rows)} item(s) failed (first: {first.error_type}: "
+                f"{_short_error(first.error_type, first.error)})"
+            )
+
+
+class BatchFailed(Exception):
+    """Every item of a batch failed (exit 1): nothing was archived."""
+
+
+async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[BatchResult, str]:
+    """Run `batch_generate` while a progress bar follows it.
+
+    The bar reads the flow run's own progress artifact from the Prefect API (the one the UI
+    shows), which the flow advances as each item finishes, archived or failed, at most once a
+    second. It is the flow's count, not a guess: items answered from the archive count as
+    soon as they are found, failures as soon as they happen. The run is found by a unique
+    name. On a terminal the bar redraws; piped, it prints once, at the end.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .flows import batch_generate, resolve_archive
+
+    run_name = f"gptimg-batch-{uuid.uuid4().hex[:10]}"
+    flow_run = batch_generate.with_options(flow_run_name=run_name)
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=_stderr_console(), disable=OPTIONS.debug,
+    )  # fmt: skip
+    task_id = progress.add_task("batch", total=total)
+    running: asyncio.Task[BatchResult] = asyncio.ensure_future(flow_run(**kwargs))
+    with progress:
+        await _follow(run_name, total, running, progress, task_id)
+        result = await running
+        progress.update(task_id, completed=total)
+    where = (await resolve_archive(kwargs["archive"])).basepath
+    return result, where
+
+
+async def _follow(
+    run_name: str, total: int, running: asyncio.Task[Any], progress: Progress, task_id: TaskID
+) -> None:
+    """Every 0.5 s until the flow ends: the newest progress artifact of the run named
+    `run_name`, as items done out of `total`.
+
+    The filter is posted as JSON rather than through `read_artifacts`, which sends
+    `"task_runs": null` (refused by Prefect 3.8.8's server) or, given an empty filter, joins on
+    task runs and so misses the flow-level artifact."""
+    from prefect.client.orchestration import get_client
+
+    body = {
+        "artifacts": {"type": {"any_": ["progress"]}},
+        "flow_runs": {"name": {"any_": [run_name]}},
+        "sort": "UPDATED_DESC",
+        "limit": 1,
+    }
+    async with get_client() as client:
+        while not running.done():
+            try:
+                response = await client.request("POST", "/artifacts/filter", json=body)
+                response.raise_for_status()
+                found = response.json()
+                data = found[0].get("data") if found else None
+                if isinstance(data, int | float):
+                    progress.update(task_id, completed=min(round(total * data / 100), total))
+            except Exception as exc:  # the bar is informational: the flow's result decides
+                log.debug("progress poll failed: %s", exc)
+            await asyncio.wait({running}, timeout=0.5)
+
+
+def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    console = _stdout_console()
+    summary = Table(title="batch summary", show_header=False)
+    summary.add_column("what")
+    summary.add_column("value")
+    summary.add_row("items", str(total))
+    summary.add_row("images", str(len(result.images)))
+    summary.add_row("failures", str(len(result.failures)))
+    summary.add_row("cost", _cost(result.cost))
+    summary.add_row("archived under", Text(where))
+    console.print(summary)
+    if result.failures:
+        failures = Table("#", "prompt", "error", title="failures")
+        for f in result.failures:
+            failures.add_row(
+                str(f.index),
+                Text(f.prompt[:60]),
+                Text(f"{f.error_type}: {_redact(_short_error(f.error_type, f.error))}"),
+            )
+        console.print(failures)
+
+
+# -- blocks -------------------------------------------------------------------------------------
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register gptimg's block types with the Prefect API, so the UI can create them.
+
+    The same as `prefect block register -m gptimg_flows`, in-process.
+    """
+    with _errors():
+        from prefect.blocks.core import Block
+
+        import gptimg_flows
+
+        found = [cls for _, cls in inspect.getmembers(gptimg_flows) if Block.is_block_class(cls)]
+
+        async def work() -> None:
+            for cls in found:
+                await cls.aregister_type_and_schema()
+
+        _run(work, status="registering block types…")
+        typer.echo(f"registered {len(found)} block type(s):")
+        for cls in found:
+            typer.echo(f"  {cls.get_block_type_name()}  ({cls.get_block_type_slug()})")
+
+
+@blocks_app.command("create")
+def blocks_create(
+    archive: str | None = typer.Option(
+        None, "--archive", help="Also save an ImageArchive block (`archive`) for this URL."
+    ),
+    prefix: str | None = typer.Option(
+        None, "--prefix", help="Name the blocks <prefix>-<provider> instead of <provider>."
+    ),
+) -> None:
+    """Save a credentials block for each provider whose env vars are set.
+
+    Reads OPENAI_API_KEY, SCENARIO_SDK_API_KEY + SCENARIO_SDK_API_SECRET, RUNWARE_API_KEY,
+    SKILLS_VIDEO_API_KEY, GPTIMAGE2_API_KEY, and optional OPENAI_BASE_URL,
+    SCENARIO_SDK_BASE_URL, RUNWARE_BASE_URL, SKILLS_VIDEO_BASE_URL, GPTIMAGE2_BASE_URL.
+    Idempotent (unchanged blocks are not rewritten); never prints a key.
+    """
+    with _errors():
+        from .blocks_env import save_blocks_from_env
+
+        report = _run(
+            lambda: save_blocks_from_env(os.environ, prefix=prefix, archive=archive),
+            status="saving blocks…",
+        )
+        for line in report.lines():
+            typer.echo(_redact(line))
+
+
 def main() -> None:
+    OPTIONS.owns_process = True
     try:
         app()
     except KeyboardInterrupt:

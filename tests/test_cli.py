@@ -1,0 +1,220 @@
+"""The `gptimg` command as a user runs it: a subprocess talking to a real Prefect API server,
+the offline provider (or the emulator through a saved block) and a temporary archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from prefect.settings import PREFECT_API_URL
+from typer.testing import CliRunner
+
+from gptimg_flows.blocks_env import SOURCES
+from gptimg_flows.cli import app
+from gptimg_flows.providers import capability_table
+from gptimg_flows.testing.config import EMULATOR_KEYS
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+#: The variables blocks_env reads: stripped from the child's environment, so a developer's
+#: real keys are never used or printed by these tests.
+_OURS = {var for s in SOURCES for _, var in s.secrets} | {s.base_url_var for s in SOURCES}
+
+
+def gptimg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in _OURS}
+    base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    return subprocess.run(
+        [sys.executable, "-m", "gptimg_flows.cli", *args],
+        cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def _png(path: Path, size: tuple[int, int] = (256, 256)) -> Path:
+    Image.new("RGB", size, (40, 90, 160)).save(path)
+    return path
+
+
+def _sky_mask(path: Path, size: tuple[int, int] = (256, 256)) -> Path:
+    mask = Image.new("RGBA", size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, size[0], size[1] // 2))
+    mask.save(path)
+    return path
+
+
+def test_generate_prints_the_archived_path(archive_dir: Path) -> None:
+    done = gptimg("generate", "a lighthouse", "--size", "256x256", "--archive", str(archive_dir))
+    assert done.returncode == 0, done.stderr
+    uri = done.stdout.split()[0]
+    assert uri.startswith(str(archive_dir)) and Path(uri).is_file()
+    assert Path(uri).with_suffix(".json").is_file()
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
+
+
+def test_edit_with_a_mask_records_the_input_as_parent(archive_dir: Path, tmp_path: Path) -> None:
+    image, mask = _png(tmp_path / "in.png"), _sky_mask(tmp_path / "mask.png")
+    done = gptimg(
+        "edit", str(image), "stormy sky", "--mask", str(mask), "--archive", str(archive_dir),
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (record,) = json.loads(done.stdout)
+    assert Path(record["uri"]).is_file() and record["width"] == 256
+    sidecar = json.loads(Path(record["sidecar_uri"]).read_text())
+    assert record["parents"] and sidecar["parents"] == record["parents"]
+
+
+def test_batch_reports_a_bad_line_in_the_summary_and_exits_0(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"prompt": "a cat"}\n{"prompt": "a dog", "size": "banana"}\n'
+        '{"prompt": "a bird", "size": "512x512"}\n'
+    )
+    done = gptimg("batch", str(prompts), "--size", "256x256", "--archive", str(archive_dir))
+    assert done.returncode == 0, done.stderr
+    rows = {
+        cells[0]: cells[1]
+        for line in done.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2
+    }
+    assert rows["items"] == "3" and rows["images"] == "2" and rows["failures"] == "1"
+    assert rows["archived under"] == str(archive_dir) and rows["cost"] == "0 usd"
+    assert "a dog" in done.stdout and "size 'banana'" in done.stdout
+    assert "3/3" in done.stderr  # the progress bar's last state
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_batch_where_every_item_fails_exits_1_after_the_summary(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a", "size": "banana"}\n{"prompt": "b", "quality": "ultra"}\n')
+    done = gptimg("batch", str(prompts), "--archive", str(archive_dir))
+    assert done.returncode == 1
+    assert "failures" in done.stdout
+    assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: all 2 item(s)")
+
+
+def test_bad_size_exits_2_with_one_line_and_no_traceback(archive_dir: Path) -> None:
+    done = gptimg("generate", "x", "--size", "banana", "--archive", str(archive_dir))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: InvalidRequest: size 'banana' is neither `WxH` (e.g. 1024x1536), `W:H` "
+        "(e.g. 16:9) nor auto"
+    ]
+
+
+def test_debug_shows_the_traceback(archive_dir: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["--debug", "generate", "x", "--size", "banana", "--archive", str(archive_dir)]
+    )
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: InvalidRequest: size 'banana'")
+
+
+def test_unknown_provider_is_bad_input(archive_dir: Path) -> None:
+    done = gptimg("generate", "x", "--provider", "no-such-block", "--archive", str(archive_dir))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        line for line in done.stderr.splitlines() if line.startswith("error: InvalidRequest: ")
+    ]
+    assert "no-such-block" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_providers_prints_the_table() -> None:
+    result = CliRunner().invoke(app, ["providers"])
+    assert result.exit_code == 0
+    assert capability_table() in result.stdout
+
+
+def test_blocks_register_registers_every_block_type() -> None:
+    result = CliRunner().invoke(app, ["blocks", "register"])
+    assert result.exit_code == 0, result.output
+    assert "registered 6 block type(s)" in result.stdout
+    assert "gptimg-scenario-credentials" in result.stdout
+
+
+def test_blocks_create_saves_blocks_without_printing_a_key_and_generate_uses_them(
+    emulator: Any, archive_dir: Path
+) -> None:
+    prefix = f"cli{uuid.uuid4().hex[:8]}"
+    fake = {"OPENAI_API_KEY": "sk-FAKE-cli-openai-a1b2c3"}
+    runware = {"RUNWARE_API_KEY": str(EMULATOR_KEYS["runware"]),
+               "RUNWARE_BASE_URL": emulator.base_url("runware")}  # fmt: skip
+    env = {**fake, **runware}
+    args = ["blocks", "create", "--prefix", prefix, "--archive", str(archive_dir)]
+    done = gptimg(*args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"created    {prefix}-openai" in done.stdout
+    assert "GPT Image OpenAI Credentials" in done.stdout and f"{prefix}-archive" in done.stdout
+    assert "skipped" in done.stdout and "SCENARIO_SDK_API_KEY" in done.stdout
+    assert not [v for v in env.values() if v in done.stdout + done.stderr]
+
+    unset: dict[str, str | None] = {var: None for var in _OURS}
+    again = CliRunner().invoke(app, args, env=unset | env)
+    assert again.exit_code == 0 and "created" not in again.stdout
+    assert again.stdout.count("unchanged") == 3
+
+    # The saved blocks are what --provider and --archive name.
+    used = gptimg("generate", "a saved block", "--provider", f"{prefix}-runware",
+                  "--archive", f"{prefix}-archive", "--size", "256x256")  # fmt: skip
+    assert used.returncode == 0, used.stderr
+    assert used.stdout.startswith(str(archive_dir)) and "runware" in used.stdout
+    assert len(emulator.ledger()["submissions"]) == 1
+    assert not [v for v in env.values() if v in used.stdout + used.stderr]
+
+    half_env = unset | {"SCENARIO_SDK_API_KEY": "scn-FAKE-cli-k-77"}
+    half = CliRunner().invoke(app, ["blocks", "create"], env=half_env)
+    assert half.exit_code == 2
+    assert half.stderr.startswith("error: IncompleteEnvironment: ")
+    assert "scn-FAKE-cli-k-77" not in half.output
+
+
+async def test_the_progress_bar_follows_the_flow_as_items_finish(
+    archive_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Items that take 0.7 s each, one at a time: the bar must show an item done before the
+    last one is, read from the flow run's progress artifact (not faked at the end)."""
+    import asyncio
+
+    from rich.progress import Progress
+
+    from gptimg_flows.cli import _batch_with_progress
+    from gptimg_flows.providers.offline import OfflineProvider
+
+    original = OfflineProvider.submit
+
+    async def slow(self: OfflineProvider, request: Any, inputs: Any, key: str) -> Any:
+        await asyncio.sleep(0.7)
+        return await original(self, request, inputs, key)
+
+    seen: list[Any] = []
+    shown = Progress.update
+
+    def update(self: Progress, task_id: Any, **kw: Any) -> None:
+        seen.append(kw.get("completed"))
+        shown(self, task_id, **kw)
+
+    monkeypatch.setattr(OfflineProvider, "submit", slow)
+    monkeypatch.setattr(Progress, "update", update)
+    kwargs = {"prompts": [f"slow item {i} {uuid.uuid4().hex}" for i in range(3)],
+              "provider": "offline", "archive": str(archive_dir), "concurrency": 1,
+              "size": "64x64"}  # fmt: skip
+    result, where = await _batch_with_progress(kwargs, total=3)
+
+    assert len(result.images) == 3 and where == str(archive_dir)
+    values = [v for v in seen if v is not None]
+    assert values[-1] == 3
+    assert any(0 < v < 3 for v in values), values
