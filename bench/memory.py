@@ -1,8 +1,8 @@
 """One memory probe in a fresh process: 20 concurrent 25 MB images downloaded and archived.
 
-Prints one JSON line: {"rss_growth_mb": ..., "images": ...}. Peak RSS is the process's own
-(`ru_maxrss`), measured after a warm-up run so imports and Prefect's machinery are counted
-in the baseline, not in the growth.
+Prints one JSON line: {"rss_growth_mb": ..., "images": ...}: the highest RSS sampled during
+the run minus the RSS just before it, after a warm-up run so imports and Prefect's machinery
+are in the baseline, not in the growth.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import json
 import resource
 import tempfile
+import threading
 import uuid
 from typing import Any
 
@@ -19,8 +20,23 @@ SIZE = 25 * 2**20
 COUNT = 20
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def rss_mb() -> float:
+    """Current resident set size, from /proc (Linux)."""
+    pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
+    return pages * resource.getpagesize() / 2**20
+
+
+class PeakSampler(threading.Thread):
+    """Samples RSS every 5 ms: `ru_maxrss` is a lifetime peak, which imports may already hold."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = rss_mb()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, rss_mb())
 
 
 async def main(target: str, s3_endpoint: str | None) -> None:
@@ -62,7 +78,9 @@ async def main(target: str, s3_endpoint: str | None) -> None:
             output_format="png",
         )
         emu.client.configure(pad_to_bytes=SIZE)
-        before = peak_rss_mb()
+        before = rss_mb()
+        sampler = PeakSampler()
+        sampler.start()
         result = await batch_generate(
             prompts=[f"big {i}" for i in range(COUNT)],
             provider=block,
@@ -71,7 +89,9 @@ async def main(target: str, s3_endpoint: str | None) -> None:
             size="256x256",
             output_format="png",
         )
-        after = peak_rss_mb()
+        sampler.done.set()
+        sampler.join()
+        after = sampler.peak
     sizes = {i.size_bytes for i in result.images}
     assert min(sizes) >= SIZE * 0.95, sizes
     print(

@@ -54,16 +54,14 @@ from .models import (
 from .tasks import (
     ProviderSpec,
     archived_result,
-    download_outputs,
     load_edit_inputs,
     materializing_archive,
     provider_of,
     provider_slot,
     request_key,
+    run_job,
     submit_allowance,
-    submit_job,
     upload_inputs,
-    wait_for_job,
 )
 
 ProviderParam = (
@@ -173,9 +171,7 @@ async def produce(
     )
     async with provider_slot(spec):
         await submit_allowance(spec)
-        job = await submit_job(spec, request, inputs, key, archive)
-        status = await wait_for_job(spec, job, timeout_seconds)
-    images = await download_outputs(spec, job, status, archive)
+        job, status, images = await run_job(spec, request, inputs, key, archive, timeout_seconds)
     archiving = materializing_archive(images, archive, parents)
     archived: list[ArchivedImage] = await archiving(
         images, archive, key, job, status, request.prompt, parents, extra

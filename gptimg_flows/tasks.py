@@ -438,6 +438,28 @@ async def _fetch(
         return await download(client, fresh, fs=archive.fs)
 
 
+@task(name="run-job", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
+async def run_job(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    timeout_seconds: float = 900.0,
+) -> tuple[Job, JobStatus, list[DownloadedImage]]:
+    """submit_job → wait_for_job → download_outputs as one task run: what the flows use.
+
+    Each step is idempotent (the job record makes a repeated submit a resume), so a Prefect
+    retry of the whole run picks up where it failed without paying again; one task run instead
+    of three per request is what keeps a 500-image batch from drowning the Prefect server in
+    task-run events (see bench/RESULTS.md).
+    """
+    job = await submit_job.fn(provider, request, inputs, key, archive)
+    status = await wait_for_job.fn(provider, job, timeout_seconds)
+    images = await download_outputs.fn(provider, job, status, archive)
+    return job, status, images
+
+
 @task(name="archive-images", **RETRY_OPTIONS)
 async def archive_images(
     images: list[DownloadedImage],

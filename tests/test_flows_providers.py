@@ -131,7 +131,7 @@ async def test_rate_limited_submit_is_retried_visibly_and_paid_once(
     )  # fmt: skip
     assert state.is_completed()
     history = await _task_run_states(str(state.state_details.flow_run_id), "Retrying")
-    submit = next(names for run, names in history.items() if run.startswith("submit-"))
+    submit = next(names for run, names in history.items() if run.startswith("job-"))
     assert "AwaitingRetry" in submit and "Retrying" in submit, history
     ledger = emulator.ledger()
     assert len(_submissions(ledger, "runware")) == 1
