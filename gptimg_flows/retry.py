@@ -57,19 +57,25 @@ class DurationEstimate:
     with about one poll; a job running well past the estimate falls back to backing off.
     """
 
-    ALPHA = 0.3
-
     def __init__(self) -> None:
         self.seconds: float | None = None
 
-    def observe(self, seconds: float) -> None:
-        if seconds <= 0:
+    def observe(self, done_at: float, running_at: float | None = None) -> None:
+        """A job was seen done `done_at` s after its submit, last seen running at `running_at`.
+
+        Only the bounds are evidence: the job ended between those two polls. When the first
+        poll already found it done, the estimate only moves down (a little, to probe earlier
+        next time), so a late poll, e.g. on a busy event loop, never teaches us to poll later.
+        """
+        if done_at <= 0:
             return
-        self.seconds = (
-            seconds
-            if self.seconds is None
-            else (1 - self.ALPHA) * self.seconds + self.ALPHA * seconds
-        )
+        if running_at is not None:
+            mid = (running_at + done_at) / 2
+            self.seconds = mid if self.seconds is None else 0.7 * self.seconds + 0.3 * mid
+        elif self.seconds is None:
+            self.seconds = done_at
+        else:
+            self.seconds = min(self.seconds, done_at) * 0.95
 
     def first_wait(self, elapsed: float) -> float:
         """Seconds to wait before the first poll, `elapsed` seconds after the submit."""

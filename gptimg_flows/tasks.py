@@ -50,6 +50,7 @@ from .models import (
     ImageRequest,
     InputImage,
     Job,
+    JobState,
     JobStatus,
     OutputRef,
     canonical_json,
@@ -395,12 +396,14 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     first = min(estimate.first_wait(elapsed()), timeout_seconds)
     if first > 0:
         await asyncio.sleep(first)
-    attempt, gap = 0, 0.0
+    attempt, running_at = 0, None
     while True:
         status = await adapter.poll(job)
         if status.state.terminal:
-            estimate.observe(elapsed() - gap / 2)
+            if status.state is JobState.SUCCEEDED:
+                estimate.observe(elapsed(), running_at)
             return status
+        running_at = elapsed()
         now = time.monotonic()
         if now >= deadline:
             await adapter.cancel(job)
@@ -409,7 +412,7 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
                 provider=adapter.name,
                 job_id=job.job_id,
             )
-        gap = status.poll_after or estimate.next_delay(attempt, elapsed())
+        gap = status.poll_after or estimate.next_delay(attempt, running_at)
         attempt += 1
         await asyncio.sleep(min(gap, max(0.0, deadline - now)))
 

@@ -119,11 +119,19 @@ async def test_polling_follows_the_providers_hint(monkeypatch: pytest.MonkeyPatc
 def test_a_learned_duration_times_the_first_poll_and_keeps_later_ones_close() -> None:
     est = DurationEstimate()
     assert est.first_wait(0.0) == 0.0 and est.next_delay(0, 0.3) == poll_delays()[0]
-    for _ in range(20):
-        est.observe(1.0)
-    assert est.first_wait(0.1) == pytest.approx(0.92)
+    for _ in range(30):
+        est.observe(1.05, running_at=0.95)  # done between a poll at 0.95 s and one at 1.05 s
+    assert est.first_wait(0.1) == pytest.approx(0.92, abs=0.01)
     assert est.next_delay(0, 1.05) == pytest.approx(0.05)  # near the estimate: poll closely
     assert est.next_delay(3, 2.0) == poll_delays()[3]  # far past it: back off again
+
+
+def test_late_notices_never_teach_the_estimate_to_poll_later() -> None:
+    est = DurationEstimate()
+    est.observe(1.05, running_at=0.95)
+    for _ in range(5):
+        est.observe(4.0)  # a busy loop polled late and found the job long done
+    assert est.seconds is not None and est.seconds < 1.0
 
 
 async def test_download_stops_at_the_size_cap() -> None:
