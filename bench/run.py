@@ -44,19 +44,16 @@ def free_port() -> int:
 
 
 def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a process and its live children, from /proc."""
+    """CPU seconds (user + system) of a process and all its live descendants, from /proc."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        pids += [int(c) for c in children]
-    except OSError:
-        pass
-    for p in pids:
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -327,18 +324,15 @@ async def main(sizes: list[int]) -> None:
                 }
             )
             print(json.dumps(rows[-1], default=str), flush=True)
-        # cache: the same largest batch again
-        emu.client.reset()
+        # cache: the same largest batch again, at once and after the server has settled
         n = sizes[-1]
-        again = await flow_batch(block, n, last_archive, f"n{n}")
-        calls = sum(sum(v.values()) for v in emu.client.ledger()["requests"].values())
-        cache = {
-            "n": n,
-            "wall": again["wall"],
-            "first_wall": rows[-1]["ours"]["wall"],
-            "calls": calls,
-            "images": again["images"],
-        }
+        cache: dict[str, Any] = {"n": n, "first_wall": rows[-1]["ours"]["wall"]}
+        for label, pause in (("immediate", 0.0), ("settled", 20.0)):
+            await asyncio.sleep(pause)
+            emu.client.reset()
+            again = await flow_batch(block, n, last_archive, f"n{n}")
+            calls = sum(sum(v.values()) for v in emu.client.ledger()["requests"].values())
+            cache[label] = {"wall": again["wall"], "calls": calls, "images": again["images"]}
         print(json.dumps(cache), flush=True)
         memory = {}
         from moto.server import ThreadedMotoServer
@@ -415,9 +409,18 @@ def write_results(
         "",
         "## 4. Cache: re-running the finished largest batch",
         "",
-        f"- N = {cache['n']}: {cache['wall']:.2f} s against {cache['first_wall']:.1f} s the first "
-        f"time ({100 * cache['wall'] / cache['first_wall']:.1f} %), "
-        f"{cache['calls']} provider calls, {cache['images']} images returned.",
+        "| when | wall s | % of first run | provider calls | images |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {label} | {cache[label]['wall']:.2f} | "
+            f"{100 * cache[label]['wall'] / cache['first_wall']:.1f} % | {cache[label]['calls']} | "
+            f"{cache[label]['images']}/{cache['n']} |"
+            for label in ("immediate", "settled")
+        ),
+        "",
+        f"First run of N = {cache['n']}: {cache['first_wall']:.1f} s. 'immediate' starts as soon "
+        "as the first run returns; 'settled' 20 s later, once the Prefect server has written "
+        "the first run's events.",
         "",
         f"Server log over the whole run: {errors['database is locked']} 'database is locked', "
         f"{errors['ERROR lines']} ERROR lines.",
