@@ -500,5 +500,27 @@ def require(body: Any, *path: str | int, provider: str, job_id: str | None = Non
     return cur
 
 
+def bearer_api(
+    provider: str,
+    who: str,
+    env: str,
+    api_key: str,
+    base_url: str,
+    timeout: float,
+    transport: httpx.AsyncBaseTransport | None,
+) -> ApiClient:
+    """The `Authorization: Bearer KEY` client most providers take; a missing key is refused
+    at once, naming the variable users usually hold it in."""
+    if not api_key or not api_key.strip():
+        raise AuthError(f"no {who} API key: set {env} or pass api_key", provider=provider)
+    return ApiClient(
+        provider,
+        base_url,
+        {"Authorization": f"Bearer {api_key.strip()}"},
+        default_timeout(timeout),
+        transport,
+    )
+
+
 def default_timeout(read: float) -> httpx.Timeout:
     return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)

@@ -14,15 +14,14 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ..errors import AuthError, MalformedResponse
+from ..errors import MalformedResponse
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import ratio_of
 from .base import (
-    ApiClient,
     Capabilities,
     PreparedInputs,
     Provider,
-    default_timeout,
+    bearer_api,
     map_status,
     require,
     status_table,
@@ -91,16 +90,8 @@ class GptImage2AIProvider(Provider):
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not api_key or not api_key.strip():
-            raise AuthError(
-                f"no gptimage2.ai API key: set {API_KEY_ENV} or pass api_key", provider=self.name
-            )
-        self._api = ApiClient(
-            self.name,
-            base_url,
-            {"Authorization": f"Bearer {api_key.strip()}"},
-            default_timeout(timeout),
-            transport,
+        self._api = bearer_api(
+            self.name, "gptimage2.ai", API_KEY_ENV, api_key, base_url, timeout, transport
         )
 
     # -- checks ------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from ..errors import (
-    AuthError,
     ContentRejected,
     InsufficientCredits,
     InvalidRequest,
@@ -35,11 +34,10 @@ from ..models import (
     OutputRef,
 )
 from .base import (
-    ApiClient,
     Capabilities,
     PreparedInputs,
     Provider,
-    default_timeout,
+    bearer_api,
     map_status,
     require,
     status_table,
@@ -138,22 +136,14 @@ class RunwareProvider(Provider):
         timeout: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not api_key or not api_key.strip():
-            raise AuthError(
-                f"no Runware API key: set {API_KEY_ENV} or pass api_key", provider=self.name
-            )
         if delivery not in ("async", "sync"):
             raise ValueError(f"delivery must be 'async' or 'sync', not {delivery!r}")
         self.model = model
         self.delivery = delivery
         # Runware's REST endpoint is the base URL itself (no path, no trailing slash).
         self._endpoint = base_url.rstrip("/")
-        self._api = ApiClient(
-            self.name,
-            self._endpoint,
-            {"Authorization": f"Bearer {api_key.strip()}"},
-            default_timeout(timeout),
-            transport,
+        self._api = bearer_api(
+            self.name, "Runware", API_KEY_ENV, api_key, self._endpoint, timeout, transport
         )
 
     # -- checks ------------------------------------------------------------------------------

@@ -13,15 +13,13 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import AuthError
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import TIER_LONG_SIDE, ratio_of, tier_for
 from .base import (
-    ApiClient,
     Capabilities,
     PreparedInputs,
     Provider,
-    default_timeout,
+    bearer_api,
     map_status,
     require,
     status_table,
@@ -86,16 +84,8 @@ class SkillsVideoProvider(Provider):
         timeout: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if not api_key or not api_key.strip():
-            raise AuthError(
-                f"no skills.video API key: set {API_KEY_ENV} or pass api_key", provider=self.name
-            )
-        self._api = ApiClient(
-            self.name,
-            base_url,
-            {"Authorization": f"Bearer {api_key.strip()}"},
-            default_timeout(timeout),
-            transport,
+        self._api = bearer_api(
+            self.name, "skills.video", API_KEY_ENV, api_key, base_url, timeout, transport
         )
 
     # -- checks ------------------------------------------------------------------------------
