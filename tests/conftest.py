@@ -38,6 +38,15 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A real `prefect server start` process (fresh SQLite home); its env for subprocesses."""
+    from .prefect_cli import running_server
+
+    with running_server(tmp_path_factory.mktemp("prefect-home"), free_port()) as env:
+        yield env
+
+
 @pytest.fixture
 def archive_dir(tmp_path: Path) -> Path:
     return tmp_path / "archive"

@@ -1,0 +1,71 @@
+"""A real `prefect server start` in its own process, and the CLI/API calls tests make on it.
+
+Deployments and workers are exercised the way a team runs them: a server process, the
+`prefect` CLI, and workers as separate processes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def running_server(home: Path, port: int) -> Iterator[dict[str, str]]:
+    """Start `prefect server start` (SQLite under `home`); yield the env for CLI subprocesses."""
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
+           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_CLI_PROMPT": "false", "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
+    log = (home / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(api + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError((home / "server.log").read_text()[-3000:])
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
+    done = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
+    return response.json() if response.content else None
+
+
+def deploy_all(env: dict[str, str]) -> None:
+    """The work pool and every deployment of deployments/prefect.yaml (idempotent)."""
+    pools = {p["name"] for p in api(env, "POST", "/work_pools/filter", {})}
+    if "gptimg-process" not in pools:
+        cli(env, "work-pool", "create", "gptimg-process", "--type", "process")
+    cli(env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")

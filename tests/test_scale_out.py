@@ -1,0 +1,113 @@
+"""Two process workers, one provider limit held by the server: the provider never sees more.
+
+The batch is split across several flow runs of the `batch-from-file` deployment, so jobs run in
+separate processes started by separate workers; only the server's global concurrency limit
+(named on the credentials block) stands between them and the provider's 429s.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from gptimg_flows.blocks import RunwareCredentials
+from gptimg_flows.testing.config import EMULATOR_KEYS
+
+from .prefect_cli import api, deploy_all
+
+pytestmark = pytest.mark.slow
+
+K = 2  # the provider's own limit of concurrent jobs, and the server's limit we set for it
+RUNS, PER_RUN = 4, 5
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+async def _save_block(env: dict[str, str], emulator: Any, limit: str) -> str:
+    name = f"scale-{uuid.uuid4().hex[:6]}"
+    block = RunwareCredentials(
+        api_key=str(EMULATOR_KEYS["runware"]), base_url=emulator.base_url("runware"),
+        concurrency_limit=limit,
+    )  # fmt: skip
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        await block.asave(name)
+    return f"{RunwareCredentials.get_block_type_slug()}/{name}"
+
+
+def _start_worker(env: dict[str, str], name: str, cwd: Path) -> subprocess.Popen[bytes]:
+    log = (cwd / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
+         "--name", name, "--limit", "2"],
+        env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _wait_for_runs(env: dict[str, str], ids: list[str], timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        runs: list[dict[str, Any]] = api(env, "POST", "/flow_runs/filter",
+                                         {"flow_runs": {"id": {"any_": ids}}})  # fmt: skip
+        if all(r["state_type"] in TERMINAL for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(1)
+
+
+async def test_two_workers_share_one_provider_limit_held_by_the_server(
+    cli_server: dict[str, str], emulator: Any, tmp_path: Path
+) -> None:
+    env = cli_server
+    deploy_all(env)
+    limit = f"runware-jobs-{uuid.uuid4().hex[:6]}"
+    api(env, "POST", "/v2/concurrency_limits/", {"name": limit, "limit": K})
+    provider = await _save_block(env, emulator, limit)
+    emulator.configure(latency=1.0, max_concurrent_jobs=K, render_mode="stamp")
+
+    deployment = api(env, "GET", "/deployments/name/batch-generate/batch-from-file")
+    archive = tmp_path / "archive"
+    ids = []
+    for run in range(RUNS):
+        params = {"prompts": [f"scale-out run {run} image {i}" for i in range(PER_RUN)],
+                  "provider": provider, "archive": str(archive), "concurrency": PER_RUN,
+                  "size": "256x256", "output_format": "png"}  # fmt: skip
+        created = api(env, "POST", f"/deployments/{deployment['id']}/create_flow_run",
+                      {"parameters": params})  # fmt: skip
+        ids.append(created["id"])
+
+    workers = [_start_worker(env, name, tmp_path) for name in ("worker-a", "worker-b")]
+    try:
+        runs = _wait_for_runs(env, ids, timeout=420)
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
+
+    states = {r["id"]: r["state_type"] for r in runs}
+    assert set(states.values()) == {"COMPLETED"}, (states, logs)
+    ran_by = {
+        name: set(re.findall(r"submitting flow run '([0-9a-f-]{36})'", text))
+        for name, text in logs.items()
+    }
+    assert ran_by["worker-a"] and ran_by["worker-b"], ("each worker runs some of the batch", logs)
+    assert ran_by["worker-a"] | ran_by["worker-b"] == set(ids)
+
+    ledger = emulator.ledger()
+    assert len(ledger["submissions"]) == RUNS * PER_RUN, ledger["submissions"]
+    assert ledger["peak_concurrent_jobs"]["runware"] <= K, ledger["peak_concurrent_jobs"]
+    assert ledger["rejected"].get("runware", {}) == {}, ledger["rejected"]
+    assert len(list(archive.glob("images/*/*.png"))) == RUNS * PER_RUN
+    # The limit was doing the work: with 4 runs of 5 parallel requests, all 20 jobs would
+    # otherwise have been in flight together (the single-process control case sees 429s).
+    assert ledger["peak_concurrent_jobs"]["runware"] == K
