@@ -41,6 +41,15 @@ class ProviderCredentials(CredentialsBlock, ABC):
             "across every worker (create it with `prefect gcl create NAME --limit K`)."
         ),
     )
+    retries: int = Field(
+        default=5,
+        ge=0,
+        le=20,
+        description=(
+            "How many times a transient error (429, 5xx, a dropped connection) is retried, as "
+            "Prefect task retries shown in the UI. A paid job is never submitted twice."
+        ),
+    )
     rate_limit: str | None = Field(
         default=None,
         description=(

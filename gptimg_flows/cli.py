@@ -123,17 +123,9 @@ def _as_invalid(exc: Exception) -> Exception:
     """Pydantic's multi-line message as one InvalidRequest line, without its input echo."""
     from pydantic import ValidationError
 
-    from .errors import InvalidRequest
+    from .models import invalid_request
 
-    if not isinstance(exc, ValidationError):
-        return exc
-    parts, first = [], None
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        first = first or loc or None
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
-    return InvalidRequest("; ".join(parts), field=first)
+    return invalid_request(exc) if isinstance(exc, ValidationError) else exc
 
 
 def _short_error(error_type: str, text: str) -> str:

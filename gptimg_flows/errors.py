@@ -35,6 +35,13 @@ class ProviderError(Exception):
         prefix = f"[{', '.join(where)}] " if where else ""
         return f"{prefix}{self.message}"
 
+    def about(self, *, provider: str | None = None, job_id: str | None = None) -> ProviderError:
+        """Fill in the provider and job this error belongs to, where it did not say."""
+        self.provider = self.provider or provider
+        self.job_id = self.job_id or job_id
+        self.args = (self._render(),)
+        return self
+
     def __reduce__(self) -> tuple[object, ...]:
         # Keep keyword-only fields across pickling (Prefect persists task exceptions).
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))

@@ -49,6 +49,7 @@ from .models import (
     OutputFormat,
     Quality,
     Resolution,
+    build_request,
     canonical_json,
 )
 from .tasks import (
@@ -59,7 +60,7 @@ from .tasks import (
     provider_of,
     provider_slot,
     request_key,
-    run_job,
+    run_job_for,
     submit_allowance,
     upload_inputs,
 )
@@ -171,7 +172,9 @@ async def produce(
     )
     async with provider_slot(spec):
         await submit_allowance(spec)
-        job, status, images = await run_job(spec, request, inputs, key, archive, timeout_seconds)
+        job, status, images = await run_job_for(spec)(
+            spec, request, inputs, key, archive, timeout_seconds
+        )
     archiving = materializing_archive(images, archive, parents)
     archived: list[ArchivedImage] = await archiving(
         images, archive, key, job, status, request.prompt, parents, extra
@@ -215,9 +218,9 @@ async def publish_images(
         )
     body = f"## {title}\n\nTotal cost: {_cost_text(total_cost(images))}\n\n" + "\n".join(rows)
     if failures:
-        body += "\n\n### Failures\n\n| # | prompt | error |\n|---|---|---|\n"
+        body += "\n\n### Failures\n\n| # | prompt | job | error |\n|---|---|---|---|\n"
         body += "\n".join(
-            f"| {f.index} | {f.prompt[:80].replace('|', '/')} | "
+            f"| {f.index} | {f.prompt[:80].replace('|', '/')} | {f.job_id or '-'} | "
             f"{f.error_type}: {f.error[:200].replace('|', '/')} |"
             for f in failures
         )
@@ -246,8 +249,8 @@ async def generate_images(
     timeout_seconds: float = 900.0,
 ) -> list[ArchivedImage]:
     """Generate `n` images from a prompt and archive them."""
-    request = ImageRequest(
-        prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
+    request = build_request(
+        ImageRequest, prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
         background=background, output_format=output_format,
         output_compression=output_compression, moderation=moderation, seed=seed,
         extras=extras or {},
@@ -277,8 +280,9 @@ async def edit_image(
     timeout_seconds: float = 900.0,
 ) -> list[ArchivedImage]:
     """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says."""
-    request = EditRequest(
-        images=[image] if isinstance(image, str) else image, mask=mask, prompt=prompt, n=n,
+    request = build_request(
+        EditRequest, images=[image] if isinstance(image, str) else image, mask=mask,
+        prompt=prompt, n=n,
         size=size, quality=quality, background=background, output_format=output_format,
         input_fidelity=input_fidelity, extras=extras or {},
     )  # fmt: skip
@@ -309,13 +313,15 @@ async def generate_edit_archive(
     timeout_seconds: float = 900.0,
 ) -> PipelineResult:
     """Generate an image, edit it (with the mask, if given), and archive both with lineage."""
-    spec = await resolve_provider(provider)
-    store = await resolve_archive(archive)
-    first = ImageRequest(prompt=prompt, size=size, quality=quality, output_format=output_format)
-    edit = EditRequest(
-        images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
+    first = build_request(
+        ImageRequest, prompt=prompt, size=size, quality=quality, output_format=output_format
+    )
+    edit = build_request(
+        EditRequest, images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
         output_format=output_format,
     )  # fmt: skip
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
     adapter = provider_of(spec)
     adapter.validate(first)
     adapter.validate(edit)  # both checked before the first credit is spent
@@ -331,10 +337,13 @@ async def generate_edit_archive(
 
 
 class BatchFailure(BaseModel):
+    """One item that produced no image; `job_id` names the paid job when there was one."""
+
     index: int
     prompt: str
     error: str
     error_type: str
+    job_id: str | None = None
 
 
 class _Progress:
@@ -370,8 +379,9 @@ class BatchResult(BaseModel):
 
 def _failure(index: int, prompt: str, exc: BaseException) -> BatchFailure:
     return BatchFailure(
-        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__
-    )
+        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
+        job_id=getattr(exc, "job_id", None),
+    )  # fmt: skip
 
 
 def read_prompts(source: list[str] | str) -> list[dict[str, Any]]:
@@ -425,7 +435,7 @@ async def batch_generate(
         fields = {"size": size, "quality": quality, "output_format": output_format}
         fields.update({k: v for k, v in row.items() if v not in (None, "")})
         try:
-            req = ImageRequest.model_validate(fields)
+            req = build_request(ImageRequest, **fields)
             adapter.validate(req)
             requests.append(req)
         except (ValueError, ProviderError) as exc:

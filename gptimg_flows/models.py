@@ -10,10 +10,11 @@ import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import PurePath
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import InvalidRequest
 from .sizes import TIER_LONG_SIDE, dims_for, normalise_ratio, parse_size
 
 Quality = Literal["auto", "low", "medium", "high"]
@@ -154,6 +155,30 @@ class EditRequest(ImageRequest):
 
 
 # -- provider answers -------------------------------------------------------------------------
+
+
+R = TypeVar("R", bound=ImageRequest)
+
+
+def invalid_request(exc: ValidationError) -> InvalidRequest:
+    """Pydantic's multi-line message as one InvalidRequest line naming the first bad field
+    (without pydantic's echo of the input, which may be a long prompt or image bytes)."""
+    parts, first = [], None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        first = first or loc or None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
+    return InvalidRequest("; ".join(parts), field=first)
+
+
+def build_request(model: type[R], **fields: Any) -> R:
+    """A request from a user's fields; bad ones raise `InvalidRequest`, like every other
+    refusal before a credit is spent, so callers catch one error type."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        raise invalid_request(exc) from None
 
 
 class JobState(StrEnum):

@@ -1,12 +1,28 @@
-"""Retry timing as pure functions: exponential backoff with jitter, never sooner than asked.
+"""Retry timing: exponential backoff with jitter, never sooner than asked; retried reads.
 
 Prefect's own jitter can shorten a delay below its mean, which would break a provider's
 Retry-After; these delays only ever lengthen.
+
+Two layers, one classification (`errors.is_retryable`): free, idempotent reads (a poll, a
+download) are retried in place a few times by `read_with_retries`, because a flaky poll is not
+worth re-entering a whole task for; whatever still fails, and every paid submit, goes to the
+Prefect task retries the UI shows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .errors import RateLimited, RetryableError
+
+T = TypeVar("T")
+
+#: Attempts of one free read before its error goes up to the task's retries.
+READ_ATTEMPTS = 4
+READ_BASE_DELAY = 0.5
 
 BASE_DELAY = 1.0
 MAX_DELAY = 60.0
@@ -32,6 +48,35 @@ def backoff_delay(
         delay = max(delay, retry_after)
     spread = float((rng or random).uniform(0.0, jitter)) * delay
     return round(delay + spread, 3)
+
+
+async def read_with_retries(
+    read: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = READ_ATTEMPTS,
+    base: float = READ_BASE_DELAY,
+    budget: float | None = None,
+    on_retry: Callable[[RetryableError, float, int], None] | None = None,
+) -> T:
+    """`read()`, again after a transient error, up to `attempts` times in all.
+
+    Only for calls that cost nothing and change nothing. `budget` (seconds) stops the waiting
+    early so a deadline is never overrun; `on_retry(error, delay, attempt)` lets the caller log.
+    """
+    loop = asyncio.get_running_loop()
+    stop = None if budget is None else loop.time() + budget
+    for attempt in range(attempts):
+        try:
+            return await read()
+        except RetryableError as exc:
+            hint = exc.retry_after if isinstance(exc, RateLimited) else None
+            delay = backoff_delay(attempt, base=base, retry_after=hint)
+            if attempt == attempts - 1 or (stop is not None and loop.time() + delay > stop):
+                raise
+            if on_retry is not None:
+                on_retry(exc, delay, attempt + 1)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def poll_delays(

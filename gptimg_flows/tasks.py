@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import hashlib
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, SupportsIndex, overload
@@ -28,6 +30,7 @@ from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.tasks import MaterializingTask, Task
 
@@ -37,9 +40,11 @@ from .download import DownloadedImage, download, save_inline, shared_client
 from .errors import (
     InvalidRequest,
     JobTimeout,
+    MalformedResponse,
     OutputExpired,
     ProviderError,
     RateLimited,
+    RetryableError,
     TransportError,
     is_retryable,
 )
@@ -56,9 +61,11 @@ from .models import (
     canonical_json,
 )
 from .providers.base import PreparedInputs, Provider, failure_error
-from .retry import DurationEstimate, backoff_delay
+from .retry import READ_ATTEMPTS, DurationEstimate, backoff_delay, read_with_retries
 
 ProviderSpec = ProviderCredentials | str
+#: Fresh URLs asked for one output before its expiry is final.
+URL_REFRESHES = 3
 RETRIES = 5
 KEY_VERSION = 1
 
@@ -328,6 +335,10 @@ async def submit_job(
         if not exc.request_sent:
             await asyncio.to_thread(archive.delete, _job_rel(key))
         raise
+    except MalformedResponse:
+        # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
+        # record stays, so a re-run looks the job up (or stops with SubmitUncertain).
+        raise
     except ProviderError:
         # The provider refused the call: nothing was created, nothing billed.
         await asyncio.to_thread(archive.delete, _job_rel(key))
@@ -397,8 +408,11 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     if first > 0:
         await asyncio.sleep(first)
     attempt, running_at = 0, None
+    on_retry = _log_read_retry(f"poll of job {job.job_id}")
     while True:
-        status = await adapter.poll(job)
+        status = await read_with_retries(
+            lambda: adapter.poll(job), budget=deadline - time.monotonic(), on_retry=on_retry
+        )
         if status.state.terminal:
             if status.state is JobState.SUCCEEDED:
                 estimate.observe(elapsed(), running_at)
@@ -423,7 +437,10 @@ async def download_outputs(
 ) -> list[DownloadedImage]:
     """Stream each output to a verified local file, re-resolving URLs that expired."""
     adapter = provider_of(provider)
-    refs = await adapter.resolve_outputs(job, status)
+    refs = await read_with_retries(
+        lambda: adapter.resolve_outputs(job, status),
+        on_retry=_log_read_retry(f"resolving the outputs of job {job.job_id}"),
+    )
     client = shared_client()
     return list(await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs)))
 
@@ -433,12 +450,39 @@ async def _fetch(
 ) -> DownloadedImage:
     if ref.data is not None:
         return await save_inline(ref)
+    current = ref
+
+    async def once() -> DownloadedImage:
+        nonlocal current
+        for refreshed in range(URL_REFRESHES + 1):
+            try:
+                return await download(client, current, fs=archive.fs)
+            except OutputExpired:
+                if refreshed == URL_REFRESHES:
+                    raise
+                current = await adapter.refresh_output(job, current)
+                get_run_logger().info("output %d URL expired; re-resolved it", ref.index)
+        raise AssertionError("unreachable: the last download returns or raises")
+
     try:
-        return await download(client, ref, fs=archive.fs)
-    except OutputExpired:
-        fresh = await adapter.refresh_output(job, ref)
-        get_run_logger().info("output %d URL expired; re-resolved it", ref.index)
-        return await download(client, fresh, fs=archive.fs)
+        return await read_with_retries(
+            once, on_retry=_log_read_retry(f"download of output {ref.index} of job {job.job_id}")
+        )
+    except ProviderError as exc:
+        exc.about(provider=adapter.name, job_id=job.job_id)
+        raise
+
+
+def _log_read_retry(what: str) -> Callable[[RetryableError, float, int], None]:
+    def log(exc: RetryableError, delay: float, attempt: int) -> None:
+        try:
+            logger: Any = get_run_logger()
+        except MissingContextError:  # the step functions called outside a task run
+            logger = logging.getLogger(__name__)
+        logger.warning("%s failed (%s: %s); trying again in %.1f s (%d/%d)", what,
+                       type(exc).__name__, exc, delay, attempt, READ_ATTEMPTS - 1)  # fmt: skip
+
+    return log
 
 
 @task(name="run-job", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
@@ -461,6 +505,18 @@ async def run_job(
     status = await wait_for_job.fn(provider, job, timeout_seconds)
     images = await download_outputs.fn(provider, job, status, archive)
     return job, status, images
+
+
+def run_job_for(spec: ProviderSpec) -> Task[Any, Any]:
+    """`run_job` with as many retries as the provider's block asks for."""
+    return _run_job_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
+
+
+@functools.cache
+def _run_job_with(retries: int) -> Task[Any, Any]:
+    if retries == RETRIES:
+        return run_job
+    return run_job.with_options(retries=retries, retry_delay_seconds=retry_delays(retries))
 
 
 @task(name="archive-images", **RETRY_OPTIONS)

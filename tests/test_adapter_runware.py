@@ -20,10 +20,11 @@ from gptimg_flows.errors import (
     InsufficientCredits,
     InvalidRequest,
     MalformedResponse,
+    OutputExpired,
     RateLimited,
     ServerError,
 )
-from gptimg_flows.models import EditRequest, ImageRequest, InputImage, Job, JobState
+from gptimg_flows.models import EditRequest, ImageRequest, InputImage, Job, JobState, OutputRef
 from gptimg_flows.providers.runware import TASK_NAMESPACE, RunwareProvider, task_uuid_for
 
 KEY = "rw-secret-key-123"
@@ -303,6 +304,24 @@ async def test_poll_success_items_give_outputs_seeds_and_summed_cost(
     assert [o.seed for o in status.outputs] == ["100", "101"]
     assert [o.index for o in status.outputs] == [0, 1]
     assert status.cost == pytest.approx(0.08) and status.cost_unit == "usd"
+
+
+@pytest.mark.parametrize("reissued", [True, False])
+async def test_an_expired_url_is_asked_for_again_and_lost_only_if_the_api_repeats_it(
+    mock: respx.MockRouter, rw: RunwareProvider, reissued: bool
+) -> None:
+    job = _job(rw, n=1)
+    old = "https://im.runware.ai/0.png?sig=old"
+    new = "https://im.runware.ai/0.png?sig=new" if reissued else old
+    item = {"taskType": "imageInference", "taskUUID": job.job_id, "imageUUID": "i0",
+            "imageURL": new, "status": "success"}  # fmt: skip
+    mock.post(URL).respond(200, json={"data": [item]})
+    if reissued:
+        fresh = await rw.refresh_output(job, OutputRef(index=0, url=old))
+        assert fresh.url == new
+    else:
+        with pytest.raises(OutputExpired, match="cannot re-issue"):
+            await rw.refresh_output(job, OutputRef(index=0, url=old))
 
 
 async def test_poll_with_some_results_still_processing_is_running(

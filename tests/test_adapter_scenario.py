@@ -580,7 +580,11 @@ async def test_refresh_output_gets_a_fresh_url(
     assert (fresh.index, fresh.asset_id, fresh.url) == (3, "asset_1", "https://cdn/new")
 
 
-async def test_refresh_without_asset_id_cannot_be_done(sc: ScenarioProvider) -> None:
+async def test_refresh_without_asset_id_cannot_be_done(
+    mock: respx.MockRouter, sc: ScenarioProvider
+) -> None:
+    answer = _job_answer("success", metadata={"assetIds": ["asset_1"]})
+    mock.get("/jobs/job_abc").respond(200, json=answer)
     with pytest.raises(OutputExpired):
         await sc.refresh_output(_job(), OutputRef(index=0, url="https://cdn/x"))
 

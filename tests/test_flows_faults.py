@@ -123,3 +123,20 @@ async def test_batch_reports_failed_jobs_in_result_and_artifact_with_progress(
     assert progress and progress[0]["data"] == 100.0
     table = next(a for a in found if a["type"] == "markdown" and "Batch of 3" in a["data"])
     assert "### Failures" in table["data"] and "JobFailed" in table["data"]
+
+
+async def test_a_blocks_retries_setting_decides_how_often_a_transient_error_is_retried(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    from gptimg_flows.errors import RateLimited
+
+    emulator.force("submit_429", provider="runware", count=3)
+    with pytest.raises(RateLimited):
+        await generate_images(prompt="no retries", provider=provider_block("runware", retries=0),
+                              archive=str(archive_dir), size="256x256")  # fmt: skip
+    assert emulator.ledger()["requests"]["runware"]["submit"] == 1
+    images = await generate_images(
+        prompt="two retries", provider=provider_block("runware", retries=2),
+        archive=str(archive_dir), size="256x256",
+    )  # fmt: skip
+    assert len(images) == 1 and emulator.ledger()["requests"]["runware"]["submit"] == 4

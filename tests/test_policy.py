@@ -23,7 +23,7 @@ from gptimg_flows.errors import (
 from gptimg_flows.models import ImageRequest, Job, JobState, JobStatus, OutputRef
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.offline import OfflineProvider
-from gptimg_flows.retry import DurationEstimate, backoff_delay, poll_delays
+from gptimg_flows.retry import DurationEstimate, backoff_delay, poll_delays, read_with_retries
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
@@ -166,3 +166,47 @@ def test_large_downloads_are_checked_by_their_end_marker(
     assert imageio.sniff_file(whole).width == 64
     with pytest.raises(ValueError, match=r"truncated|not a readable image"):
         imageio.sniff_file(cut)
+
+
+def _flaky(errors: list[Exception]) -> tuple[Any, list[int]]:
+    """A read that raises `errors` in turn, then answers "ok"; and its call count."""
+    calls = [0]
+
+    async def read() -> str:
+        calls[0] += 1
+        if errors:
+            raise errors.pop(0)
+        return "ok"
+
+    return read, calls
+
+
+async def test_free_reads_are_retried_in_place_after_transient_errors() -> None:
+    read, calls = _flaky([ServerError("503"), TransportError("dropped")])
+    seen: list[tuple[str, int]] = []
+    answer = await read_with_retries(
+        read, base=0.001, on_retry=lambda e, d, n: seen.append((type(e).__name__, n))
+    )
+    assert answer == "ok" and calls[0] == 3
+    assert seen == [("ServerError", 1), ("TransportError", 2)]
+
+
+async def test_a_read_that_keeps_failing_goes_up_after_its_attempts() -> None:
+    read, calls = _flaky([ServerError(str(i)) for i in range(10)])
+    with pytest.raises(ServerError, match="3"):
+        await read_with_retries(read, attempts=4, base=0.001)
+    assert calls[0] == 4
+
+
+async def test_a_non_retryable_read_error_is_not_retried() -> None:
+    read, calls = _flaky([AuthError("401"), ServerError("later")])
+    with pytest.raises(AuthError):
+        await read_with_retries(read, base=0.001)
+    assert calls[0] == 1
+
+
+async def test_read_retries_wait_for_retry_after_and_stop_at_the_budget() -> None:
+    read, calls = _flaky([RateLimited("429", retry_after=5.0), ServerError("no")])
+    with pytest.raises(RateLimited):
+        await read_with_retries(read, base=0.001, budget=1.0)  # 5 s would overrun the deadline
+    assert calls[0] == 1

@@ -264,7 +264,16 @@ class Provider(ABC):
         return list(status.outputs)
 
     async def refresh_output(self, job: Job, ref: OutputRef) -> OutputRef:
-        """A fresh URL for an output whose URL expired. Default: the provider cannot."""
+        """A fresh URL for an output whose URL expired: ask for the job again.
+
+        An API that signs its URLs on each read hands out a new one; one that repeats the
+        same URL cannot re-issue it, and the output is lost (we download at once to avoid it).
+        """
+        if not self.capabilities.synchronous:
+            status = await self.poll(job)
+            fresh = next((o for o in status.outputs if o.index == ref.index), None)
+            if fresh is not None and fresh.url and fresh.url != ref.url:
+                return fresh
         raise OutputExpired(
             f"output {ref.index} URL expired and {self.display_name} cannot re-issue it",
             provider=self.name,
