@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from gptimg_flows import generate_images
+from gptimg_flows import batch_generate, generate_images
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
@@ -70,3 +70,62 @@ async def test_kill_9_after_submit_then_rerun_polls_the_recorded_job(
     assert len(ledger["submissions"]) == 1, ledger["submissions"]
     assert len(images) == 1 and Path(images[0].uri).exists()
     assert images[0].job_id == ledger["submissions"][0]["job_id"]
+
+
+@pytest.mark.parametrize("name", ["runware", "scenario"])
+async def test_kill_9_mid_batch_then_rerun_finishes_and_pays_nothing_twice(
+    name: str, provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    """Killed with some jobs archived, some running, maybe a submit in flight; run again.
+
+    Runware finds a submit whose answer was lost by our taskUUID; Scenario cannot look one
+    up, so an item whose submit was cut off mid-request stops with SubmitUncertain instead of
+    paying again (at most the few submits in flight at the kill).
+    """
+    total = 30
+    emulator.configure(latency=1.5, render_mode="stamp")
+    block = provider_block(name)
+    prompts = [f"crash batch {name} {i}" for i in range(total)]
+    kwargs: dict[str, Any] = {"prompts": prompts, "archive": str(archive_dir), "concurrency": 8,
+                              "size": "256x256"}  # fmt: skip
+    if name == "runware":
+        kwargs["output_format"] = "png"  # Runware's default is JPEG; Scenario's is PNG
+    spec = {"flow": "batch_generate", "provider": name, "block": _block_fields(block),
+            "kwargs": kwargs}  # fmt: skip
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.flow_process", json.dumps(spec)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        _wait_for(
+            lambda: len(list(archive_dir.glob("images/*/*.png"))) >= 4
+            and len(emulator.ledger()["submissions"]) >= 12,
+            120, "a batch half done",
+        )  # fmt: skip
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    paid_before = len(emulator.ledger()["submissions"])
+    archived_before = len(list(archive_dir.glob("images/*/*.png")))
+    assert 4 <= archived_before < total and paid_before < total, (archived_before, paid_before)
+
+    result = await batch_generate(provider=block, **kwargs)
+
+    subs = emulator.ledger()["submissions"]
+    assert len({s["body_sha256"] for s in subs}) == len(subs), "a request was submitted twice"
+    uncertain = [f for f in result.failures if f.error_type == "SubmitUncertain"]
+    assert len(result.failures) == len(uncertain), result.failures
+    if name == "runware":
+        assert not uncertain
+    assert len(uncertain) <= 8, "only submits in flight at the kill can be uncertain"
+    assert len(result.images) + len(uncertain) == total
+    # An uncertain item's submit may or may not have reached the provider: never both.
+    assert total - len(uncertain) <= len(subs) <= total
+    jobs = [img.job_id for img in result.images]
+    assert len(set(jobs)) == len(jobs) and set(jobs) <= {s["job_id"] for s in subs}
+    assert len(list(archive_dir.glob("images/*/*.png"))) == len(result.images)
+    assert len(list(archive_dir.glob("_results/*.json"))) == len(result.images)
