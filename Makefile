@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint typecheck pytest clean bench
+.PHONY: install demo test lint typecheck pytest pytest-fast pytest-slow clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -32,8 +32,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+# Two suites, both run by `make test`: the slow one (marker `slow`: the chaos batch, kill -9
+# crash-resume, a real `prefect server` with deployments and two workers) runs second.
+pytest: pytest-fast pytest-slow
+
+pytest-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+pytest-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m slow
 
 test: lint typecheck pytest
 

@@ -51,6 +51,13 @@ OPTIONAL_FIELDS = (
 )
 
 
+#: The capability note of every provider whose expired URLs we can only re-poll for.
+EXPIRED_URL_NOTE = (
+    "an expired output URL is asked for again by polling the job; if the same URL comes back, "
+    "the image is lost and reported (OutputExpired, with the job id)"
+)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What one provider can do with GPT Image 2, in our request model's terms."""

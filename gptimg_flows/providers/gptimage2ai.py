@@ -18,6 +18,7 @@ from ..errors import MalformedResponse
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import ratio_of
 from .base import (
+    EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,
     Provider,
@@ -79,6 +80,7 @@ class GptImage2AIProvider(Provider):
             "0 for failed jobs (documented refund)",
             "the create call is assumed to answer 200 (202 is accepted too)",
             "no cancel endpoint is documented",
+            EXPIRED_URL_NOTE,
         ),
     )
 

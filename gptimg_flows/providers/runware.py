@@ -34,6 +34,7 @@ from ..models import (
     OutputRef,
 )
 from .base import (
+    EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,
     Provider,
@@ -123,6 +124,7 @@ class RunwareProvider(Provider):
             "input images are sent as data URIs, or as their URL when they have one",
             "deliveryMethod async by default; delivery='sync' returns finished jobs at submit",
             "no cancel endpoint is documented",
+            EXPIRED_URL_NOTE,
         ),
     )
 

@@ -16,6 +16,7 @@ import httpx
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import TIER_LONG_SIDE, ratio_of, tier_for
 from .base import (
+    EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,
     Provider,
@@ -73,6 +74,7 @@ class SkillsVideoProvider(Provider):
             "the mask convention is assumed to be OpenAI's (alpha 0 = area to change)",
             "cost is usage.total credits as the API reports it, also for failed jobs",
             "no cancel endpoint is documented",
+            EXPIRED_URL_NOTE,
         ),
     )
 
