@@ -56,12 +56,9 @@ from .tasks import (
     ProviderSpec,
     archived_result,
     load_edit_inputs,
-    materializing_archive,
+    make_images_for,
     provider_of,
-    provider_slot,
     request_key,
-    run_job_for,
-    submit_allowance,
     upload_inputs,
 )
 
@@ -170,14 +167,8 @@ async def produce(
         if isinstance(request, EditRequest)
         else None
     )
-    async with provider_slot(spec):
-        await submit_allowance(spec)
-        job, status, images = await run_job_for(spec)(
-            spec, request, inputs, key, archive, timeout_seconds
-        )
-    archiving = materializing_archive(images, archive, parents)
-    archived: list[ArchivedImage] = await archiving(
-        images, archive, key, job, status, request.prompt, parents, extra
+    archived: list[ArchivedImage] = await make_images_for(spec)(
+        spec, request, inputs, key, archive, parents, extra, timeout_seconds
     )
     return archived
 

@@ -30,8 +30,10 @@ from prefect.assets import Asset, AssetProperties
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
+from prefect.context import AssetContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
+from prefect.states import Completed
 from prefect.tasks import MaterializingTask, Task
 
 from .archive import Archive
@@ -507,16 +509,68 @@ async def run_job(
     return job, status, images
 
 
-def run_job_for(spec: ProviderSpec) -> Task[Any, Any]:
-    """`run_job` with as many retries as the provider's block asks for."""
-    return _run_job_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
+@task(name="make-images", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
+async def make_images(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    parents: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    timeout_seconds: float = 900.0,
+) -> list[ArchivedImage]:
+    """One request from submit to archive, in one task run: what the flows use.
+
+    `run_job` then `archive_images`, and the asset events a materializing task would emit
+    (each archived image materialized, its inputs referenced as upstream), so the UI draws
+    the same lineage. One task run per image instead of two is what bench/RESULTS.md measures.
+    Every step is idempotent, so a retry after a failed archive write resumes the recorded
+    job (it may download again; it never pays again).
+    """
+    async with provider_slot(provider):  # a slot of the provider's limit while its job runs
+        await submit_allowance(provider)
+        job, status, images = await run_job.fn(provider, request, inputs, key, archive,
+                                               timeout_seconds)  # fmt: skip
+    archived = await archive_images.fn(images, archive, key, job, status, request.prompt,
+                                       parents, extra)  # fmt: skip
+    emit_materializations(archived, parents or [])
+    return archived
+
+
+def emit_materializations(archived: list[ArchivedImage], parents: Sequence[str]) -> None:
+    """The events `MaterializingTask` emits on success, from inside the current task run.
+
+    Prefect's own `AssetContext` builds them, so they are the same events (resource, related
+    upstream assets, the run's flow and task run) the UI reads for asset lineage.
+    """
+    run = TaskRunContext.get()
+    context = AssetContext(
+        downstream_assets={_asset(img) for img in archived},
+        direct_asset_dependencies={Asset(key=asset_key(p)) for p in parents},
+        task_run_id=run.task_run.id if run else None,
+    )
+    context.emit_events(Completed())
+    context.update_tracked_assets()
+
+
+def _asset(image: ArchivedImage) -> Asset:
+    return Asset(
+        key=asset_key(image.uri),
+        properties=AssetProperties(name=f"{image.sha256[:12]} ({image.width}x{image.height})"),
+    )
+
+
+def make_images_for(spec: ProviderSpec) -> Task[Any, Any]:
+    """`make_images` with as many retries as the provider's block asks for."""
+    return _make_images_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
 
 
 @functools.cache
-def _run_job_with(retries: int) -> Task[Any, Any]:
+def _make_images_with(retries: int) -> Task[Any, Any]:
     if retries == RETRIES:
-        return run_job
-    return run_job.with_options(retries=retries, retry_delay_seconds=retry_delays(retries))
+        return make_images
+    return make_images.with_options(retries=retries, retry_delay_seconds=retry_delays(retries))
 
 
 @task(name="archive-images", **RETRY_OPTIONS)
