@@ -202,6 +202,69 @@ def instrument_polling() -> None:
     tasks._poll_until_done = timed  # type: ignore[assignment]
 
 
+#: prompt → phase name → (start, end) wall-clock seconds, for the largest batch.
+PHASES: dict[str, dict[str, tuple[float, float]]] = {}
+PHASE_NAMES = ("queued for the task", "submit", "wait", "download", "archive", "task finish")
+
+
+def instrument_phases() -> None:
+    """Time each image's steps: where the time between two images' starts goes."""
+    from gptimg_flows import flows, tasks
+
+    def timing(name: str, fn: Any, prompt_of: Any) -> Any:
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.time()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                PHASES.setdefault(prompt_of(args), {})[name] = (start, time.time())
+
+        return timed
+
+    flows.produce = timing("produce", flows.produce, lambda a: a[1].prompt)  # type: ignore[assignment]
+    tasks.make_images.fn = timing("task", tasks.make_images.fn, lambda a: a[1].prompt)
+    tasks.submit_job.fn = timing("submit", tasks.submit_job.fn, lambda a: a[1].prompt)
+    tasks.archive_images.fn = timing("archive", tasks.archive_images.fn, lambda a: a[5])
+    original_wait, original_download = tasks.wait_for_job.fn, tasks.download_outputs.fn
+    jobs: dict[str, str] = {}
+
+    async def wait(provider: Any, job: Any, *rest: Any) -> Any:
+        start = time.time()
+        try:
+            return await original_wait(provider, job, *rest)
+        finally:
+            jobs[job.job_id] = job.key
+            PHASES.setdefault("key:" + job.key, {})["wait"] = (start, time.time())
+
+    async def download(provider: Any, job: Any, *rest: Any) -> Any:
+        start = time.time()
+        try:
+            return await original_download(provider, job, *rest)
+        finally:
+            PHASES.setdefault("key:" + job.key, {})["download"] = (start, time.time())
+
+    tasks.wait_for_job.fn, tasks.download_outputs.fn = wait, download
+
+
+def phase_means() -> dict[str, float]:
+    """Mean seconds per image in each phase (a task's phases are matched through its key)."""
+    by_key = {k[4:]: v for k, v in PHASES.items() if k.startswith("key:")}
+    sums: dict[str, list[float]] = {name: [] for name in PHASE_NAMES}
+    for prompt, p in PHASES.items():
+        if prompt.startswith("key:") or not {"produce", "task", "submit", "archive"} <= set(p):
+            continue
+        sums["queued for the task"].append(p["task"][0] - p["produce"][0])
+        sums["submit"].append(p["submit"][1] - p["submit"][0])
+        sums["archive"].append(p["archive"][1] - p["archive"][0])
+        sums["task finish"].append(p["produce"][1] - p["archive"][1])
+    for v in by_key.values():
+        if "wait" in v:
+            sums["wait"].append(v["wait"][1] - v["wait"][0])
+        if "download" in v:
+            sums["download"].append(v["download"][1] - v["download"][0])
+    return {name: sum(v) / len(v) for name, v in sums.items() if v}
+
+
 async def flow_batch(block: Any, n: int, archive: Path, tag: str) -> dict[str, Any]:
     from gptimg_flows import batch_generate
 
@@ -289,6 +352,7 @@ async def main(sizes: list[int]) -> None:
         from gptimg_flows import RunwareCredentials
 
         instrument_polling()
+        instrument_phases()
         key = str(EMULATOR_KEYS["runware"])
         base = emu.base_url("runware")
         block = RunwareCredentials(api_key=key, base_url=base)
@@ -299,6 +363,7 @@ async def main(sizes: list[int]) -> None:
             raw = await raw_batch(base, key, n, OUT / f"raw-{n}")
             emu.client.reset()
             NOTICED.clear()
+            PHASES.clear()
             server_cpu0 = process_tree_cpu(server.proc.pid) if server.proc else 0.0
             last_archive = OUT / f"flow-{n}"
             ours = await flow_batch(block, n, last_archive, f"n{n}")
@@ -320,6 +385,7 @@ async def main(sizes: list[int]) -> None:
                     "notice_p50": pct(delays, 0.5),
                     "notice_p95": pct(delays, 0.95),
                     "submissions": len(subs),
+                    "phases": phase_means(),
                     "errors": server.errors(),
                 }
             )
@@ -397,6 +463,22 @@ def write_results(
         "The minimum is one poll per job (the one that sees it finished). The notice delay is "
         "measured from the emulator's accept time + the job latency to the moment the flow's "
         "poll loop returns.",
+        "",
+        "Where one image's time goes (mean seconds; the job itself takes "
+        f"{LATENCY:g} s of 'wait'):",
+        "",
+        "| N | " + " | ".join(PHASE_NAMES) + " |",
+        "|---|" + "---|" * len(PHASE_NAMES),
+        *(
+            f"| {r['n']} | "
+            + " | ".join(f"{r['phases'].get(name, float('nan')):.3f}" for name in PHASE_NAMES)
+            + " |"
+            for r in rows
+        ),
+        "",
+        "'queued for the task': from the batch item starting to the task's code running "
+        "(Prefect's task-run start); 'task finish': from the archive written to the flow "
+        "having the result (Prefect's task-run end).",
         "",
         "## 3. Memory: 20 concurrent downloads of 25 MB images",
         "",
