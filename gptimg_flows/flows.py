@@ -446,7 +446,7 @@ async def batch_generate(
                 )  # fmt: skip
             except Exception as exc:  # one item's failure is reported, not fatal
                 failures.append(_failure(i, req.prompt, exc))
-            await progress.advance()
+        await progress.advance()  # an API call: not while holding a slot
 
     # A request's slot is its occurrence number among identical requests, so re-running an
     # edited prompt file only pays for lines that are new, and a duplicate line is a new image.

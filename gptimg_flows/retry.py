@@ -106,7 +106,8 @@ class DurationEstimate:
         self.seconds: float | None = None
 
     def observe(self, done_at: float, running_at: float | None = None) -> None:
-        """A job was seen done `done_at` s after its submit, last seen running at `running_at`.
+        """A job was seen done by a poll sent `done_at` s after its submit; the last poll that
+        saw it running was sent at `running_at`.
 
         Only the bounds are evidence: the job ended between those two polls. When the first
         poll already found it done, the estimate only moves down (a little, to probe earlier
@@ -129,8 +130,14 @@ class DurationEstimate:
         return max(0.0, self.seconds * 1.02 - elapsed)
 
     def next_delay(self, attempt: int, elapsed: float) -> float:
-        """Seconds to the next poll after `attempt` polls that found the job still running."""
-        if self.seconds is not None and elapsed < self.seconds * 1.5:
-            return max(0.05, 0.05 * self.seconds)
-        schedule = poll_delays()
-        return schedule[min(attempt, len(schedule) - 1)]
+        """Seconds to the next poll after `attempt` polls that found the job still running.
+
+        Near the estimate, polls follow closely; past it, the gap grows with the overrun (a
+        quarter of it), so a job that runs long is still noticed within a fraction of its
+        extra time, and one that runs very long is polled rarely.
+        """
+        if self.seconds is None:
+            schedule = poll_delays()
+            return schedule[min(attempt, len(schedule) - 1)]
+        close = max(0.05, 0.05 * self.seconds)
+        return round(min(poll_delays()[-1], max(close, 0.25 * (elapsed - self.seconds))), 3)

@@ -412,14 +412,17 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     attempt, running_at = 0, None
     on_retry = _log_read_retry(f"poll of job {job.job_id}")
     while True:
+        # The provider decided the state after we asked, not when its answer reached a busy
+        # loop: learning from send times keeps the estimate from drifting late by the RTT.
+        asked_at = elapsed()
         status = await read_with_retries(
             lambda: adapter.poll(job), budget=deadline - time.monotonic(), on_retry=on_retry
         )
         if status.state.terminal:
             if status.state is JobState.SUCCEEDED:
-                estimate.observe(elapsed(), running_at)
+                estimate.observe(asked_at, running_at)
             return status
-        running_at = elapsed()
+        running_at = asked_at
         now = time.monotonic()
         if now >= deadline:
             await adapter.cancel(job)
