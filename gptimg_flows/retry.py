@@ -12,6 +12,7 @@ Prefect task retries the UI shows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -94,6 +95,11 @@ def poll_delays(
     return out
 
 
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class DurationEstimate:
     """How long one provider's jobs take, learned from the jobs this process has seen.
 
@@ -104,6 +110,32 @@ class DurationEstimate:
 
     def __init__(self) -> None:
         self.seconds: float | None = None
+        self._first: set[asyncio.Future[None]] = set()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep, but wake early (returning True) when the first duration is learned.
+
+        A batch's first jobs all start before any job has finished; without this they would
+        keep the slow default rhythm although a finished peer now says when to look.
+        """
+        if self.seconds is not None or seconds <= 0:
+            await asyncio.sleep(seconds)
+            return False
+        learned: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._first.add(learned)
+        timer = asyncio.ensure_future(asyncio.sleep(seconds))
+        try:
+            await asyncio.wait({timer, learned}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            self._first.discard(learned)
+        return learned.done() and not timer.done()
+
+    def _wake(self) -> None:
+        for waiter in list(self._first):
+            with contextlib.suppress(RuntimeError):  # its event loop has closed meanwhile
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+        self._first.clear()
 
     def observe(self, done_at: float, running_at: float | None = None) -> None:
         """A job was seen done by a poll sent `done_at` s after its submit; the last poll that
@@ -115,6 +147,7 @@ class DurationEstimate:
         """
         if done_at <= 0:
             return
+        first = self.seconds is None
         if running_at is not None:
             mid = (running_at + done_at) / 2
             self.seconds = mid if self.seconds is None else 0.7 * self.seconds + 0.3 * mid
@@ -122,6 +155,8 @@ class DurationEstimate:
             self.seconds = done_at
         else:
             self.seconds = min(self.seconds, done_at) * 0.95
+        if first:
+            self._wake()
 
     def first_wait(self, elapsed: float) -> float:
         """Seconds to wait before the first poll, `elapsed` seconds after the submit."""

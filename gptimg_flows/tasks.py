@@ -433,7 +433,11 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
             )
         gap = status.poll_after or estimate.next_delay(attempt, running_at)
         attempt += 1
-        await asyncio.sleep(min(gap, max(0.0, deadline - now)))
+        if status.poll_after:
+            await asyncio.sleep(min(gap, max(0.0, deadline - now)))
+        elif await estimate.sleep(min(gap, max(0.0, deadline - now))):
+            # a peer just taught us how long jobs take: look when this one should be done
+            await asyncio.sleep(min(estimate.first_wait(elapsed()), max(0.0, deadline - now)))
 
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)

@@ -212,3 +212,19 @@ async def test_read_retries_wait_for_retry_after_and_stop_at_the_budget() -> Non
     with pytest.raises(RateLimited):
         await read_with_retries(read, base=0.001, budget=1.0)  # 5 s would overrun the deadline
     assert calls[0] == 1
+
+
+async def test_jobs_polling_before_any_duration_is_known_wake_when_a_peer_teaches_it() -> None:
+    import asyncio
+    import time
+
+    est = DurationEstimate()
+    started = time.monotonic()
+
+    async def teach() -> None:
+        await asyncio.sleep(0.05)
+        est.observe(1.0, running_at=0.9)
+
+    woken = await asyncio.gather(est.sleep(5.0), est.sleep(5.0), teach())
+    assert woken[:2] == [True, True] and time.monotonic() - started < 1.0
+    assert await est.sleep(0.01) is False  # known now: a plain sleep
