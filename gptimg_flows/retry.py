@@ -159,9 +159,13 @@ class DurationEstimate:
             self._wake()
 
     def first_wait(self, elapsed: float) -> float:
-        """Seconds to wait before the first poll, `elapsed` seconds after the submit."""
+        """Seconds to wait before the first poll, `elapsed` seconds after the submit.
+
+        Nothing learned yet: the default rhythm's first step (an image job is never done at
+        once; jobs that are, come back finished from the submit and are not polled).
+        """
         if self.seconds is None:
-            return 0.0
+            return max(0.0, poll_delays()[0] - elapsed)
         return max(0.0, self.seconds * 1.02 - elapsed)
 
     def next_delay(self, attempt: int, elapsed: float) -> float:

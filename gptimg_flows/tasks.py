@@ -407,9 +407,10 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
         return (datetime.now(UTC) - job.submitted_at).total_seconds()
 
     first = min(estimate.first_wait(elapsed()), timeout_seconds)
-    if first > 0:
-        await asyncio.sleep(first)
-    attempt, running_at = 0, None
+    # Nothing learned yet: the first wait was the default rhythm's first step.
+    attempt, running_at = (0 if estimate.seconds is not None else 1), None
+    if first > 0 and await estimate.sleep(first):
+        await asyncio.sleep(min(estimate.first_wait(elapsed()), timeout_seconds))
     on_retry = _log_read_retry(f"poll of job {job.job_id}")
     while True:
         # The provider decided the state after we asked, not when its answer reached a busy
