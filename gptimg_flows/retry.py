@@ -104,7 +104,7 @@ class DurationEstimate:
     """How long one provider's jobs take, learned from the jobs this process has seen.
 
     With an estimate, the first poll is timed for when the job should be done and later ones
-    follow closely (5 % of the estimate apart), so a job is noticed soon after it finishes
+    follow closely (10 % of the estimate apart), so a job is noticed soon after it finishes
     with about one poll; a job running well past the estimate falls back to backing off.
     """
 
@@ -166,7 +166,7 @@ class DurationEstimate:
         """
         if self.seconds is None:
             return max(0.0, poll_delays()[0] - elapsed)
-        return max(0.0, self.seconds * 1.02 - elapsed)
+        return max(0.0, self.seconds * 1.05 - elapsed)
 
     def next_delay(self, attempt: int, elapsed: float) -> float:
         """Seconds to the next poll after `attempt` polls that found the job still running.
@@ -178,5 +178,5 @@ class DurationEstimate:
         if self.seconds is None:
             schedule = poll_delays()
             return schedule[min(attempt, len(schedule) - 1)]
-        close = max(0.05, 0.05 * self.seconds)
+        close = max(0.05, 0.1 * self.seconds)
         return round(min(poll_delays()[-1], max(close, 0.25 * (elapsed - self.seconds))), 3)

@@ -123,8 +123,8 @@ def test_a_learned_duration_times_the_first_poll_and_keeps_later_ones_close() ->
     assert est.first_wait(0.0) == poll_delays()[0] and est.next_delay(0, 0.3) == poll_delays()[0]
     for _ in range(30):
         est.observe(1.05, running_at=0.95)  # done between a poll at 0.95 s and one at 1.05 s
-    assert est.first_wait(0.1) == pytest.approx(0.92, abs=0.01)
-    assert est.next_delay(0, 1.05) == pytest.approx(0.05)  # near the estimate: poll closely
+    assert est.first_wait(0.1) == pytest.approx(0.95, abs=0.01)
+    assert est.next_delay(0, 1.05) == pytest.approx(0.1)  # near the estimate: poll closely
     # Past it, the gap is a quarter of the overrun: noticed soon, polled rarely when very late.
     assert est.next_delay(3, 2.0) == pytest.approx(0.25 * (2.0 - est.seconds), abs=0.001)
     assert est.next_delay(3, 1000.0) == poll_delays()[-1]
