@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -110,6 +111,7 @@ class DurationEstimate:
 
     def __init__(self) -> None:
         self.seconds: float | None = None
+        self._probed_at: float | None = None
         self._first: set[asyncio.Future[None]] = set()
 
     async def sleep(self, seconds: float) -> bool:
@@ -154,7 +156,12 @@ class DurationEstimate:
         elif self.seconds is None:
             self.seconds = done_at
         else:
-            self.seconds = min(self.seconds, done_at) * 0.95
+            # Probe earlier, but at most once per job duration: a burst of jobs that all
+            # finished before their first poll is one piece of evidence, not fifty.
+            now = time.monotonic()
+            if self._probed_at is None or now - self._probed_at >= self.seconds:
+                self.seconds = min(self.seconds, done_at) * 0.95
+                self._probed_at = now
         if first:
             self._wake()
 

@@ -1,8 +1,10 @@
-"""Prefect tasks: upload_inputs, submit_job, wait_for_job, download_outputs, archive_images.
+"""Prefect tasks: upload_inputs, submit_job, wait_for_job, download_outputs, archive_images,
+and make_images (all of a request's steps in one task run: what the flows use).
 
 Retry, idempotency and cache policy live here, once:
 - retries happen only for `RetryableError`, as Prefect retries the UI shows, with exponential
-  backoff and jitter that never undercuts a provider's Retry-After;
+  backoff and jitter that never undercuts a provider's Retry-After (free reads, a poll or a
+  download, first retry in place: see `retry.read_with_retries`);
 - a submit is keyed on the normalised request, its inputs' digests and the output slot; the key's
   job record in the archive is written before and after the paid call, so a retry, a re-run or a
   restarted process polls the recorded job instead of paying again;

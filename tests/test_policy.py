@@ -138,6 +138,14 @@ def test_late_notices_never_teach_the_estimate_to_poll_later() -> None:
     assert est.seconds is not None and est.seconds < 1.0
 
 
+def test_a_burst_of_jobs_found_done_at_once_shrinks_the_estimate_once() -> None:
+    est = DurationEstimate()
+    est.observe(1.05, running_at=0.95)
+    for _ in range(50):  # a batch's whole round, all done by their first poll
+        est.observe(1.05)
+    assert est.seconds == pytest.approx(0.95, abs=0.01)
+
+
 async def test_download_stops_at_the_size_cap() -> None:
     big = b"\x89PNG\r\n\x1a\n" + b"0" * 5000
 
