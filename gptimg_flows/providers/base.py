@@ -243,6 +243,18 @@ class Provider(ABC):
     def _invalid(self, field_name: str, message: str) -> InvalidRequest:
         return InvalidRequest(message, field=field_name, provider=self.name)
 
+    def _check_input_count(self, images: Sequence[InputImage]) -> None:
+        """The loaded inputs of an edit: at least one, at most the provider's limit (the
+        upload may be called without `validate`, and a refusal here costs nothing)."""
+        if not images:
+            raise self._invalid("images", "an edit needs at least one input image")
+        if len(images) > self.capabilities.max_reference_images:
+            raise self._invalid(
+                "images",
+                f"{len(images)} images; {self.display_name} takes at most "
+                f"{self.capabilities.max_reference_images}",
+            )
+
     # -- the job lifecycle -----------------------------------------------------------------
 
     async def upload_inputs(

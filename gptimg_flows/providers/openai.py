@@ -246,14 +246,7 @@ class OpenAIProvider(Provider):
         self, request: EditRequest, images: Sequence[InputImage], mask: InputImage | None
     ) -> PreparedInputs:
         """Bytes travel in the multipart submit; check them here so a refusal costs nothing."""
-        if not images:
-            raise self._invalid("images", "an edit needs at least one input image")
-        if len(images) > self.capabilities.max_reference_images:
-            raise self._invalid(
-                "images",
-                f"{len(images)} images; OpenAI edits take at most "
-                f"{self.capabilities.max_reference_images}",
-            )
+        self._check_input_count(images)
         for i, img in enumerate(images):
             if img.mime not in INPUT_MIMES:
                 raise self._invalid(

@@ -179,14 +179,7 @@ class ScenarioProvider(Provider):
         self, request: EditRequest, images: Sequence[InputImage], mask: InputImage | None
     ) -> PreparedInputs:
         """Upload each image (and the mask) as an asset; the submit refers to their ids."""
-        if not images:
-            raise self._invalid("images", "an edit needs at least one input image")
-        if len(images) > self.capabilities.max_reference_images:
-            raise self._invalid(
-                "images",
-                f"{len(images)} images; Scenario is assumed to take at most "
-                f"{self.capabilities.max_reference_images}",
-            )
+        self._check_input_count(images)
         digests = [img.sha256 for img in images]
         to_upload = list(images)
         if mask is not None:
