@@ -556,7 +556,7 @@ def emit_materializations(archived: list[ArchivedImage], parents: Sequence[str])
     """
     run = TaskRunContext.get()
     context = AssetContext(
-        downstream_assets={_asset(img) for img in archived},
+        downstream_assets={image_asset(i.uri, i.sha256, i.width, i.height) for i in archived},
         direct_asset_dependencies={Asset(key=asset_key(p)) for p in parents},
         task_run_id=run.task_run.id if run else None,
     )
@@ -564,10 +564,10 @@ def emit_materializations(archived: list[ArchivedImage], parents: Sequence[str])
     context.update_tracked_assets()
 
 
-def _asset(image: ArchivedImage) -> Asset:
+def image_asset(uri: str, sha256: str, width: int, height: int) -> Asset:
+    """An archived image as a Prefect asset: keyed by its URI, named by digest and size."""
     return Asset(
-        key=asset_key(image.uri),
-        properties=AssetProperties(name=f"{image.sha256[:12]} ({image.width}x{image.height})"),
+        key=asset_key(uri), properties=AssetProperties(name=f"{sha256[:12]} ({width}x{height})")
     )
 
 
@@ -654,10 +654,7 @@ def materializing_archive(
     assets be declared up front.
     """
     assets = [
-        Asset(
-            key=asset_key(archive.uri(Archive.image_rel(i.sha256, i.mime))),
-            properties=AssetProperties(name=f"{i.sha256[:12]} ({i.width}x{i.height})"),
-        )
+        image_asset(archive.uri(Archive.image_rel(i.sha256, i.mime)), i.sha256, i.width, i.height)
         for i in images
     ]
     return MaterializingTask(
