@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,24 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _kill_9_flow_process(spec: dict[str, Any], when: Callable[[], None]) -> None:
+    """Run one flow in its own process (tests/flow_process.py); SIGKILL it once `when()`
+    returns, and check it died of that signal."""
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.flow_process", json.dumps(spec)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        when()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
+
+
 @pytest.mark.parametrize("name", ["runware", "scenario"])
 async def test_kill_9_after_submit_then_rerun_polls_the_recorded_job(
     name: str, provider_block: Any, emulator: Any, archive_dir: Path
@@ -44,24 +63,16 @@ async def test_kill_9_after_submit_then_rerun_polls_the_recorded_job(
     kwargs = {"prompt": "a lighthouse in fog", "archive": str(archive_dir), "size": "256x256"}
     spec = {"flow": "generate_images", "provider": name, "block": _block_fields(block),
             "kwargs": kwargs}  # fmt: skip
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.flow_process", json.dumps(spec)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
+
+    def paid_and_recorded() -> None:
         _wait_for(lambda: emulator.ledger()["submissions"], 90, "the paid submission")
         # The record is written as soon as the answer arrives; give it that moment.
         _wait_for(
             lambda: any("submitted" in p.read_text() for p in archive_dir.glob("_jobs/*.json")),
             5, "the job record",
         )  # fmt: skip
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, proc.stdout.read().decode() if proc.stdout else ""
+
+    _kill_9_flow_process(spec, when=paid_and_recorded)
     assert not list(archive_dir.glob("images/*/*.png")), "the first run must die before archiving"
 
     images = await generate_images(provider=block, **kwargs)
@@ -92,23 +103,11 @@ async def test_kill_9_mid_batch_then_rerun_finishes_and_pays_nothing_twice(
         kwargs["output_format"] = "png"  # Runware's default is JPEG; Scenario's is PNG
     spec = {"flow": "batch_generate", "provider": name, "block": _block_fields(block),
             "kwargs": kwargs}  # fmt: skip
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.flow_process", json.dumps(spec)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        _wait_for(
-            lambda: len(list(archive_dir.glob("images/*/*.png"))) >= 4
-            and len(emulator.ledger()["submissions"]) >= 12,
-            120, "a batch half done",
-        )  # fmt: skip
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_9_flow_process(spec, when=lambda: _wait_for(
+        lambda: len(list(archive_dir.glob("images/*/*.png"))) >= 4
+        and len(emulator.ledger()["submissions"]) >= 12,
+        120, "a batch half done",
+    ))  # fmt: skip
     paid_before = len(emulator.ledger()["submissions"])
     archived_before = len(list(archive_dir.glob("images/*/*.png")))
     assert 4 <= archived_before < total and paid_before < total, (archived_before, paid_before)
