@@ -17,7 +17,7 @@ from pydantic import Field, SecretStr
 
 from .archive import Archive, default_basepath
 from .providers.base import Provider
-from .providers.offline import OfflineProvider
+from .providers.offline import LenientOfflineProvider, OfflineProvider
 
 _DOCS = "https://github.com/gptimg-flows/gptimg-flows#providers"
 
@@ -289,5 +289,6 @@ def _cached_provider(block: ProviderCredentials) -> Provider:
     return adapter
 
 
-def offline_provider() -> Provider:
-    return OfflineProvider()
+def offline_provider(name: str = "offline") -> Provider:
+    """`offline` (strict: OpenAI's rules) or `offline-lenient` (any size, seed)."""
+    return LenientOfflineProvider() if name == "offline-lenient" else OfflineProvider()

@@ -505,7 +505,8 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .flows import batch_generate, resolve_archive
+    from .flows import batch_generate
+    from .resolve import resolve_archive
 
     run_name = f"gptimg-batch-{uuid.uuid4().hex[:10]}"
     flow_run = batch_generate.with_options(flow_run_name=run_name)

@@ -26,16 +26,6 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from .archive import Archive
-from .blocks import (
-    CREDENTIAL_BLOCKS,
-    GptImage2AICredentials,
-    ImageArchive,
-    OpenAIImageCredentials,
-    ProviderCredentials,
-    RunwareCredentials,
-    ScenarioCredentials,
-    SkillsVideoCredentials,
-)
 from .errors import InvalidRequest, ProviderError
 from .models import (
     ArchivedImage,
@@ -52,6 +42,7 @@ from .models import (
     build_request,
     canonical_json,
 )
+from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
 from .tasks import (
     ProviderSpec,
     archived_result,
@@ -61,73 +52,6 @@ from .tasks import (
     request_key,
     upload_inputs,
 )
-
-ProviderParam = (
-    OpenAIImageCredentials
-    | ScenarioCredentials
-    | RunwareCredentials
-    | SkillsVideoCredentials
-    | GptImage2AICredentials
-    | str
-)
-ArchiveParam = ImageArchive | str | None
-
-
-# -- resolving what the user named ------------------------------------------------------------
-
-
-async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
-    """A block object, `"offline"`, a saved block's name, or `"<block-type-slug>/<name>"`."""
-    if isinstance(provider, ProviderCredentials):
-        return provider
-    name = provider.strip()
-    if name == "offline":
-        return "offline"
-    if "/" in name:
-        slug, _, block_name = name.partition("/")
-        for cls in CREDENTIAL_BLOCKS:
-            if cls.get_block_type_slug() == slug:
-                return await _load_block(cls, block_name, name)
-        raise InvalidRequest(f"provider: unknown block type {slug!r}", field="provider")
-    for cls in CREDENTIAL_BLOCKS:
-        try:
-            return await _load_block(cls, name, name)
-        except InvalidRequest:
-            continue
-    raise InvalidRequest(
-        f"provider: no saved credentials block named {name!r} (nor is it 'offline'); save one with "
-        "e.g. ScenarioCredentials(...).save(name) or blocks/from_env.py",
-        field="provider",
-    )
-
-
-async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: str) -> ProviderSpec:
-    try:
-        block = await cls.aload(block_name)
-    except ValueError:
-        raise InvalidRequest(f"provider: no block {shown!r}", field="provider") from None
-    assert isinstance(block, ProviderCredentials)
-    return block
-
-
-async def resolve_archive(archive: ArchiveParam) -> Archive:
-    """An ImageArchive block, a saved block's name, a path or fsspec URL, or None (default)."""
-    if archive is None:
-        return Archive()
-    if isinstance(archive, ImageArchive):
-        return archive.get_archive()
-    text = archive.strip()
-    if "://" in text or "/" in text or text.startswith((".", "~")):
-        return Archive(text)
-    try:
-        block: ImageArchive = await ImageArchive.aload(text)
-    except ValueError:
-        raise InvalidRequest(
-            f"archive: {text!r} is neither a saved ImageArchive block nor a path/URL",
-            field="archive",
-        ) from None
-    return block.get_archive()
-
 
 # -- one request, end to end --------------------------------------------------------------------
 

@@ -130,8 +130,8 @@ RETRY_OPTIONS: dict[str, Any] = {
 def provider_of(spec: ProviderSpec) -> Provider:
     if isinstance(spec, ProviderCredentials):
         return spec.get_provider()
-    if spec == "offline":
-        return offline_provider()
+    if spec in ("offline", "offline-lenient"):
+        return offline_provider(spec)
     raise InvalidRequest(f"unknown provider {spec!r}", field="provider")
 
 

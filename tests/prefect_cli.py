@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def running_server(home: Path, port: int) -> Iterator[dict[str, str]]:
     """Start `prefect server start` (SQLite under `home`); yield the env for CLI subprocesses."""
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
+    # Workers get a temporary directory of their own, apart from the tests' archives (which
+    # live under pytest's tmp_path): a deployment's run refuses an archive under the
+    # temporary directory, as it must for users.
+    temp = home / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "TMPDIR": str(temp),
            "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_CLI_PROMPT": "false", "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
     log = (home / "server.log").open("wb")

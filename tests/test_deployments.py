@@ -1,50 +1,156 @@
-"""deployments/prefect.yaml on a real `prefect server`: deploy, schedule, run through a worker."""
+"""deployments/prefect.yaml on a real `prefect server`, run by a real process worker.
+
+A process worker runs each flow run in a temporary directory it deletes when the run ends, so
+what a deployment paid for must be archived elsewhere: these tests run the shipped deployments
+as a user would (their own parameters, `archive` naming a saved ImageArchive block), check
+that images, sidecars and job records are still there after the worker exited, that a second
+run pays nothing, and that an archive which would vanish is refused before anything is paid.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from .prefect_cli import ROOT, api, cli, deploy_all
+from gptimg_flows import ImageArchive, OpenAIImageCredentials
+from gptimg_flows.testing.config import EMULATOR_KEYS
+
+from .prefect_cli import ROOT, api, deploy_all
 
 pytestmark = pytest.mark.slow
 
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+BATCH_PROMPTS = ["a red kite over dunes", "a blue kite over dunes", "a green kite over dunes"]
 
-def test_deploy_schedule_and_run_the_daily_pipeline_through_a_worker(
-    cli_server: dict[str, str], tmp_path: Path
-) -> None:
-    server = cli_server
-    deploy_all(server)
 
-    daily = api(server, "GET", "/deployments/name/daily-content/daily-content")
-    batch = api(server, "GET", "/deployments/name/batch-generate/batch-from-file")
-    assert batch["work_pool_name"] == daily["work_pool_name"] == "gptimg-process"
-    schedule = daily["schedules"][0]["schedule"]
-    assert schedule["cron"] == "0 6 * * *" and schedule["timezone"] == "Europe/Paris"
-    assert daily["schedules"][0]["active"] is True
+async def _save_blocks(env: dict[str, str], emulator: Any, archive: Path) -> str:
+    """The archive block the shipped prefect.yaml names, and an OpenAI block at the emulator."""
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        await ImageArchive(basepath=str(archive)).asave("content-archive", overwrite=True)
+        await OpenAIImageCredentials(
+            api_key=str(EMULATOR_KEYS["openai"]), base_url=emulator.base_url("openai")
+        ).asave("deploy-openai", overwrite=True)
+    return "deploy-openai"
 
-    archive = tmp_path / "archive"
-    out = cli(server, "deployment", "run", "daily-content/daily-content",
-               "--param", f"archive={archive}", "--param", "size=256x256",
-               "--param", "run_date=2026-11-23")  # fmt: skip
-    run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
 
+def _run_flows(env: dict[str, str], runs: dict[str, dict[str, Any]], cwd: Path) -> list[Any]:
+    """Create one flow run per (deployment → parameters), then `prefect worker start
+    --run-once` and wait for the worker to exit. Returns the runs as the API reads them."""
+    ids = []
+    for name, params in runs.items():
+        deployment = api(env, "GET", f"/deployments/name/{name.split('#')[0]}")
+        created = api(env, "POST", f"/deployments/{deployment['id']}/create_flow_run",
+                      {"parameters": params})  # fmt: skip
+        ids.append(created["id"])
     worker = subprocess.run(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-         "--run-once"], env=server, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+         "--run-once"], env=env, cwd=cwd, capture_output=True, text=True, timeout=420,
     )  # fmt: skip
-    state = api(server, "GET", f"/flow_runs/{run_id}")["state"]
-    assert state["type"] == "COMPLETED", (state, worker.stdout[-3000:], worker.stderr[-3000:])
-    pngs = sorted(archive.glob("images/*/*.png"))
-    sidecars = [json.loads(p.with_suffix(".json").read_text()) for p in pngs]
-    assert len(pngs) == 2, pngs
-    edited = next(s for s in sidecars if s["parents"])
-    assert edited["prompt"] == "add a bold headline banner across the top"
-    assert "23 November 2026" in next(s for s in sidecars if not s["parents"])["prompt"]
+    deadline = time.monotonic() + 60
+    while True:
+        found = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
+        if all(r["state_type"] in TERMINAL for r in found) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    by_id = {r["id"]: r for r in found}
+    out = [by_id[i] for i in ids]
+    for r in out:
+        r["worker_log"] = worker.stdout[-3000:] + worker.stderr[-3000:]
+    return out
+
+
+def _archive_files(archive: Path) -> dict[str, set[str]]:
+    return {
+        "images": {p.name for p in archive.glob("images/*/*.png")},
+        "sidecars": {p.name for p in archive.glob("images/*/*.json")},
+        "jobs": {p.name for p in archive.glob("_jobs/*.json")},
+        "results": {p.name for p in archive.glob("_results/*.json")},
+    }
+
+
+async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exits(
+    cli_server: dict[str, str], emulator: Any, tmp_path: Path
+) -> None:
+    env = cli_server
+    deploy_all(env)
+    daily = api(env, "GET", "/deployments/name/daily-content/daily-content")
+    batch = api(env, "GET", "/deployments/name/batch-generate/batch-from-file")
+    # What the user deploys: the shipped file names its archive explicitly.
+    assert daily["parameters"]["archive"] == batch["parameters"]["archive"] == "content-archive"
+    archive = tmp_path / "content-archive"
+    provider = await _save_blocks(env, emulator, archive)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in BATCH_PROMPTS))
+    runs = {
+        "daily-content/daily-content": {"provider": provider, "run_date": "2026-11-23"},
+        "batch-generate/batch-from-file": {"provider": provider, "prompts": str(prompts)},
+    }
+    worker_tmp = Path(env["TMPDIR"])
+    workdir = tmp_path / "worker"
+    workdir.mkdir()
+
+    first = _run_flows(env, runs, workdir)
+
+    assert [r["state_type"] for r in first] == ["COMPLETED", "COMPLETED"], first
+    # The worker is gone, and so are the temporary directories it ran the flows in …
+    assert not list(worker_tmp.glob("*prefect")), list(worker_tmp.iterdir())
+    # … but everything paid for is in the archive: 2 (generate + edit) + 3 batch images.
+    files = _archive_files(archive)
+    paid = emulator.ledger()["submissions"]
+    assert len(paid) == 2 + len(BATCH_PROMPTS), paid
+    assert len(files["images"]) == len(paid), files
+    assert {n.replace(".png", ".json") for n in files["images"]} <= files["sidecars"], files
+    assert len(files["jobs"]) == len(files["results"]) == len(paid), files
+    sidecars = [json.loads(p.read_text()) for p in archive.glob("images/*/*.json")]
+    assert any("23 November 2026" in s["prompt"] for s in sidecars), sidecars
+    assert any(s["parents"] for s in sidecars), "the edit's sidecar names its source"
+    assert not list(workdir.rglob("images")), "nothing was archived in the worker's cwd"
+
+    second = _run_flows(env, runs, workdir)
+
+    assert [r["state_type"] for r in second] == ["COMPLETED", "COMPLETED"], second
+    assert len(emulator.ledger()["submissions"]) == len(paid), "the second run paid again"
+    assert _archive_files(archive) == files
+
+
+async def test_a_deployment_refuses_an_archive_that_would_vanish_before_paying(
+    cli_server: dict[str, str], emulator: Any, tmp_path: Path
+) -> None:
+    env = cli_server
+    deploy_all(env)
+    provider = await _save_blocks(env, emulator, tmp_path / "content-archive")
+    worker_tmp = Path(env["TMPDIR"])
+    cases = {
+        "relative path": ("exports/archive", r"'exports/archive' is a relative path"),
+        "unset": (None, r"archive: not set, and a deployment's run would archive into the worker"),
+        "temporary folder": (str(worker_tmp / "kept"), r"is under the temporary directory"),
+    }
+    runs = {
+        f"daily-content/daily-content#{label}": {"provider": provider, "archive": value}
+        for label, (value, _) in cases.items()
+    }
+    workdir = tmp_path / "worker"
+    workdir.mkdir()
+
+    done = _run_flows(env, runs, workdir)
+
+    for (label, (_, expected)), run in zip(cases.items(), done, strict=True):
+        message = run["state"]["message"] or ""
+        assert run["state_type"] == "FAILED", (label, run["state"], run["worker_log"])
+        assert "InvalidRequest" in message and "archive" in message, (label, message)
+        assert re.search(expected, message), (label, message)
+        assert "set the deployment's `archive` parameter" in message, message
+    ledger = emulator.ledger()
+    assert ledger["submissions"] == [] and ledger["requests"] == {}, ledger
+    assert not list(workdir.rglob("*.png")) and not (worker_tmp / "kept").exists()
 
 
 def test_serve_script_builds_the_same_deployments() -> None:
@@ -57,3 +163,14 @@ def test_serve_script_builds_the_same_deployments() -> None:
     assert set(built) == {"daily-content", "batch-from-file"}
     daily = built["daily-content"].schedules[0].schedule
     assert daily.cron == "0 6 * * *" and daily.timezone == "Europe/Paris"
+    assert built["daily-content"].parameters["archive"] == "content-archive"
+
+
+def test_schedule_of_the_daily_deployment(cli_server: dict[str, str]) -> None:
+    deploy_all(cli_server)
+    daily = api(cli_server, "GET", "/deployments/name/daily-content/daily-content")
+    batch = api(cli_server, "GET", "/deployments/name/batch-generate/batch-from-file")
+    assert batch["work_pool_name"] == daily["work_pool_name"] == "gptimg-process"
+    schedule = daily["schedules"][0]["schedule"]
+    assert schedule["cron"] == "0 6 * * *" and schedule["timezone"] == "Europe/Paris"
+    assert daily["schedules"][0]["active"] is True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import Capabilities, PreparedInputs, Provider
 from .gptimage2ai import GptImage2AIProvider
-from .offline import OfflineProvider
+from .offline import LenientOfflineProvider, OfflineProvider
 from .openai import OpenAIProvider
 from .runware import RunwareProvider
 from .scenario import ScenarioProvider
@@ -20,6 +20,7 @@ PROVIDERS: dict[str, type[Provider]] = {
         SkillsVideoProvider,
         GptImage2AIProvider,
         OfflineProvider,
+        LenientOfflineProvider,
     )
 }
 
@@ -47,6 +48,7 @@ __all__ = [
     "PROVIDERS",
     "Capabilities",
     "GptImage2AIProvider",
+    "LenientOfflineProvider",
     "OfflineProvider",
     "OpenAIProvider",
     "PreparedInputs",

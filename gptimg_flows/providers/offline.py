@@ -7,6 +7,7 @@ submit → poll → outputs path as the hosted providers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 from typing import ClassVar
@@ -28,41 +29,70 @@ def _seed_of(request: ImageRequest, key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
+#: OpenAI's gpt-image-2 rules (see openai.py): what passes offline passes on a real key.
+_STRICT = Capabilities(
+    model=_MODEL,
+    max_n=10,
+    fields=frozenset(
+        {
+            "size",
+            "resolution",
+            "quality",
+            "background",
+            "output_format",
+            "output_compression",
+            "moderation",
+            "input_fidelity",
+        }
+    ),
+    size_mode="pixels",
+    auto_size=True,
+    multiple_of=16,
+    min_side=16,
+    max_side=3840,
+    max_pixels=8_294_400,
+    ratio_bounds=(1 / 3, 3.0),
+    qualities=("auto", "low", "medium", "high"),
+    backgrounds=("auto", "transparent", "opaque"),
+    formats=("png", "jpeg", "webp"),
+    moderations=("auto", "low"),
+    mask=True,
+    input_kinds=frozenset({"bytes", "url"}),
+    synchronous=True,
+    cost_unit="usd",
+    notes=(
+        "draws locally; costs nothing",
+        "validates like OpenAI's gpt-image-2 (sizes, ratio 1:3-3:1, output_compression only "
+        "with jpeg/webp, no seed), so a pipeline that runs offline runs on a real key; "
+        "`offline-lenient` draws any size from 16 to 4096 px and honours seed",
+    ),
+)
+
+
 class OfflineProvider(Provider):
-    """Draws deterministic images locally (same prompt + seed → same pixels); edits honour masks."""
+    """Draws deterministic images locally (same prompt + seed → same pixels); edits honour masks.
+
+    Strict by default: it refuses what OpenAI's gpt-image-2 refuses.
+    """
 
     name: ClassVar[str] = "offline"
     display_name: ClassVar[str] = "offline"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        model=_MODEL,
-        max_n=10,
-        fields=frozenset(
-            {
-                "size",
-                "resolution",
-                "quality",
-                "background",
-                "output_format",
+    capabilities: ClassVar[Capabilities] = _STRICT
+    lenient: ClassVar[bool] = False
+
+    def validate(self, request: ImageRequest) -> None:
+        """Base checks, then OpenAI's rule the base cannot express."""
+        super().validate(request)
+        if (
+            not self.lenient
+            and request.output_compression is not None
+            and (request.output_format not in ("jpeg", "webp"))
+        ):
+            raise self._invalid(
                 "output_compression",
-                "moderation",
-                "seed",
-                "input_fidelity",
-            }
-        ),
-        size_mode="pixels",
-        auto_size=True,
-        min_side=16,
-        max_side=4096,
-        max_pixels=4096 * 4096,
-        backgrounds=("auto", "transparent", "opaque"),
-        formats=("png", "jpeg", "webp"),
-        moderations=("auto", "low"),
-        mask=True,
-        input_kinds=frozenset({"bytes", "url"}),
-        synchronous=True,
-        cost_unit="usd",
-        notes=("draws locally; costs nothing",),
-    )
+                "output_compression applies only to output_format jpeg or webp (as on OpenAI); "
+                f"output_format is {request.output_format or 'unset (png)'}",
+            )
 
     async def submit(self, request: ImageRequest, inputs: PreparedInputs | None, key: str) -> Job:
         self.validate(request)
@@ -118,3 +148,23 @@ class OfflineProvider(Provider):
         if job.status is None:  # a crash between submit and archive: the drawing is repeatable
             raise RuntimeError("offline jobs finish at submit; nothing to poll")
         return job.status
+
+
+class LenientOfflineProvider(OfflineProvider):
+    """`offline-lenient`: any size from 16 to 4096 px, a seed, compression with any format.
+
+    For drawing test fixtures; what passes here may be refused by every real provider.
+    """
+
+    name: ClassVar[str] = "offline-lenient"
+    display_name: ClassVar[str] = "offline-lenient"
+    lenient: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = dataclasses.replace(
+        _STRICT,
+        fields=_STRICT.fields | {"seed"},
+        multiple_of=1,
+        max_side=4096,
+        max_pixels=4096 * 4096,
+        ratio_bounds=None,
+        notes=("draws locally; costs nothing; checks only sides of 16-4096 px",),
+    )
