@@ -9,7 +9,15 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test lint typecheck pytest pytest-fast pytest-slow clean bench
+# The demo and the UI use a Prefect home of this checkout's own (./.prefect, ignored by git),
+# so a ~/.prefect made by another Prefect version is never touched, and the UI shows the runs
+# the demo made. Set PREFECT_HOME (or PREFECT_API_URL, for a server of your own) to choose.
+ifeq ($(origin PREFECT_HOME)$(origin PREFECT_API_URL),undefinedundefined)
+LOCAL_PREFECT := PREFECT_HOME=$(CURDIR)/.prefect
+endif
+UI_PORT ?= 4200
+
+.PHONY: install demo ui test lint typecheck pytest pytest-fast pytest-slow clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -21,7 +29,12 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gptimg demo
+	$(LOCAL_PREFECT) $(BIN)/gptimg demo
+
+# The Prefect UI and API on http://127.0.0.1:$(UI_PORT), on the demo's database.
+ui: $(STAMP)
+	$(LOCAL_PREFECT) PREFECT_UI_API_URL=http://127.0.0.1:$(UI_PORT)/api \
+		$(BIN)/prefect server start --host 127.0.0.1 --port $(UI_PORT)
 
 SOURCES := $(wildcard gptimg_flows tests blocks deployments bench)
 

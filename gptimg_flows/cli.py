@@ -164,7 +164,35 @@ def _errors() -> Iterator[None]:
     except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
         raise
     except Exception as exc:
-        _fail(_as_invalid(exc), exc)
+        from .server_check import explain_timeout
+
+        _fail(explain_timeout(exc) or _as_invalid(exc), exc)
+
+
+def _check_prefect_api() -> None:
+    """Before a command needs Prefect's API: name why it cannot be had, in one line, instead
+    of waiting out the embedded server's startup timeout. With --debug, an embedded server
+    that cannot start is started anyway for a few seconds, so its own log shows."""
+    from .server_check import PrefectServerUnavailable, check_prefect_api
+
+    try:
+        check_prefect_api()
+    except PrefectServerUnavailable:
+        if OPTIONS.debug and not os.environ.get("PREFECT_API_URL"):
+            _show_embedded_server_log()
+        raise
+
+
+def _show_embedded_server_log(seconds: int = 15) -> None:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    try:
+        server.start(timeout=seconds)
+    except Exception as exc:
+        sys.stderr.write(f"(the embedded server did not start: {' '.join(str(exc).split())})\n")
+    finally:
+        server.stop()
 
 
 class _UserWarningsOnly(logging.Filter):
@@ -239,6 +267,7 @@ def _stdout_console() -> Console:
 
 def _run(work: Callable[[], Coroutine[Any, Any, T]], status: str | None = None) -> T:
     """Run a coroutine with Prefect's console quieted and, on a terminal, a spinner."""
+    _check_prefect_api()
     show = status is not None and not OPTIONS.debug and sys.stderr.isatty()
     spinner = _stderr_console().status(status or "") if show else contextlib.nullcontext()
     with _console_logs(), spinner:
@@ -323,6 +352,7 @@ def demo(
     from .demo import run_demo
 
     with _errors():
+        _check_prefect_api()
         result = asyncio.run(run_demo(archive, prompt, edit_prompt))
     for label, images in (("generated", result.generated), ("edited", result.edited)):
         for img in images:
@@ -330,7 +360,13 @@ def demo(
                 f"{label:>9}: {img.uri}  ({img.width}x{img.height}, sha256 {img.sha256[:12]})"
             )
     typer.echo(f"  sidecar: {result.edited[0].sidecar_uri}")
-    typer.echo("Done. See the runs with `prefect server start` and open http://127.0.0.1:4200")
+    from prefect.settings import get_current_settings
+
+    home = get_current_settings().home
+    typer.echo(
+        "Done. See the runs in the Prefect UI: `make ui` (or "
+        f"`PREFECT_HOME={home} prefect server start`), then open http://127.0.0.1:4200"
+    )
 
 
 @app.command()
