@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from .flows import BatchResult
-    from .models import ArchivedImage, ExtraValue
+    from .models import ArchivedImage, ExtraValue, ImageRequest
 
 T = TypeVar("T")
 
@@ -311,6 +311,22 @@ def _extras(items: list[str] | None) -> dict[str, ExtraValue]:
     return out
 
 
+def _precheck(
+    provider: str, archive: str | None, timeout: float, request: ImageRequest | None = None
+) -> None:
+    """What can be checked without Prefect, checked before a flow run exists: a typo costs
+    neither a server start nor a Failed run. (Saved blocks are checked by the flow.)"""
+    from .flows import check_timeout
+    from .resolve import looks_like_path, open_archive
+    from .tasks import provider_of
+
+    check_timeout(timeout)
+    if archive is not None and looks_like_path(archive):
+        open_archive(archive)
+    if request is not None and provider.strip() in ("offline", "offline-lenient"):
+        provider_of(provider.strip()).validate(request)
+
+
 def _cost(costs: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
 
@@ -410,7 +426,8 @@ def generate(
             output_compression=compression, moderation=moderation, seed=seed,
             extras=_extras(extra),
         )  # fmt: skip
-        ImageRequest(**fields)  # bad input exits here, before Prefect runs anything
+        # bad input exits here, before Prefect runs anything
+        _precheck(provider, _archive(archive), timeout, ImageRequest(**fields))
 
         async def work() -> list[ArchivedImage]:
             from .flows import generate_images
@@ -462,7 +479,7 @@ def edit(
             quality=quality, background=background, output_format=output_format,
             input_fidelity=input_fidelity, extras=_extras(extra),
         )  # fmt: skip
-        EditRequest(images=images_in, **fields)
+        _precheck(provider, _archive(archive), timeout, EditRequest(images=images_in, **fields))
 
         async def work() -> list[ArchivedImage]:
             from .flows import edit_image
@@ -488,6 +505,9 @@ def batch(
     size: str | None = typer.Option(None, help=f"Default for items without one. {SIZE_HELP}"),
     quality: str | None = typer.Option(None, help="Default for items without one."),
     output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
+    template: str | None = typer.Option(
+        None, "--template", help="Each row's prompt from its columns: 'shot of {name}, {style}'."
+    ),
     refresh: bool = typer.Option(False, help="Pay for new images even if archived."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for each provider job."),
     as_json: bool = typer.Option(False, "--json", help="Print the BatchResult as JSON."),
@@ -500,18 +520,20 @@ def batch(
     """
     with _errors():
         from .errors import InvalidRequest
-        from .flows import read_prompts
         from .models import ImageRequest
+        from .rows import check_columns, read_prompts
 
         source = _source(prompts_file)
         ImageRequest(prompt="-", size=size, quality=quality, output_format=output_format)
+        _precheck(provider, _archive(archive), timeout)
         rows = read_prompts(source)
         if not rows:
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
+        check_columns(rows, template)
         kwargs: dict[str, Any] = dict(
             prompts=source, provider=provider, archive=_archive(archive),
             concurrency=concurrency, size=size, quality=quality, output_format=output_format,
-            refresh=refresh, timeout_seconds=timeout,
+            prompt_template=template, refresh=refresh, timeout_seconds=timeout,
         )  # fmt: skip
         result, where = _run(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
@@ -605,6 +627,9 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     summary.add_row("cost", _cost(result.cost))
     summary.add_row("archived under", Text(where))
     console.print(summary)
+    for img in result.images:  # one line per image, in input order: paths stay whole
+        meta = ", ".join(f"{k}={v}" for k, v in img.extra.items() if k != "derived_from")
+        console.print(Text(f"row {img.row}  {img.uri}" + (f"  ({meta})" if meta else "")))
     if result.failures:
         failures = Table("#", "prompt", "error", title="failures")
         for f in result.failures:

@@ -7,15 +7,11 @@ can keep hundreds of provider jobs in flight.
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import json
 import time
 from datetime import date
 from typing import Any
 from uuid import UUID
 
-import fsspec
 from prefect import flow
 from prefect.artifacts import (
     acreate_markdown_artifact,
@@ -43,6 +39,15 @@ from .models import (
     canonical_json,
 )
 from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
+from .rows import (
+    PromptsParam,
+    Row,
+    check_columns,
+    read_prompts,
+    row_metadata,
+    row_prompt,
+    row_request,
+)
 from .tasks import (
     ProviderSpec,
     archived_result,
@@ -65,6 +70,7 @@ async def produce(
     refresh: bool = False,
     timeout_seconds: float = 900.0,
     extra: dict[str, Any] | None = None,
+    row: int | None = None,
 ) -> list[ArchivedImage]:
     """Validate → (inputs) → archived already? → submit → wait → download → archive."""
     logger = get_run_logger()
@@ -92,7 +98,7 @@ async def produce(
         else None
     )
     archived: list[ArchivedImage] = await make_images_for(spec)(
-        spec, request, inputs, key, archive, parents, extra, timeout_seconds
+        spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
     )
     return archived
 
@@ -170,6 +176,7 @@ async def generate_images(
         output_compression=output_compression, moderation=moderation, seed=seed,
         extras=extras or {},
     )  # fmt: skip
+    check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
@@ -201,6 +208,7 @@ async def edit_image(
         size=size, quality=quality, background=background, output_format=output_format,
         input_fidelity=input_fidelity, extras=extras or {},
     )  # fmt: skip
+    check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
@@ -235,6 +243,7 @@ async def generate_edit_archive(
         EditRequest, images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
         output_format=output_format,
     )  # fmt: skip
+    check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     adapter = provider_of(spec)
@@ -252,13 +261,14 @@ async def generate_edit_archive(
 
 
 class BatchFailure(BaseModel):
-    """One item that produced no image; `job_id` names the paid job when there was one."""
+    """One row that produced no image; `job_id` names the paid job when there was one."""
 
-    index: int
+    index: int = Field(description="the row's 0-based position in the input")
     prompt: str
     error: str
     error_type: str
     job_id: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="the row's metadata columns")
 
 
 class _Progress:
@@ -287,89 +297,92 @@ class _Progress:
 
 
 class BatchResult(BaseModel):
+    """Images in input order (each with its `row`), then the rows that failed."""
+
     images: list[ArchivedImage]
     failures: list[BatchFailure]
     cost: dict[str, float] = Field(default_factory=dict)
 
 
-def _failure(index: int, prompt: str, exc: BaseException) -> BatchFailure:
+def _failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
     return BatchFailure(
         index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
-        job_id=getattr(exc, "job_id", None),
+        job_id=getattr(exc, "job_id", None), extra=row_metadata(row),
     )  # fmt: skip
 
 
-def read_prompts(source: list[str] | str) -> list[dict[str, Any]]:
-    """Prompts from a list, or a JSONL / CSV / plain-text file at any fsspec URL.
+def _on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
+    """This run's row and metadata on each image (an image answered from the archive carries
+    those of the run that paid for it in its sidecar)."""
+    return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]
 
-    JSONL lines and CSV rows may carry per-item fields (`prompt`, `n`, `size`, `quality`, …).
-    """
-    if isinstance(source, list):
-        return [{"prompt": p} for p in source]
-    with fsspec.open(source, "rt", encoding="utf-8") as fh:
-        text = fh.read()
-    if source.endswith(".jsonl") or source.endswith(".json"):
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(
-                    f"prompts: {source}:{lineno} is not JSON ({exc.msg})"
-                ) from None
-            rows.append(value if isinstance(value, dict) else {"prompt": str(value)})
-        return rows
-    if source.endswith(".csv"):
-        return [dict(r) for r in csv.DictReader(io.StringIO(text))]
-    return [{"prompt": line} for line in text.splitlines() if line.strip()]
+
+def check_timeout(timeout_seconds: float) -> None:
+    if not timeout_seconds > 0:
+        raise InvalidRequest(
+            f"timeout_seconds={timeout_seconds:g}; it must be a positive number of seconds",
+            field="timeout_seconds",
+        )
 
 
 @flow(name="batch-generate", log_prints=True)
 async def batch_generate(
-    prompts: list[str] | str,
+    prompts: PromptsParam,
     provider: ProviderParam = "offline",
     archive: ArchiveParam = None,
     concurrency: int = 8,
     size: str | None = None,
     quality: Quality | None = None,
     output_format: OutputFormat | None = None,
+    prompt_template: str | None = None,
     refresh: bool = False,
     timeout_seconds: float = 900.0,
 ) -> BatchResult:
-    """Generate one request per prompt, `concurrency` at a time; failures do not stop the rest."""
+    """One request per row, `concurrency` at a time; a failed row does not stop the rest.
+
+    `prompts`: a list of prompts or of rows (dicts), or a JSONL / CSV / text file at any
+    fsspec URL. A row's request fields (`prompt`, `n`, `size`, …) override the batch's; its
+    other columns (`sku`, `campaign`, …) are carried on its images (`extra`, and the sidecar).
+    `prompt_template` (e.g. `"product shot of {name}, {style} background"`) makes each row's
+    prompt from its columns.
+    """
     logger = get_run_logger()
+    check_timeout(timeout_seconds)
+    rows = read_prompts(prompts)
+    check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    rows = read_prompts(prompts)
     adapter = provider_of(spec)
+    defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests: list[ImageRequest | None] = []
     failures: list[BatchFailure] = []
     for i, row in enumerate(rows):
-        fields = {"size": size, "quality": quality, "output_format": output_format}
-        fields.update({k: v for k, v in row.items() if v not in (None, "")})
         try:
-            req = build_request(ImageRequest, **fields)
+            req = row_request(row, defaults, prompt_template)
             adapter.validate(req)
             requests.append(req)
         except (ValueError, ProviderError) as exc:
             requests.append(None)
-            failures.append(_failure(i, str(row.get("prompt", "")), exc))
+            failures.append(_failure(i, row, row_prompt(row), exc))
+    metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
+    if metadata:
+        logger.info("columns kept as each image's metadata (not sent): %s", ", ".join(metadata))
     gate = asyncio.Semaphore(max(1, concurrency))
-    images: list[ArchivedImage] = []
+    by_row: dict[int, list[ArchivedImage]] = {}
     progress = _Progress(total=len(rows), done=len(failures))
     await progress.start()
 
     async def one(i: int, req: ImageRequest, slot: str) -> None:
+        extra = row_metadata(rows[i])
         async with gate:
             try:
-                images.extend(
-                    await produce(spec, req, store, slot=slot, refresh=refresh,
-                                  timeout_seconds=timeout_seconds)
+                made = await produce(
+                    spec, req, store, slot=slot, refresh=refresh,
+                    timeout_seconds=timeout_seconds, row=i, extra=extra,
                 )  # fmt: skip
+                by_row[i] = _on_row(made, i, extra)
             except Exception as exc:  # one item's failure is reported, not fatal
-                failures.append(_failure(i, req.prompt, exc))
+                failures.append(_failure(i, rows[i], req.prompt, exc))
         await progress.advance()  # an API call: not while holding a slot
 
     # A request's slot is its occurrence number among identical requests, so re-running an
@@ -383,6 +396,7 @@ async def batch_generate(
     await asyncio.gather(*(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None))
     failures.sort(key=lambda f: f.index)
     await progress.finish()
+    images = [img for i in sorted(by_row) for img in by_row[i]]
     result = BatchResult(images=images, failures=failures, cost=total_cost(images))
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
                 _cost_text(result.cost))  # fmt: skip

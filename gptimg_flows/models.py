@@ -295,7 +295,10 @@ class ArchivedImage(BaseModel):
     request_key: str | None = None
     parents: list[str] = Field(default_factory=list, description="archive URIs of input images")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
-    extra: dict[str, Any] = Field(default_factory=dict)
+    row: int | None = Field(None, description="a batch row's 0-based position in the input")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="a batch row's metadata columns (sku, campaign, …)"
+    )
 
 
 def canonical_json(value: Any) -> str:

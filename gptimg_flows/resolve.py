@@ -107,7 +107,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         if not text:
             raise InvalidRequest("archive: empty path or URL", field="archive")
         if looks_like_path(text):
-            store, given = _open(text, lambda: Archive(text)), text
+            store, given = open_archive(text), text
         else:
             block = await _load_archive_block(text)
             store, given = _open(block.basepath, block.get_archive), block.basepath
@@ -129,6 +129,11 @@ async def _load_archive_block(name: str) -> ImageArchive:
             field="archive",
         ) from None
     return block
+
+
+def open_archive(basepath: str) -> Archive:
+    """An archive at a path or fsspec URL; an unknown protocol is `InvalidRequest`."""
+    return _open(basepath, lambda: Archive(basepath))
 
 
 def _open(basepath: str, make: Callable[[], Archive]) -> Archive:

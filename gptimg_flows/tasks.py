@@ -529,6 +529,7 @@ async def make_images(
     parents: list[str] | None = None,
     extra: dict[str, Any] | None = None,
     timeout_seconds: float = 900.0,
+    row: int | None = None,
 ) -> list[ArchivedImage]:
     """One request from submit to archive, in one task run: what the flows use.
 
@@ -543,7 +544,7 @@ async def make_images(
         job, status, images = await run_job.fn(provider, request, inputs, key, archive,
                                                timeout_seconds)  # fmt: skip
     archived = await archive_images.fn(images, archive, key, job, status, request.prompt,
-                                       parents, extra)  # fmt: skip
+                                       parents, extra, row)  # fmt: skip
     emit_materializations(archived, parents or [])
     return archived
 
@@ -593,8 +594,12 @@ async def archive_images(
     prompt: str,
     parents: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    row: int | None = None,
 ) -> list[ArchivedImage]:
-    """Write each image once (content-addressed) with its sidecar, then the request's record."""
+    """Write each image once (content-addressed) with its sidecar, then the request's record.
+
+    `row` and `extra` (a batch row's position and metadata columns) go in the sidecar too.
+    """
     logger = get_run_logger()
     cost_each = (status.cost / len(images)) if status.cost is not None and images else None
     out: list[ArchivedImage] = []
@@ -618,6 +623,7 @@ async def archive_images(
             cost_unit=status.cost_unit,
             request_key=key,
             parents=list(parents or []),
+            row=row,
             extra=dict(extra or {}),
         )
         await asyncio.to_thread(

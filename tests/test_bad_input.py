@@ -86,7 +86,8 @@ def gen(provider: str, *, creds: dict[str, Any] | None = None, **kw: Any) -> Run
     kw.setdefault("prompt", PROMPT)
 
     async def run(c: Ctx) -> Any:
-        return await generate_images(provider=c.provider(provider, creds), archive=c.archive, **kw)
+        archive = kw.pop("archive", c.archive)
+        return await generate_images(provider=c.provider(provider, creds), archive=archive, **kw)
 
     return run
 
@@ -103,16 +104,19 @@ def edit(provider: str, image: str, mask: str | None = None, **kw: Any) -> Runne
 
 def batch(
     provider: str,
-    prompts: list[str] | tuple[str, str],
+    prompts: list[Any] | tuple[str, str] | str,
     *,
     creds: dict[str, Any] | None = None,
     **kw: Any,
 ) -> Runner:
-    """`prompts`: a list, or (file name, file text) written to a prompt file first."""
+    """`prompts`: a list, (file name, file text) written to a prompt file first, or the name
+    of a file that does not exist."""
 
     async def run(c: Ctx) -> Any:
-        source: list[str] | str
-        if isinstance(prompts, tuple):
+        source: list[Any] | str
+        if isinstance(prompts, str):
+            source = str(c.tmp / prompts)
+        elif isinstance(prompts, tuple):
             path = c.tmp / prompts[0]
             path.write_text(prompts[1], encoding="utf-8")
             source = str(path)
@@ -182,6 +186,102 @@ CASES = [
             field="prompt",
         ),
         id="prompt-under-runware-minimum-of-2-chars",
+    ),
+    pytest.param(
+        Case(
+            batch("offline", ("prompts.jsonl", json.dumps({"prompt": ""}) + "\n")),
+            InvalidRequest,
+            r"prompt is empty",
+        ),
+        id="batch-jsonl-empty-prompt-offline",
+    ),
+    # -- batch files, templates and columns ------------------------------------------------
+    pytest.param(
+        Case(
+            batch("offline", "no-such-prompts.jsonl"),
+            InvalidRequest,
+            r"prompts: no such file .*no-such-prompts\.jsonl",
+            field="prompts",
+        ),
+        id="batch-missing-prompt-file",
+    ),
+    pytest.param(
+        Case(
+            batch("openai", [{"name": "a teapot"}], prompt_template="{name} on {surface}"),
+            InvalidRequest,
+            r"prompt_template: no row has a column 'surface' \(columns: name\)",
+            field="prompt_template",
+        ),
+        id="batch-template-column-missing-from-every-row",
+    ),
+    pytest.param(
+        Case(
+            batch("scenario", [{"prompt": PROMPT, "sizee": "1024x1024"}]),
+            InvalidRequest,
+            r"column 'sizee' is not a request field; did you mean 'size'\?",
+            field="sizee",
+        ),
+        id="batch-misspelt-request-column",
+    ),
+    # -- archive and timeout ---------------------------------------------------------------
+    pytest.param(
+        Case(
+            gen("runware", archive="foo://bar"),
+            InvalidRequest,
+            r"archive: cannot open 'foo://bar' \(Protocol not known: foo\)",
+            field="archive",
+        ),
+        id="archive-with-an-unknown-protocol",
+    ),
+    pytest.param(
+        Case(
+            gen("skillsvideo", timeout_seconds=-1),
+            InvalidRequest,
+            r"timeout_seconds=-1; it must be a positive number of seconds",
+            field="timeout_seconds",
+        ),
+        id="negative-timeout",
+    ),
+    pytest.param(
+        Case(
+            batch("offline", [PROMPT], timeout_seconds=0),
+            InvalidRequest,
+            r"timeout_seconds=0; it must be a positive number of seconds",
+            field="timeout_seconds",
+        ),
+        id="batch-zero-timeout",
+    ),
+    # -- offline refuses what gpt-image-2 refuses ------------------------------------------
+    pytest.param(
+        Case(
+            gen("offline", output_compression=80),
+            InvalidRequest,
+            r"output_compression applies only to output_format jpeg or webp.*unset \(png\)",
+            field="output_compression",
+        ),
+        id="offline-compression-with-png",
+    ),
+    pytest.param(
+        Case(
+            gen("offline", size="17:3"),
+            InvalidRequest,
+            r"size 1024x176: offline needs an aspect ratio between 1:3 and 3:1",
+            field="size",
+        ),
+        id="offline-ratio-17-3",
+    ),
+    pytest.param(
+        Case(
+            gen("offline", size="1000x1000"),
+            InvalidRequest,
+            r"size 1000x1000: offline needs width and height that are multiples of 16",
+            field="size",
+        ),
+        id="offline-size-not-multiple-of-16",
+    ),
+    pytest.param(
+        Case(gen("offline", seed=7), InvalidRequest, r"offline cannot honour `seed`", field="seed"),
+        id="offline-seed",
     ),
     # -- n ---------------------------------------------------------------------------------
     model_check(

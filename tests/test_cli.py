@@ -218,3 +218,67 @@ async def test_the_progress_bar_follows_the_flow_as_items_finish(
     values = [v for v in seen if v is not None]
     assert values[-1] == 3
     assert any(0 < v < 3 for v in values), values
+
+
+def _flow_runs() -> int:
+    import httpx
+
+    response = httpx.post(f"{PREFECT_API_URL.value()}/flow_runs/count", json={}, timeout=30)
+    response.raise_for_status()
+    return int(response.json())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["generate", "x", "-a", "foo://bar"], "archive: cannot open 'foo://bar'"),
+        (["generate", "x", "--timeout", "-1"], "timeout_seconds=-1; it must be a positive"),
+        (["generate", "x", "--compression", "80"], "output_compression applies only to"),
+        (["generate", "x", "--size", "17:3"], "offline needs an aspect ratio between 1:3 and 3:1"),
+        (["batch", "no-such-file.jsonl"], "prompts: no such file"),
+        (["batch", "{prompts}", "--template", "{{nom}}"], "prompt_template: no row has a column"),
+        (["edit", "{image}", "x", "--size", "1000x1000"], "multiples of 16"),
+    ],
+    ids=["archive-protocol", "timeout", "compression-png", "ratio", "prompt-file", "template",
+         "edit-size"],
+)  # fmt: skip
+def test_typos_are_refused_before_any_flow_run(
+    args: list[str], expected: str, tmp_path: Path, archive_dir: Path
+) -> None:
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a kite", "name": "kite"}\n')
+    image = _png(tmp_path / "in.png")
+    filled = [a.format(prompts=prompts, image=image) for a in args]
+    before = _flow_runs()
+
+    done = gptimg(*filled, *(["--archive", str(archive_dir)] if "-a" not in args else []))
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: InvalidRequest: "), done.stderr
+    assert expected in lines[0], lines[0]
+    assert _flow_runs() == before, "a typo created a flow run"
+
+
+def test_batch_prints_each_rows_image_path_in_input_order(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "products.csv"
+    prompts.write_text(
+        "sku,prompt,size\nA-1,a large teapot,1024x1024\nB-2,a small teapot,64x64\n"
+        "C-3,a small cup,64x64\n"
+    )
+    done = gptimg("batch", str(prompts), "--archive", str(archive_dir), "--concurrency", "3")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("row ")]
+    assert [(r[1], r[3]) for r in rows] == [("0", "(sku=A-1)"), ("1", "(sku=B-2)"),
+                                            ("2", "(sku=C-3)")]  # fmt: skip
+    for r in rows:
+        assert Path(r[2]).is_file() and json.loads(Path(r[2]).with_suffix(".json").read_text())[
+            "extra"
+        ] == {"sku": r[3][5:-1]}
+    as_json = json.loads(gptimg("batch", str(prompts), "--archive", str(archive_dir),
+                                "--json").stdout)  # fmt: skip
+    assert [(i["row"], i["extra"]["sku"]) for i in as_json["images"]] == [
+        (0, "A-1"), (1, "B-2"), (2, "C-3"),
+    ]  # fmt: skip
