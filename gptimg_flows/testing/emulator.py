@@ -211,6 +211,21 @@ def run_emulator(
     )
 
 
+def credentials_env(root: str) -> str:
+    """`export VAR=value` lines: the emulator's default keys and each provider's base URL,
+    named as `gptimg blocks create` (blocks/from_env.py) reads them."""
+    from ..blocks_env import SOURCES
+
+    lines = []
+    for source in SOURCES:
+        key = EMULATOR_KEYS[source.provider]
+        values = key if isinstance(key, tuple) else (key,)
+        for (_, variable), value in zip(source.secrets, values, strict=True):
+            lines.append(f"export {variable}={value}")
+        lines.append(f"export {source.base_url_var}={root}{PREFIXES[source.provider]}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m gptimg_flows.testing.emulator", description=__doc__
@@ -221,7 +236,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--url-ttl", type=float, help="seconds an output URL stays valid")
     parser.add_argument("--seed", type=int, help="seed for fault rates and pictures")
     parser.add_argument("--config", help="full or partial EmulatorConfig as JSON")
+    parser.add_argument(
+        "--print-env",
+        action="store_true",
+        help="print the keys and base URLs it accepts as `export` lines for "
+        "`gptimg blocks create`, and exit",
+    )
     args = parser.parse_args(argv)
+    if args.print_env:
+        print(credentials_env(f"http://{args.host}:{args.port}"))
+        return
     data: dict[str, Any] = json.loads(args.config) if args.config else {}
     for name in ("latency", "url_ttl", "seed"):
         if getattr(args, name) is not None:

@@ -1,0 +1,49 @@
+"""The README's emulator recipe: `--print-env`, then `gptimg blocks create`, then generate."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from gptimg_flows import generate_images
+from gptimg_flows.blocks_env import save_blocks_from_env
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def printed_env(port: int) -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gptimg_flows.testing.emulator", "--port", str(port),
+         "--print-env"], capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    env = {}
+    for line in done.stdout.splitlines():
+        assert line.startswith("export "), line
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = shlex.split(value)[0]
+    return env
+
+
+async def test_printed_env_makes_blocks_every_provider_accepts(
+    emulator: Any, archive_dir: Path
+) -> None:
+    port = urlsplit(emulator.url).port
+    assert port is not None
+    env = printed_env(port)
+    report = await save_blocks_from_env(env, prefix="emu")
+    saved = sorted(b.name for b in report.saved)
+    assert saved == ["emu-gptimage2ai", "emu-openai", "emu-runware", "emu-scenario",
+                     "emu-skillsvideo"], report.lines()  # fmt: skip
+    for name, size in (("emu-openai", "256x256"), ("emu-scenario", "256x256"),
+                       ("emu-runware", "256x256"), ("emu-skillsvideo", "1:1")):  # fmt: skip
+        images = await generate_images(
+            prompt="a kite", provider=name, archive=str(archive_dir), size=size
+        )
+        assert len(images) == 1 and Path(images[0].uri).is_file(), name
+    assert len(emulator.ledger()["submissions"]) == 4
