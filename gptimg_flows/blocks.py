@@ -16,6 +16,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from .archive import Archive, default_basepath
+from .costs import TokenPrices
 from .providers.base import Provider
 from .providers.offline import LenientOfflineProvider, OfflineProvider
 
@@ -59,12 +60,24 @@ class ProviderCredentials(CredentialsBlock, ABC):
         ),
     )
 
+    price_per_image: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Your price of one image, in this provider's cost unit (USD, credits, CU): used for "
+            "estimates and max_cost budgets where the provider documents none, or to override "
+            "a documented one. The bill is still what the provider reports."
+        ),
+    )
+
     @abstractmethod
     def _build(self) -> Provider: ...
 
     def get_provider(self) -> Provider:
         """The adapter for these credentials, shared per event loop (one connection pool)."""
-        return _cached_provider(self)
+        adapter = _cached_provider(self)
+        adapter.price_per_image = self.price_per_image
+        return adapter
 
     def get_client(self) -> Provider:
         return self.get_provider()
@@ -91,9 +104,18 @@ class OpenAIImageCredentials(ProviderCredentials):
     timeout_seconds: float = Field(
         default=600.0, gt=0, description="Image calls are synchronous and can take minutes."
     )
+    token_prices: TokenPrices | None = Field(
+        default=None,
+        description=(
+            "USD per 1M tokens, for changed or negotiated prices (default: gpt-image-2's "
+            "text in 5, cached text 1.25, image in 8, cached image 2, image out 30)."
+        ),
+    )
 
     def _build(self) -> Provider:
         kw: dict[str, Any] = {"model": self.model, "timeout": self.timeout_seconds}
+        if self.token_prices is not None:
+            kw["token_prices"] = self.token_prices
         if self.base_url:
             kw["base_url"] = self.base_url
         if self.organization:

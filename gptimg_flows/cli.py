@@ -332,18 +332,20 @@ def _cost(costs: dict[str, float]) -> str:
 
 
 def _print_images(images: list[ArchivedImage], as_json: bool) -> None:
-    from .flows import total_cost
+    from .flows import cost_summary
 
     if as_json:
         typer.echo(json.dumps([img.model_dump(mode="json") for img in images], indent=2))
         return
     for img in images:
         cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "cost unknown"
+        if img.from_archive:
+            cost += ", from the archive: 0 this run"
         typer.echo(
             f"{img.uri}  ({img.width}x{img.height}, {img.provider}, sha256 {img.sha256[:12]}, "
             f"{cost})"
         )
-    typer.echo(f"total cost: {_cost(total_cost(images))}; each image has a .json sidecar")
+    typer.echo(f"{cost_summary(images)}; each image has a .json sidecar")
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -624,7 +626,9 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     summary.add_row("items", str(total))
     summary.add_row("images", str(len(result.images)))
     summary.add_row("failures", str(len(result.failures)))
-    summary.add_row("cost", _cost(result.cost))
+    summary.add_row("spent this run", _cost(result.cost))
+    if result.images_cost != result.cost:
+        summary.add_row("images originally cost", _cost(result.images_cost))
     summary.add_row("archived under", Text(where))
     console.print(summary)
     for img in result.images:  # one line per image, in input order: paths stay whole

@@ -127,6 +127,12 @@ class MalformedResponse(ProviderError):
     """
 
 
+class BudgetExceeded(ProviderError):
+    """Paying for this would pass a budget (`max_cost`, or a credentials block's daily spend
+    limit), or the cost cannot be estimated for a budget: refused before the provider is
+    called. Never retried."""
+
+
 def is_retryable(exc: BaseException) -> bool:
     """The one retry predicate every task uses."""
     return isinstance(exc, RetryableError)

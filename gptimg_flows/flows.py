@@ -91,7 +91,7 @@ async def produce(
         logger.info(
             "%d image(s) for this request are already archived: no provider call", len(found)
         )
-        return found
+        return [img.model_copy(update={"from_archive": True}) for img in found]
     inputs = (
         await upload_inputs(spec, request, loaded, mask, archive)
         if isinstance(request, EditRequest)
@@ -107,7 +107,8 @@ async def produce(
 
 
 def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
-    """Cost per unit (usd, credits, cu…): providers bill in different currencies."""
+    """What the images cost when they were made, per unit (usd, credits, cu…): providers
+    bill in different currencies."""
     out: dict[str, float] = {}
     for img in images:
         if img.cost is not None:
@@ -116,8 +117,31 @@ def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
     return out
 
 
+def spent_cost(images: list[ArchivedImage]) -> dict[str, float]:
+    """What this run paid for them, per unit: nothing for images answered from the archive."""
+    out: dict[str, float] = {}
+    for img in images:
+        if img.cost is not None:
+            unit = img.cost_unit or "?"
+            paid = 0.0 if img.from_archive else img.cost
+            out[unit] = round(out.get(unit, 0.0) + paid, 6)
+    return out
+
+
 def _cost_text(costs: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
+
+
+def cost_summary(images: list[ArchivedImage]) -> str:
+    """`This run spent: …`, and what the images originally cost where that differs."""
+    spent, made = spent_cost(images), total_cost(images)
+    text = f"This run spent: {_cost_text(spent)}"
+    if spent != made:
+        reused = sum(1 for i in images if i.from_archive)
+        text += (
+            f"; the images originally cost {_cost_text(made)} ({reused} answered from the archive)"
+        )
+    return text
 
 
 async def publish_images(
@@ -133,11 +157,13 @@ async def publish_images(
     for i, img in enumerate(images):
         prompt = img.prompt.replace("|", "\\|").replace("\n", " ")[:120]
         cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "-"
+        if img.from_archive:
+            cost += " (earlier; 0 this run)"
         rows.append(
             f"| {i} | [{img.sha256[:12]}]({img.uri}) | {prompt} | {img.provider} "
             f"| {img.width}x{img.height} | {cost} |"
         )
-    body = f"## {title}\n\nTotal cost: {_cost_text(total_cost(images))}\n\n" + "\n".join(rows)
+    body = f"## {title}\n\n{cost_summary(images)}\n\n" + "\n".join(rows)
     if failures:
         body += "\n\n### Failures\n\n| # | prompt | job | error |\n|---|---|---|---|\n"
         body += "\n".join(
@@ -219,7 +245,10 @@ async def edit_image(
 class PipelineResult(BaseModel):
     generated: list[ArchivedImage]
     edited: list[ArchivedImage]
-    cost: dict[str, float] = Field(default_factory=dict)
+    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
+    images_cost: dict[str, float] = Field(
+        default_factory=dict, description="what the images cost when they were made"
+    )
 
 
 @flow(name="generate-edit-archive", log_prints=True)
@@ -255,7 +284,10 @@ async def generate_edit_archive(
         spec, edit, store, refresh=refresh, timeout_seconds=timeout_seconds,
         extra={"derived_from": generated[0].uri},
     )  # fmt: skip
-    result = PipelineResult(generated=generated, edited=edited, cost=total_cost(generated + edited))
+    both = generated + edited
+    result = PipelineResult(
+        generated=generated, edited=edited, cost=spent_cost(both), images_cost=total_cost(both)
+    )
     await publish_images(generated + edited, f"Pipeline: {prompt[:40]} → {edit_prompt[:40]}")
     return result
 
@@ -301,7 +333,10 @@ class BatchResult(BaseModel):
 
     images: list[ArchivedImage]
     failures: list[BatchFailure]
-    cost: dict[str, float] = Field(default_factory=dict)
+    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
+    images_cost: dict[str, float] = Field(
+        default_factory=dict, description="what the images cost when they were made"
+    )
 
 
 def _failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
@@ -397,7 +432,9 @@ async def batch_generate(
     failures.sort(key=lambda f: f.index)
     await progress.finish()
     images = [img for i in sorted(by_row) for img in by_row[i]]
-    result = BatchResult(images=images, failures=failures, cost=total_cost(images))
+    result = BatchResult(
+        images=images, failures=failures, cost=spent_cost(images), images_cost=total_cost(images)
+    )
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
                 _cost_text(result.cost))  # fmt: skip
     await publish_images(images, f"Batch of {len(rows)} prompt(s)", failures=failures)

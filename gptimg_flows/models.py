@@ -296,6 +296,9 @@ class ArchivedImage(BaseModel):
     parents: list[str] = Field(default_factory=list, description="archive URIs of input images")
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     row: int | None = Field(None, description="a batch row's 0-based position in the input")
+    from_archive: bool = Field(
+        False, description="answered from the archive: this run paid nothing for it"
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="a batch row's metadata columns (sku, campaign, …)"
     )

@@ -139,7 +139,7 @@ def test_capabilities_match_gpt_image_2_limits() -> None:
         16,
     )
     assert caps.synchronous and caps.mask and caps.auto_size and not caps.can_cancel
-    assert caps.max_reference_images == 16 and caps.cost_unit == "usd-estimate"
+    assert caps.max_reference_images == 16 and caps.cost_unit == "usd"
 
 
 # -- generations -------------------------------------------------------------------------------
@@ -180,7 +180,8 @@ async def test_generate_sends_json_with_bearer_auth_and_returns_a_finished_job(
     out = status.outputs[0]
     assert out.data == PNG_OUT and out.mime == "image/png"  # from the bytes, not the request
     assert (out.width, out.height) == (1536, 1024)
-    assert status.cost == pytest.approx(0.08) and status.cost_unit == "usd-estimate"
+    # 300 text tokens in at $5/1M, 1000 image tokens out at $30/1M
+    assert status.cost == pytest.approx(0.0315) and status.cost_unit == "usd"
 
 
 @pytest.mark.parametrize(
@@ -206,13 +207,36 @@ async def test_size_is_sent_as_pixels_auto_or_left_to_openai(
     assert set(body) <= {"model", "prompt", "n", "size"}
 
 
-@pytest.mark.parametrize(("quality", "usd"), [(None, 0.17), ("low", 0.01), ("high", 0.17)])
-async def test_cost_is_an_estimate_by_quality(
-    mock: respx.MockRouter, oa: OpenAIProvider, quality: str | None, usd: float
+@pytest.mark.parametrize(
+    ("quality", "size", "usd"),
+    [
+        # no size and no quality: estimated as 1024x1536 at high (auto is billed as high)
+        (None, None, (1 * 5 + 6240 * 30) / 1e6),
+        ("low", "1024x1024", (1 * 5 + 272 * 30) / 1e6),
+        ("high", "1024x1024", (1 * 5 + 4160 * 30) / 1e6),
+    ],
+)
+async def test_an_answer_without_usage_is_priced_from_the_token_table_as_an_estimate(
+    mock: respx.MockRouter, oa: OpenAIProvider, quality: str | None, size: str | None, usd: float
 ) -> None:
-    mock.post("/images/generations").respond(200, json=_answer())
-    job = await oa.submit(ImageRequest(prompt="hi", quality=quality), None, IDEM)
+    answer = _answer()
+    del answer["usage"]
+    mock.post("/images/generations").respond(200, json=answer)
+    job = await oa.submit(ImageRequest(prompt="hi", quality=quality, size=size), None, IDEM)
     assert job.status is not None and job.status.cost == pytest.approx(usd)
+    assert job.status.cost_unit == "usd-estimate"
+
+
+async def test_negotiated_token_prices_on_the_adapter(mock: respx.MockRouter) -> None:
+    from gptimg_flows.costs import TokenPrices
+
+    prices = TokenPrices(text_input=2.5, image_output=15.0)
+    oa = OpenAIProvider(KEY, transport=httpx.MockTransport(mock.async_handler), token_prices=prices)
+    mock.post("/images/generations").respond(200, json=_answer())
+    job = await oa.submit(ImageRequest(prompt="hi"), None, IDEM)
+    assert job.status is not None and job.status.cost == pytest.approx(
+        (300 * 2.5 + 1000 * 15) / 1e6
+    )
 
 
 async def test_organization_header_and_custom_model_and_base_url() -> None:

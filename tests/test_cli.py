@@ -88,7 +88,7 @@ def test_batch_reports_a_bad_line_in_the_summary_and_exits_0(
         if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 2
     }
     assert rows["items"] == "3" and rows["images"] == "2" and rows["failures"] == "1"
-    assert rows["archived under"] == str(archive_dir) and rows["cost"] == "0 usd"
+    assert rows["archived under"] == str(archive_dir) and rows["spent this run"] == "0 usd"
     assert "a dog" in done.stdout and "size 'banana'" in done.stdout
     assert "3/3" in done.stderr  # the progress bar's last state
     assert "Traceback" not in done.stdout + done.stderr

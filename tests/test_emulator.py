@@ -16,7 +16,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from gptimg_flows.costs import usage_cost
 from gptimg_flows.testing import EMULATOR_KEYS, EmulatorClient, EmulatorConfig, EmulatorProcess
+from gptimg_flows.testing.routes_openai import usage_for
 
 SCENARIO_MODEL = "/generate/custom/model_openai-gpt-image-2"
 RED = (200, 30, 30, 255)
@@ -159,7 +161,7 @@ def scenario_asset_url(http: httpx.Client, emu: EmulatorClient, asset_id: str) -
 # -- happy paths --------------------------------------------------------------------------------
 
 
-def test_openai_generation_returns_real_images_and_bills_by_quality(
+def test_openai_generation_returns_real_images_and_bills_the_tokens_it_reports(
     http: httpx.Client, emulator: EmulatorClient
 ) -> None:
     emulator.configure(latency=0.05)
@@ -182,7 +184,8 @@ def test_openai_generation_returns_real_images_and_bills_by_quality(
         img = image(base64.b64decode(item["b64_json"]))
         assert (img.format, img.size) == ("JPEG", (64, 48))
     ledger = emulator.ledger()
-    assert ledger["credits"]["openai"] == pytest.approx(0.02)
+    assert body["usage"] == usage_for("a fox", 64, 48, "low", images=0, n=2)
+    assert ledger["credits"]["openai"] == pytest.approx(usage_cost(body["usage"]))
     [sub] = ledger["submissions"]
     assert (sub["provider"], sub["n"], sub["key"]) == ("openai", 2, "k-1")
     assert ledger["requests"]["openai"]["submit"] == 1
@@ -218,7 +221,9 @@ def test_openai_edit_applies_the_mask_and_checks_its_size(
     )
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "mask"
-    assert emulator.ledger()["credits"]["openai"] == pytest.approx(0.17)
+    # only the first edit was billed: the tokens its answer reported, at gpt-image-2's prices
+    first_usage = usage_for("paint a sun", 64, 64, "auto", images=1)
+    assert emulator.ledger()["credits"]["openai"] == pytest.approx(usage_cost(first_usage))
 
 
 def test_scenario_edit_walks_sdk_statuses_and_applies_the_mask(
@@ -625,7 +630,7 @@ def test_concurrency_limit_answers_429_and_peaks_are_tracked(
 
 
 def test_balance_refuses_without_charging(http: httpx.Client, emulator: EmulatorClient) -> None:
-    emulator.configure(latency=0.02, balance={"gptimage2ai": 20, "openai": 0.05})
+    emulator.configure(latency=0.02, balance={"gptimage2ai": 20, "openai": 0.0001})
     assert gpt2_submit(http, emulator, count=2).status_code == 200
     r = gpt2_submit(http, emulator)
     assert r.status_code == 402 and r.json()["error"] == "insufficient_credits"

@@ -166,7 +166,7 @@ async def test_each_run_publishes_an_artifact_with_cost(archive_dir: Path) -> No
     )
     bodies = [a["data"] for a in await artifacts() if "a teapot" in str(a["data"])]
     assert bodies, "no artifact mentions the prompt"
-    assert "Total cost" in bodies[0] and "offline" in bodies[0]
+    assert "This run spent: 0 usd" in bodies[0] and "offline" in bodies[0]
 
 
 async def test_archived_images_are_prefect_assets_with_lineage(

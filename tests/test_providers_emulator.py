@@ -24,6 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from gptimg_flows.costs import usage_cost
 from gptimg_flows.download import DownloadedImage, download, save_inline
 from gptimg_flows.errors import (
     AuthError,
@@ -53,6 +54,7 @@ from gptimg_flows.providers import PROVIDERS, Provider
 from gptimg_flows.providers.base import failure_error
 from gptimg_flows.providers.runware import task_uuid_for
 from gptimg_flows.testing import EMULATOR_KEYS, EmulatorClient
+from gptimg_flows.testing.routes_openai import usage_for
 
 ALL = ("openai", "scenario", "runware", "skillsvideo", "gptimage2ai")
 #: Providers that answer a submit with a job to poll (OpenAI answers with the images).
@@ -63,8 +65,20 @@ MASKED = ("openai", "scenario", "skillsvideo")
 #: Ratio-only providers render at their tier sizes (1K: long side 1024).
 RATIO_ONLY = ("skillsvideo", "gptimage2ai")
 #: What the emulator charges per image, in the ledger's unit (docs/wire.md). OpenAI: by quality.
-PRICE = {"openai": 0.17, "scenario": 5.0, "runware": 0.04, "skillsvideo": 20.0, "gptimage2ai": 10.0}
-OPENAI_LOW = 0.01
+PER_IMAGE = {"scenario": 5.0, "runware": 0.04, "skillsvideo": 20.0, "gptimage2ai": 10.0}
+
+
+def price(name: str, request: ImageRequest, size: tuple[int, int] = (64, 64)) -> float:
+    """What the emulator bills one request: per image, or OpenAI's reported token usage."""
+    if name != "openai":
+        return PER_IMAGE[name] * request.n
+    inputs = len(request.images) if isinstance(request, EditRequest) else 0
+    usage = usage_for(request.prompt, *size, request.quality or "auto", inputs, request.n)
+    return usage_cost(usage) or 0.0
+
+
+#: OpenAI's bill for the text-to-image case below: the tokens the answer reports, priced.
+OPENAI_LOW = usage_cost(usage_for("a lighthouse at dusk for openai", 64, 48, "low", 0)) or 0.0
 
 #: Appended to a key to make the emulator refuse it (and findable if it leaks into a message).
 WRONG = "-x9refused"
@@ -363,7 +377,7 @@ async def test_edit_with_reference_images_is_built_on_the_first_image(
     assert img.getcolors(1 << 16) != [(size[0] * size[1], GREEN)], f"{name}: nothing was edited"
     ledger = emu.ledger()
     assert len(submissions(ledger, name)) == 1, ledger["submissions"]
-    assert ledger["credits"] == {name: pytest.approx(PRICE[name])}, ledger["charges"]
+    assert ledger["credits"] == {name: pytest.approx(price(name, request, size))}, ledger
     if name == "scenario":
         assert ledger["requests"]["scenario"]["upload"] == 2, "each reference is one asset"
 
@@ -623,7 +637,7 @@ async def test_malformed_json_answer_is_malformed_response_although_the_job_was_
     assert caught.value.provider == name and caught.value.status_code == 200, str(caught.value)
     ledger = emu.ledger()
     assert len(submissions(ledger, name)) == 1, ledger["submissions"]
-    assert ledger["credits"][name] == pytest.approx(PRICE[name]), ledger["charges"]
+    assert ledger["credits"][name] == pytest.approx(price(name, request)), ledger["charges"]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -662,8 +676,8 @@ async def test_forbidden_prompt_is_content_rejected_at_submit_or_as_a_failed_job
         assert ledger["credits"][name] == 0 and len(ledger["refunds"]) == 1, ledger
         assert status.cost == 0
     else:  # skills.video bills the moderated job and says so in usage.total
-        assert ledger["credits"][name] == pytest.approx(PRICE[name]), ledger["charges"]
-        assert status.cost == pytest.approx(PRICE[name])
+        assert ledger["credits"][name] == pytest.approx(price(name, request)), ledger["charges"]
+        assert status.cost == pytest.approx(price(name, request))
 
 
 @pytest.mark.parametrize(
@@ -853,4 +867,4 @@ async def test_concurrency_limit_is_rate_limited_with_retry_after(
     assert caught.value.retry_after == pytest.approx(1.5), str(caught.value)
     ledger = emulator.ledger()
     assert len(submissions(ledger, name)) == 1, ledger["submissions"]
-    assert ledger["credits"] == {name: pytest.approx(PRICE[name])}, ledger["charges"]
+    assert ledger["credits"] == {name: pytest.approx(price(name, small(name)))}, ledger

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..costs import Price
 from ..errors import (
     AuthError,
     ContentRejected,
@@ -134,6 +135,30 @@ class Provider(ABC):
     name: ClassVar[str]
     display_name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: A price per image in `capabilities.cost_unit` set on the credentials block: it wins
+    #: over any documented price, for estimates and budgets (the bill is what the API reports).
+    price_per_image: float | None = None
+
+    # -- what a request is expected to cost ------------------------------------------------
+
+    def price(self, request: ImageRequest) -> Price:
+        """The expected cost of one request: the block's price, else the provider's own."""
+        unit = self.capabilities.cost_unit
+        if self.price_per_image is not None:
+            return Price(
+                amount=self.price_per_image * request.n, unit=unit, basis="block-set price"
+            )
+        return self.documented_price(request)
+
+    def documented_price(self, request: ImageRequest) -> Price:
+        """Adapters with a documented price (or a token table) override this."""
+        return Price(
+            amount=None,
+            unit=self.capabilities.cost_unit,
+            basis="unknown",
+            note=f"{self.display_name} documents no price: set price_per_image (in "
+            f"{self.capabilities.cost_unit}) on its credentials block to estimate and budget",
+        )
 
     # -- checks before any network call ----------------------------------------------------
 

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from ..costs import Price
 from ..errors import MalformedResponse
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import ratio_of
@@ -150,6 +151,9 @@ class GptImage2AIProvider(Provider):
             if name in request.extras:
                 body[name] = request.extras[name]
         return body
+
+    def documented_price(self, request: ImageRequest) -> Price:
+        return Price(amount=CREDITS_PER_IMAGE * request.n, unit="credits", basis="documented price")
 
     async def submit(self, request: ImageRequest, inputs: PreparedInputs | None, key: str) -> Job:
         self.validate(request)

@@ -15,6 +15,7 @@ from typing import ClassVar
 from PIL import Image
 
 from .. import render
+from ..costs import Price
 from ..models import EditRequest, ImageRequest, Job, JobState, JobStatus, OutputRef
 from .base import Capabilities, PreparedInputs, Provider
 
@@ -93,6 +94,9 @@ class OfflineProvider(Provider):
                 "output_compression applies only to output_format jpeg or webp (as on OpenAI); "
                 f"output_format is {request.output_format or 'unset (png)'}",
             )
+
+    def documented_price(self, request: ImageRequest) -> Price:
+        return Price(amount=0.0, unit="usd", basis="free")
 
     async def submit(self, request: ImageRequest, inputs: PreparedInputs | None, key: str) -> Job:
         self.validate(request)

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import httpx
 from PIL import Image
 
+from ..costs import GPT_IMAGE_2_PRICES, Price, TokenPrices, token_estimate, usage_cost
 from ..errors import AuthError, InvalidRequest, JobFailed, MalformedResponse, ProviderError
 from ..imageio import magic_mime
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
@@ -43,9 +44,10 @@ DEFAULT_MODEL = "gpt-image-2"
 MAX_MASK_BYTES = 4 * 1024 * 1024
 #: Input image types the edits endpoint takes for GPT Image models.
 INPUT_MIMES = ("image/png", "image/jpeg", "image/webp")
-#: USD per image by quality: the emulator's table (wire.md), NOT OpenAI's token-based price.
-ESTIMATED_USD_PER_IMAGE = {"low": 0.01, "medium": 0.04, "high": 0.17, "auto": 0.17}
-COST_UNIT = "usd-estimate"
+#: The bill: the answer's token `usage` times the token prices. An answer without `usage` is
+#: priced from the token table instead, and says so by its unit.
+COST_UNIT = "usd"
+ESTIMATE_UNIT = "usd-estimate"
 
 _MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _EXT_BY_MIME = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -141,10 +143,6 @@ def redact(err: ProviderError, secrets: Secrets) -> ProviderError:
     return err
 
 
-def _estimated_cost(quality: str | None, count: int) -> float:
-    return round(ESTIMATED_USD_PER_IMAGE.get(quality or "auto", 0.17) * count, 4)
-
-
 class OpenAIProvider(Provider):
     """GPT Image 2 through OpenAI's Images API (`/images/generations`, `/images/edits`)."""
 
@@ -187,8 +185,10 @@ class OpenAIProvider(Provider):
         notes=(
             "synchronous: images come back inline (b64_json) in the submit answer; a lost answer "
             "cannot be fetched again and is still billed",
-            "cost is an estimate per image by quality (low 0.01, medium 0.04, high/auto 0.17 "
-            "USD), not OpenAI's token-based bill; token usage is kept in job.handle['usage']",
+            "cost is the answer's token usage x gpt-image-2's token prices (USD per 1M tokens: "
+            "text in 5, cached text 1.25, image in 8, cached image 2, image out 30; set "
+            "token_prices on the block for others); output tokens are priced as image output; "
+            "an answer without usage is priced from the token table, as usd-estimate",
             "a ratio size (e.g. 16:9 + resolution) is sent as the exact WxH it converts to",
             "no minimum size is enforced here; third-party pages report a floor of about "
             "655,360 pixels for gpt-image-2 (unconfirmed): smaller sizes may be refused by OpenAI",
@@ -209,12 +209,14 @@ class OpenAIProvider(Provider):
         timeout: float = 600.0,
         organization: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        token_prices: TokenPrices | None = None,
     ) -> None:
         if not api_key or not api_key.strip():
             raise AuthError(
                 f"no OpenAI API key: set {API_KEY_ENV} or pass api_key", provider=self.name
             )
         self.model = model
+        self.token_prices = token_prices or GPT_IMAGE_2_PRICES
         self._secrets = Secrets(api_key.strip())
         headers = {"Authorization": f"Bearer {api_key.strip()}"}
         if organization:
@@ -224,6 +226,16 @@ class OpenAIProvider(Provider):
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+    def documented_price(self, request: ImageRequest) -> Price:
+        """OpenAI's token table, scaled by pixels, at this adapter's token prices."""
+        inputs = len(request.images) if isinstance(request, EditRequest) else 0
+        size = request.resolved_pixels() if request.size not in (None, "auto") else (1024, 1536)
+        usd = token_estimate(
+            request.prompt, request.n, request.quality, size, inputs, self.token_prices
+        )
+        note = "" if request.size not in (None, "auto") else "size auto estimated as 1024x1536"
+        return Price(amount=usd, unit=COST_UNIT, basis="token table", note=note)
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -301,6 +313,7 @@ class OpenAIProvider(Provider):
             body = await self._call("POST", "/images/generations", job_id, json_body=fields)
         status = self._status(body, request, job_id)
         usage = body.get("usage") if isinstance(body, dict) else None
+        status = status.model_copy(update=self._bill(usage, request, len(status.outputs)))
         handle: dict[str, Any] = {"usage": usage} if isinstance(usage, dict) else {}
         return Job(
             provider=self.name,
@@ -338,16 +351,21 @@ class OpenAIProvider(Provider):
                     height=size[1] if size else None,
                 )
             )
-        quality = body.get("quality") or request.quality
         return JobStatus(
             job_id=job_id,
             state=JobState.SUCCEEDED,
             raw_status="completed",
             progress=1.0,
             outputs=outputs,
-            cost=_estimated_cost(str(quality) if quality else None, len(outputs)),
-            cost_unit=COST_UNIT,
         )
+
+    def _bill(self, usage: Any, request: ImageRequest, images: int) -> dict[str, Any]:
+        """The answer's cost: its token usage priced, else the token-table estimate."""
+        usd = usage_cost(usage, self.token_prices)
+        if usd is not None:
+            return {"cost": usd, "cost_unit": COST_UNIT}
+        estimate = self.documented_price(request.model_copy(update={"n": max(1, images)}))
+        return {"cost": estimate.amount, "cost_unit": ESTIMATE_UNIT}
 
     # -- the rest of the lifecycle -------------------------------------------------------------
 

@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import render
+from ..costs import usage_cost
 from ..sizes import parse_size
 from . import shapes
 from .faults import DroppedConnection, malformed_json_response
 from .images import OutputSpec, StoredInput, pad_length, padded_bytes
 from .state import (
-    OPENAI_PRICE,
     Emulator,
     body_digest,
     endpoint,
@@ -144,14 +144,17 @@ def _params(fields: Mapping[str, Any], base: StoredInput | None) -> Params:
     )
 
 
-def _usage(params: Params, images: int) -> dict[str, Any]:
-    per_tile = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}[params.quality]
-    output = round(per_tile * params.width * params.height / (1024 * 1024))
-    text = max(1, len(params.prompt) // 4)
-    prompt = text + 323 * images
+def usage_for(
+    prompt: str, width: int, height: int, quality: str, images: int, n: int = 1
+) -> dict[str, Any]:
+    """The token usage the emulator reports (and bills, at gpt-image-2's token prices)."""
+    per_tile = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}[quality]
+    output = round(per_tile * width * height / (1024 * 1024)) * n
+    text = max(1, len(prompt) // 4)
+    prompt_tokens = text + 323 * images
     return {
-        "total_tokens": prompt + output,
-        "input_tokens": prompt,
+        "total_tokens": prompt_tokens + output,
+        "input_tokens": prompt_tokens,
         "output_tokens": output,
         "input_tokens_details": {"text_tokens": text, "image_tokens": 323 * images},
     }
@@ -168,7 +171,10 @@ async def _generate(
     path = request.url.path
     if emu.moderated(params.prompt):
         return shapes.moderation_blocked(P)
-    cost = OPENAI_PRICE[params.quality] * params.n
+    usage = usage_for(
+        params.prompt, params.width, params.height, params.quality, len(inputs), params.n
+    )
+    cost = usage_cost(usage) or 0.0  # OpenAI bills the tokens the answer reports
     if refusal := emu.precheck(P, cost):
         return refusal
     job_id = new_id("emu-openai-")
@@ -212,7 +218,7 @@ async def _generate(
         {
             "created": int(time.time()),
             "data": [{"b64_json": b} for b in encoded],
-            "usage": _usage(params, len(inputs)),
+            "usage": usage,
             "size": f"{params.width}x{params.height}",
             "quality": "high" if params.quality == "auto" else params.quality,
             "background": "opaque" if params.background == "auto" else params.background,

@@ -29,8 +29,8 @@ from .ledger import Ledger
 
 State = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
-#: Charge per image, per provider, in the provider's unit (OpenAI's depends on quality).
-OPENAI_PRICE = {"low": 0.01, "medium": 0.04, "high": 0.17, "auto": 0.17}
+#: Charge per image, per provider, in the provider's unit (OpenAI bills the tokens its
+#: answer reports: routes_openai.usage_for at gpt-image-2's token prices).
 PRICE_PER_IMAGE = {"scenario": 5.0, "runware": 0.04, "skillsvideo": 20.0, "gptimage2ai": 10.0}
 #: Balance reported where no limit is configured.
 UNLIMITED = 1_000_000.0

@@ -1,0 +1,59 @@
+"""Costs as providers bill them, and estimates from documented prices: pure tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from gptimg_flows.costs import TokenPrices, output_tokens, token_estimate, usage_cost
+from gptimg_flows.models import EditRequest, ImageRequest
+from gptimg_flows.providers import GptImage2AIProvider, OfflineProvider, ScenarioProvider
+from gptimg_flows.providers.openai import OpenAIProvider
+
+
+def test_the_issues_example_1024x1536_medium_is_about_0_048_usd() -> None:
+    out = output_tokens("medium", 1024, 1536)
+    assert out == 1584
+    usage = {"input_tokens": 12, "output_tokens": out, "total_tokens": 12 + out,
+             "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}  # fmt: skip
+    assert usage_cost(usage) == pytest.approx(0.04758, abs=1e-6)
+
+
+def test_usage_prices_text_image_and_cached_tokens_apart() -> None:
+    usage = {
+        "input_tokens": 1400,
+        "output_tokens": 4160,
+        "input_tokens_details": {"text_tokens": 400, "image_tokens": 1000, "cached_tokens": 600},
+    }
+    # 600 cached: image first (600 of 1000 image tokens) — 400 text @5, 400 image @8,
+    # 600 cached image @2, 4160 out @30 (USD per 1M)
+    expected = (400 * 5 + 400 * 8 + 600 * 2 + 4160 * 30) / 1e6
+    assert usage_cost(usage) == pytest.approx(expected)
+
+
+def test_negotiated_prices_and_unreadable_usage() -> None:
+    usage = {"input_tokens": 100, "output_tokens": 1000}
+    assert usage_cost(usage, TokenPrices(text_input=1, image_output=10)) == pytest.approx(0.0101)
+    assert usage_cost(None) is None and usage_cost({"output_tokens": "many"}) is None
+
+
+def test_estimates_say_their_basis() -> None:
+    oa = OpenAIProvider("sk-test")
+    price = oa.price(ImageRequest(prompt="x" * 40, size="1024x1024", quality="high", n=2))
+    assert price.basis == "token table" and price.unit == "usd"
+    assert price.amount == pytest.approx(token_estimate("x" * 40, 2, "high", (1024, 1024)))
+    assert price.amount == pytest.approx((10 * 5 + 2 * 4160 * 30) / 1e6)
+    edit = EditRequest(prompt="y", images=["a.png", "b.png"], size="1024x1024", quality="low")
+    assert oa.price(edit).amount == pytest.approx((1 * 5 + 2 * 323 * 8 + 272 * 30) / 1e6)
+
+    assert GptImage2AIProvider("k").price(ImageRequest(prompt="x", n=3)).model_dump() == {
+        "amount": 30.0, "unit": "credits", "basis": "documented price", "note": "",
+    }  # fmt: skip
+    assert OfflineProvider().price(ImageRequest(prompt="x")).amount == 0.0
+    scenario = ScenarioProvider("k", "s")
+    unknown = scenario.price(ImageRequest(prompt="x"))
+    assert unknown.amount is None and unknown.basis == "unknown"
+    assert "set price_per_image (in cu) on its credentials block" in unknown.note
+    scenario.price_per_image = 4.5
+    assert scenario.price(ImageRequest(prompt="x", n=2)).model_dump() == {
+        "amount": 9.0, "unit": "cu", "basis": "block-set price", "note": "",
+    }  # fmt: skip
