@@ -4,6 +4,7 @@ Public API (what users, deployments and docs rely on):
 - blocks: OpenAIImageCredentials, ScenarioCredentials, RunwareCredentials,
   SkillsVideoCredentials, GptImage2AICredentials, ImageArchive
 - flows: generate_images, edit_image, generate_edit_archive, batch_generate
+- costs: estimate_cost, BudgetExceeded (max_cost on every flow)
 - models: ImageRequest, EditRequest, ArchivedImage; errors in gptimg_flows.errors
 """
 
@@ -17,6 +18,8 @@ from .blocks import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
+from .errors import BudgetExceeded
+from .estimates import estimate_cost
 from .flows import (
     batch_generate,
     daily_content,
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchivedImage",
+    "BudgetExceeded",
     "EditRequest",
     "GptImage2AICredentials",
     "ImageArchive",
@@ -41,6 +45,7 @@ __all__ = [
     "batch_generate",
     "daily_content",
     "edit_image",
+    "estimate_cost",
     "generate_edit_archive",
     "generate_images",
 ]

@@ -70,6 +70,25 @@ class ProviderCredentials(CredentialsBlock, ABC):
         ),
     )
 
+    spend_limit: str | None = Field(
+        default=None,
+        description=(
+            "Name of a Prefect global concurrency limit used as a spend bucket shared by every "
+            "worker: its limit is the budget in `spend_limit_unit`s, its slot decay that budget "
+            "per second (e.g. a daily cap). A submit whose estimate does not fit is refused."
+        ),
+    )
+    spend_limit_unit: float = Field(
+        default=0.01,
+        gt=0,
+        description="One slot of the spend limit, in this provider's cost unit (0.01 = a cent).",
+    )
+    spend_limit_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a submit waits for the spend limit's slots before it is refused.",
+    )
+
     @abstractmethod
     def _build(self) -> Provider: ...
 

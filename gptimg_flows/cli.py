@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
+    from .costs import CostEstimate
     from .flows import BatchResult
     from .models import ArchivedImage, ExtraValue, ImageRequest
 
@@ -327,6 +328,27 @@ def _precheck(
         provider_of(provider.strip()).validate(request)
 
 
+def _dry_run(
+    provider: str, requests: list[ImageRequest] | None, as_json: bool, **batch: Any
+) -> None:
+    """Print what `estimate_cost` says these requests (or this prompt file) would cost."""
+    from .estimates import estimate_cost
+
+    async def work() -> CostEstimate:
+        return await estimate_cost(requests, provider=provider, **batch)
+
+    estimate = _run(work, status="estimating…")
+    if as_json:
+        typer.echo(estimate.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"estimate: {estimate.text()} for {estimate.requests} request(s), "
+        f"{estimate.images} image(s); nothing was run or paid"
+    )
+    for note in estimate.notes:
+        typer.echo(f"note: {note}")
+
+
 def _cost(costs: dict[str, float]) -> str:
     return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
 
@@ -356,6 +378,11 @@ ARCHIVE_HELP = (
     "(default: $GPTIMG_ARCHIVE or ./gptimg-archive)."
 )
 SIZE_HELP = "WxH (1536x1024), an aspect ratio (16:9, with --resolution) or auto."
+MAX_COST_HELP = (
+    "Budget in the provider's cost unit: refused before paying if the estimate is over it "
+    "(a batch stops submitting at it)."
+)
+DRY_RUN_HELP = "Print the cost estimate and exit: nothing is run or paid."
 
 
 @app.command()
@@ -416,6 +443,8 @@ def generate(
     ] = None,
     refresh: bool = typer.Option(False, help="Pay for new images even if these are archived."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
+    max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Text → images, archived; prints each image's URI. A re-run returns the archived ones."""
@@ -429,14 +458,18 @@ def generate(
             extras=_extras(extra),
         )  # fmt: skip
         # bad input exits here, before Prefect runs anything
-        _precheck(provider, _archive(archive), timeout, ImageRequest(**fields))
+        request = ImageRequest(**fields)
+        _precheck(provider, _archive(archive), timeout, request)
+        if dry_run:
+            _dry_run(provider, [request], as_json)
+            return
 
         async def work() -> list[ArchivedImage]:
             from .flows import generate_images
 
             images: list[ArchivedImage] = await generate_images(
                 provider=provider, archive=_archive(archive), refresh=refresh,
-                timeout_seconds=timeout, **fields,
+                timeout_seconds=timeout, max_cost=max_cost, **fields,
             )  # fmt: skip
             return images
 
@@ -469,6 +502,8 @@ def edit(
     ] = None,
     refresh: bool = typer.Option(False, help="Pay for new images even if these are archived."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
+    max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Image (+ mask) → images, archived with the input as parent; prints each image's URI."""
@@ -481,19 +516,70 @@ def edit(
             quality=quality, background=background, output_format=output_format,
             input_fidelity=input_fidelity, extras=_extras(extra),
         )  # fmt: skip
-        _precheck(provider, _archive(archive), timeout, EditRequest(images=images_in, **fields))
+        request = EditRequest(images=images_in, **fields)
+        _precheck(provider, _archive(archive), timeout, request)
+        if dry_run:
+            _dry_run(provider, [request], as_json)
+            return
 
         async def work() -> list[ArchivedImage]:
             from .flows import edit_image
 
             images: list[ArchivedImage] = await edit_image(
                 image=images_in if len(images_in) > 1 else images_in[0], provider=provider,
-                archive=_archive(archive), refresh=refresh, timeout_seconds=timeout, **fields,
+                archive=_archive(archive), refresh=refresh, timeout_seconds=timeout,
+                max_cost=max_cost, **fields,
             )  # fmt: skip
             return images
 
         images = _run(work, status=f"editing with {provider}…")
         _print_images(images, as_json)
+
+
+@app.command()
+def estimate(
+    prompt: str | None = typer.Argument(None, help="One request's prompt (or use --file)."),
+    prompts_file: str | None = typer.Option(
+        None, "--file", "-f", help="A prompt file (JSONL, CSV or text), priced row by row."
+    ),
+    provider: str = typer.Option("offline", "--provider", "-p", help=PROVIDER_HELP),
+    n: int = typer.Option(1, "--n", "-n", help="Images per request."),
+    size: str | None = typer.Option(None, help=SIZE_HELP),
+    resolution: str | None = typer.Option(None, help="1K, 2K or 4K, with a ratio --size."),
+    quality: str | None = typer.Option(None, help="auto, low, medium or high."),
+    output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
+    template: str | None = typer.Option(None, "--template", help="Row prompts from columns."),
+    edit_images: int = typer.Option(
+        0, "--edit-images", min=0, help="Price an edit with this many input images."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+) -> None:
+    """The expected cost of one request or a whole prompt file, per unit, with its basis
+    (documented price, token table, block-set price, unknown). Nothing is run or paid."""
+    with _errors():
+        from .errors import InvalidRequest
+        from .models import EditRequest, ImageRequest
+        from .rows import check_columns, read_prompts
+
+        if (prompt is None) == (prompts_file is None):
+            raise InvalidRequest("estimate: give a PROMPT or --file PROMPTS", field="prompts")
+        if prompts_file is not None:
+            source = _source(prompts_file)
+            check_columns(read_prompts(source), template)
+            _dry_run(provider, None, as_json, prompts=source, size=size, quality=quality,
+                     output_format=output_format, prompt_template=template)  # fmt: skip
+            return
+        fields: dict[str, Any] = dict(
+            prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
+            output_format=output_format,
+        )  # fmt: skip
+        request = (
+            EditRequest(images=[f"input-{i}" for i in range(edit_images)], **fields)
+            if edit_images
+            else ImageRequest(**fields)
+        )
+        _precheck(provider, None, 1.0, request)
+        _dry_run(provider, [request], as_json)
 
 
 @app.command()
@@ -512,6 +598,8 @@ def batch(
     ),
     refresh: bool = typer.Option(False, help="Pay for new images even if archived."),
     timeout: float = typer.Option(900.0, help="Seconds to wait for each provider job."),
+    max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the BatchResult as JSON."),
 ) -> None:
     """One request per prompt, with a progress bar and a summary table.
@@ -532,10 +620,15 @@ def batch(
         if not rows:
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
         check_columns(rows, template)
+        if dry_run:
+            _dry_run(provider, None, as_json, prompts=source, size=size, quality=quality,
+                     output_format=output_format, prompt_template=template)  # fmt: skip
+            return
         kwargs: dict[str, Any] = dict(
             prompts=source, provider=provider, archive=_archive(archive),
             concurrency=concurrency, size=size, quality=quality, output_format=output_format,
             prompt_template=template, refresh=refresh, timeout_seconds=timeout,
+            max_cost=max_cost,
         )  # fmt: skip
         result, where = _run(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
@@ -643,6 +736,48 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
                 Text(f"{f.error_type}: {_redact(_short_error(f.error_type, f.error))}"),
             )
         console.print(failures)
+
+
+@app.command()
+def spend(
+    archive: str | None = typer.Argument(
+        None, help="A saved ImageArchive block, folder or fsspec URL (default: as generate's)."
+    ),
+    since: str | None = typer.Option(None, help="Only images archived on or after YYYY-MM-DD."),
+    by: str = typer.Option("provider", help="Group by provider or day."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+) -> None:
+    """What was paid for the images in an archive, read from their sidecars."""
+    with _errors():
+        from datetime import date
+
+        from .archive import Archive
+        from .errors import InvalidRequest
+        from .resolve import looks_like_path, open_archive, resolve_archive
+        from .spend import spend_report
+
+        if by not in ("provider", "day"):
+            raise InvalidRequest(f"by: {by!r}; use provider or day", field="by")
+        try:
+            day = date.fromisoformat(since) if since else None
+        except ValueError:
+            raise InvalidRequest(f"since: {since!r} is not YYYY-MM-DD", field="since") from None
+        target = _archive(archive)
+        if target is not None and not looks_like_path(target):
+            store = _run(lambda: resolve_archive(target))  # a saved block: ask the API
+        else:
+            store = open_archive(target) if target else Archive()
+        rows = spend_report(store, day, "day" if by == "day" else "provider")
+        if as_json:
+            typer.echo(json.dumps([r.model_dump() for r in rows], indent=2))
+            return
+        if not rows:
+            typer.echo(f"no archived images under {store.basepath}")
+            return
+        typer.echo(f"{by:<12} {'images':>7} {'paid':>14}  unit")
+        for r in rows:
+            unpriced = f"  ({r.unpriced} without a cost)" if r.unpriced else ""
+            typer.echo(f"{r.group:<12} {r.images:>7} {r.amount:>14g}  {r.unit}{unpriced}")
 
 
 # -- blocks -------------------------------------------------------------------------------------

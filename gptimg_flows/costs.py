@@ -167,6 +167,7 @@ class Budget:
         self.unit = unit
         self.committed = 0.0
         self.reserved = 0.0
+        self.stopped: str | None = None  # once one submit is refused, the run submits no more
 
     def reserve(self, price: Price) -> float:
         """Hold `price` (raises BudgetExceeded if it does not fit); returns what was held."""
@@ -174,6 +175,8 @@ class Budget:
 
         if self.max_cost is None:
             return 0.0
+        if self.stopped:
+            raise BudgetExceeded(f"not submitted: the run stopped at its budget ({self.stopped})")
         if price.amount is None:
             why = price.note or "the cost of this request cannot be estimated"
             raise BudgetExceeded(f"max_cost={self.max_cost:g} cannot be kept: {why}")
@@ -181,6 +184,7 @@ class Budget:
             raise BudgetExceeded(f"max_cost is in {self.unit} but this request costs {price.unit}")
         after = self.committed + self.reserved + price.amount
         if after > self.max_cost + 1e-9:
+            self.stopped = f"max_cost={self.max_cost:g} {self.unit}"
             raise BudgetExceeded(
                 f"max_cost={self.max_cost:g} {self.unit}: this request is estimated at "
                 f"{price.amount:g} {self.unit} ({price.basis}), and {self.spent_or_held():g} "

@@ -22,7 +22,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from .archive import Archive
-from .errors import InvalidRequest, ProviderError
+from .costs import Budget
+from .errors import BudgetExceeded, InvalidRequest, ProviderError
 from .models import (
     ArchivedImage,
     Background,
@@ -38,6 +39,7 @@ from .models import (
     build_request,
     canonical_json,
 )
+from .providers.base import Provider
 from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
 from .rows import (
     PromptsParam,
@@ -48,9 +50,11 @@ from .rows import (
     row_prompt,
     row_request,
 )
+from .spending import take_spend
 from .tasks import (
     ProviderSpec,
     archived_result,
+    job_recorded,
     load_edit_inputs,
     make_images_for,
     provider_of,
@@ -71,8 +75,14 @@ async def produce(
     timeout_seconds: float = 900.0,
     extra: dict[str, Any] | None = None,
     row: int | None = None,
+    budget: Budget | None = None,
 ) -> list[ArchivedImage]:
-    """Validate → (inputs) → archived already? → submit → wait → download → archive."""
+    """Validate → (inputs) → archived already? → budget → submit → wait → download → archive.
+
+    A request that must be paid for reserves its estimate in the run's `budget` and takes it
+    from the block's shared spend limit first; either refusal is BudgetExceeded, before any
+    upload or submit. A job already on record (a resumed run) takes nothing again.
+    """
     logger = get_run_logger()
     adapter = provider_of(spec)
     adapter.validate(request)  # before anything is read, uploaded or paid
@@ -92,14 +102,26 @@ async def produce(
             "%d image(s) for this request are already archived: no provider call", len(found)
         )
         return [img.model_copy(update={"from_archive": True}) for img in found]
-    inputs = (
-        await upload_inputs(spec, request, loaded, mask, archive)
-        if isinstance(request, EditRequest)
-        else None
-    )
-    archived: list[ArchivedImage] = await make_images_for(spec)(
-        spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
-    )
+    price = adapter.price(request)
+    held = budget.reserve(price) if budget is not None else 0.0
+    try:
+        if not await job_recorded(archive, key):
+            await take_spend(spec, price)
+        inputs = (
+            await upload_inputs(spec, request, loaded, mask, archive)
+            if isinstance(request, EditRequest)
+            else None
+        )
+        archived: list[ArchivedImage] = await make_images_for(spec)(
+            spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
+        )
+    except BaseException:
+        if budget is not None:
+            budget.settle(held, None)  # it may have been billed: keep the reservation
+        raise
+    if budget is not None:
+        costs = [i.cost for i in archived if i.cost is not None]
+        budget.settle(held, sum(costs) if costs else None)
     return archived
 
 
@@ -194,8 +216,12 @@ async def generate_images(
     extras: dict[str, ExtraValue] | None = None,
     refresh: bool = False,
     timeout_seconds: float = 900.0,
+    max_cost: float | None = None,
 ) -> list[ArchivedImage]:
-    """Generate `n` images from a prompt and archive them."""
+    """Generate `n` images from a prompt and archive them.
+
+    `max_cost` (in the provider's cost unit) refuses the run before any provider call when
+    its estimate is over it (BudgetExceeded)."""
     request = build_request(
         ImageRequest, prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
         background=background, output_format=output_format,
@@ -205,7 +231,9 @@ async def generate_images(
     check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    budget = run_budget(provider_of(spec), max_cost, [request])
+    images = await produce(spec, request, store, refresh=refresh,
+                           timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
     await publish_images(images, f"Generated: {request.prompt[:60]}")
     return images
 
@@ -226,6 +254,7 @@ async def edit_image(
     extras: dict[str, ExtraValue] | None = None,
     refresh: bool = False,
     timeout_seconds: float = 900.0,
+    max_cost: float | None = None,
 ) -> list[ArchivedImage]:
     """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says."""
     request = build_request(
@@ -237,7 +266,9 @@ async def edit_image(
     check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    images = await produce(spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    budget = run_budget(provider_of(spec), max_cost, [request])
+    images = await produce(spec, request, store, refresh=refresh,
+                           timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
     await publish_images(images, f"Edited: {request.prompt[:60]}")
     return images
 
@@ -263,8 +294,12 @@ async def generate_edit_archive(
     output_format: OutputFormat | None = None,
     refresh: bool = False,
     timeout_seconds: float = 900.0,
+    max_cost: float | None = None,
 ) -> PipelineResult:
-    """Generate an image, edit it (with the mask, if given), and archive both with lineage."""
+    """Generate an image, edit it (with the mask, if given), and archive both with lineage.
+
+    With `max_cost`, generate + edit are estimated together and refused before the first
+    provider call if they would pass it."""
     first = build_request(
         ImageRequest, prompt=prompt, size=size, quality=quality, output_format=output_format
     )
@@ -278,11 +313,19 @@ async def generate_edit_archive(
     adapter = provider_of(spec)
     adapter.validate(first)
     adapter.validate(edit)  # both checked before the first credit is spent
-    generated = await produce(spec, first, store, refresh=refresh, timeout_seconds=timeout_seconds)
+    budget = run_budget(adapter, max_cost, [first, edit])
+    if budget is not None and (refresh or not await archived_result(
+        store, request_key(adapter, first, [], "0")
+    )):  # fmt: skip
+        whole = Budget(budget.max_cost, budget.unit)
+        whole.reserve(adapter.price(first))
+        whole.reserve(adapter.price(edit))  # the pair must fit before the first is paid
+    generated = await produce(spec, first, store, refresh=refresh,
+                              timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
     edit = edit.model_copy(update={"images": [generated[0].uri]})
     edited = await produce(
         spec, edit, store, refresh=refresh, timeout_seconds=timeout_seconds,
-        extra={"derived_from": generated[0].uri},
+        extra={"derived_from": generated[0].uri}, budget=budget,
     )  # fmt: skip
     both = generated + edited
     result = PipelineResult(
@@ -360,6 +403,22 @@ def check_timeout(timeout_seconds: float) -> None:
         )
 
 
+def run_budget(
+    adapter: Provider, max_cost: float | None, requests: list[ImageRequest]
+) -> Budget | None:
+    """The run's `max_cost` budget; a price nobody can estimate is refused up front, with how
+    to set one."""
+    if max_cost is None:
+        return None
+    if not max_cost >= 0:
+        raise InvalidRequest(f"max_cost={max_cost:g}; it must be 0 or more", field="max_cost")
+    for request in requests:
+        price = adapter.price(request)
+        if price.amount is None:
+            raise BudgetExceeded(f"max_cost={max_cost:g} cannot be kept: {price.note}")
+    return Budget(max_cost, adapter.capabilities.cost_unit)
+
+
 @flow(name="batch-generate", log_prints=True)
 async def batch_generate(
     prompts: PromptsParam,
@@ -372,6 +431,7 @@ async def batch_generate(
     prompt_template: str | None = None,
     refresh: bool = False,
     timeout_seconds: float = 900.0,
+    max_cost: float | None = None,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -380,6 +440,9 @@ async def batch_generate(
     other columns (`sku`, `campaign`, …) are carried on its images (`extra`, and the sidecar).
     `prompt_template` (e.g. `"product shot of {name}, {style} background"`) makes each row's
     prompt from its columns.
+
+    `max_cost`: each paid row reserves its estimate before its submit; once the next would
+    pass the budget, the batch submits no more and the rows left fail with BudgetExceeded.
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
@@ -402,6 +465,7 @@ async def batch_generate(
     metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
     if metadata:
         logger.info("columns kept as each image's metadata (not sent): %s", ", ".join(metadata))
+    budget = run_budget(adapter, max_cost, [r for r in requests if r is not None])
     gate = asyncio.Semaphore(max(1, concurrency))
     by_row: dict[int, list[ArchivedImage]] = {}
     progress = _Progress(total=len(rows), done=len(failures))
@@ -413,7 +477,7 @@ async def batch_generate(
             try:
                 made = await produce(
                     spec, req, store, slot=slot, refresh=refresh,
-                    timeout_seconds=timeout_seconds, row=i, extra=extra,
+                    timeout_seconds=timeout_seconds, row=i, extra=extra, budget=budget,
                 )  # fmt: skip
                 by_row[i] = _on_row(made, i, extra)
             except Exception as exc:  # one item's failure is reported, not fatal
@@ -465,6 +529,7 @@ async def daily_content(
     quality: Quality | None = None,
     run_date: date | None = None,
     timeout_seconds: float = 900.0,
+    max_cost: float | None = None,
 ) -> PipelineResult:
     """The scheduled pipeline: fill the prompt with the run's date and theme, then generate →
     edit (with the mask) → archive. The date is the run's scheduled day, so a late or re-run
@@ -477,6 +542,6 @@ async def daily_content(
     get_run_logger().info("prompt for %s: %s", day.isoformat(), prompt)
     result: PipelineResult = await generate_edit_archive(
         prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
-        size=size, quality=quality, timeout_seconds=timeout_seconds,
+        size=size, quality=quality, timeout_seconds=timeout_seconds, max_cost=max_cost,
     )  # fmt: skip
     return result

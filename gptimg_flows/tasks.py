@@ -165,6 +165,12 @@ class SubmitUncertain(ProviderError):
     """
 
 
+async def job_recorded(archive: Archive, key: str) -> bool:
+    """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
+    record = await asyncio.to_thread(archive.read_json, _job_rel(key))
+    return bool(record and record.get("job"))
+
+
 async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
     """The images a finished request already produced, if they are all still in the archive."""
     record = await asyncio.to_thread(archive.read_json, _result_rel(key))

@@ -282,3 +282,30 @@ def test_batch_prints_each_rows_image_path_in_input_order(
     assert [(i["row"], i["extra"]["sku"]) for i in as_json["images"]] == [
         (0, "A-1"), (1, "B-2"), (2, "C-3"),
     ]  # fmt: skip
+
+
+async def test_estimate_and_dry_run_price_without_running_or_paying(
+    emulator: Any, tmp_path: Path, archive_dir: Path
+) -> None:
+    from gptimg_flows import OpenAIImageCredentials
+
+    name = f"est-openai-{uuid.uuid4().hex[:6]}"
+    await OpenAIImageCredentials(
+        api_key=str(EMULATOR_KEYS["openai"]), base_url=emulator.base_url("openai")
+    ).asave(name)
+    one = gptimg("estimate", "a red kite", "-p", name, "--size", "1024x1536", "--quality",
+                 "medium", "--json")  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    data = json.loads(one.stdout)
+    assert data["basis"] == ["token table"]
+    assert data["total"]["usd"] == pytest.approx((3 * 5 + 1584 * 30) / 1e6)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a red kite"}\n{"prompt": "a blue kite", "n": 2}\n')
+    before = _flow_runs()
+    dry = gptimg("batch", str(prompts), "-p", name, "--size", "1024x1024", "--quality", "low",
+                 "--archive", str(archive_dir), "--dry-run")  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+    assert "for 2 request(s), 3 image(s); nothing was run or paid" in dry.stdout, dry.stdout
+    assert "(token table)" in dry.stdout
+    assert _flow_runs() == before and emulator.ledger()["requests"] == {}
+    assert not archive_dir.exists()

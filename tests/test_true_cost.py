@@ -74,3 +74,32 @@ async def test_a_partly_cached_batch_spends_only_for_its_new_rows(
     assert second.cost == {"credits": 10.0} and second.images_cost == {"credits": 30.0}
     assert ledger_credits(emulator, "gptimage2ai") == 30.0
     assert [i.from_archive for i in second.images] == [True, True, False]
+
+
+async def test_gptimg_spend_reads_what_was_paid_from_the_sidecars(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from .test_cli import gptimg
+
+    await batch_generate(prompts=["a kite", "a boat"], provider=provider_block("gptimage2ai"),
+                         archive=str(archive_dir), size="1:1")  # fmt: skip
+    await generate_images(prompt="a lighthouse", provider=provider_block("scenario"),
+                          archive=str(archive_dir), size="256x256")  # fmt: skip
+    scenario_paid = ledger_credits(emulator, "scenario")
+
+    done = gptimg("spend", str(archive_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {(r["group"], r["unit"]): r for r in json.loads(done.stdout)}
+    assert rows[("gptimage2ai", "credits")]["amount"] == ledger_credits(emulator, "gptimage2ai")
+    assert rows[("gptimage2ai", "credits")]["images"] == 2
+    assert rows[("scenario", "cu")]["amount"] == pytest.approx(scenario_paid)
+    today = datetime.now(UTC).date().isoformat()
+    by_day = gptimg("spend", str(archive_dir), "--by", "day", "--since", today)
+    assert by_day.returncode == 0 and today in by_day.stdout, by_day.stdout
+    later = gptimg("spend", str(archive_dir), "--since", "2999-01-01")
+    assert "no archived images" in later.stdout
+    bad = gptimg("spend", str(archive_dir), "--since", "yesterday")
+    assert bad.returncode == 2 and "since: 'yesterday' is not YYYY-MM-DD" in bad.stderr

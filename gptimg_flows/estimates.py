@@ -1,0 +1,70 @@
+"""`estimate_cost`: what a request or a prompt file is expected to cost, before paying.
+
+The estimate assumes nothing is archived yet (a re-run of archived requests costs nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .costs import CostEstimate, Price
+from .errors import InvalidRequest, ProviderError
+from .models import ImageRequest, OutputFormat, Quality
+from .providers.base import Provider
+from .resolve import ProviderParam, resolve_provider
+from .rows import PromptsParam, check_columns, read_prompts, row_request
+from .tasks import provider_of
+
+
+async def estimate_cost(
+    requests: ImageRequest | Sequence[ImageRequest] | None = None,
+    *,
+    prompts: PromptsParam | None = None,
+    provider: ProviderParam = "offline",
+    size: str | None = None,
+    quality: Quality | None = None,
+    output_format: OutputFormat | None = None,
+    prompt_template: str | None = None,
+) -> CostEstimate:
+    """The expected cost of requests (ImageRequest / EditRequest), or of a batch's prompts
+    (a list or a prompt file, read as `batch_generate` reads it), on one provider.
+
+    Each request is priced from the credentials block's `price_per_image`, else the
+    provider's documented price (gptimage2.ai), token table (OpenAI) or nothing (offline);
+    the others are unknown, and the estimate says so. Rows a batch would refuse are left out
+    and noted.
+    """
+    adapter = provider_of(await resolve_provider(provider))
+    if requests is not None and prompts is not None:
+        raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
+    listed: list[ImageRequest] = []
+    notes: list[str] = []
+    if isinstance(requests, ImageRequest):
+        listed = [requests]
+    elif requests is not None:
+        listed = list(requests)
+    elif prompts is not None:
+        rows = read_prompts(prompts)
+        check_columns(rows, prompt_template)
+        defaults = {"size": size, "quality": quality, "output_format": output_format}
+        for i, row in enumerate(rows):
+            try:
+                listed.append(row_request(row, defaults, prompt_template))
+            except (ValueError, ProviderError) as exc:
+                notes.append(f"row {i} left out: {exc}")
+    else:
+        raise InvalidRequest("estimate_cost: pass requests or prompts", field="prompts")
+    estimate = CostEstimate.of([(price_of(adapter, r, notes), r.n) for r in listed])
+    return estimate.model_copy(update={"notes": estimate.notes + notes})
+
+
+def price_of(adapter: Provider, request: ImageRequest, notes: list[str] | None = None) -> Price:
+    """One request's price, after the adapter's own checks (a refused request costs 0)."""
+    try:
+        adapter.validate(request)
+    except ProviderError as exc:
+        if notes is None:
+            raise
+        notes.append(f"refused, costs nothing: {exc}")
+        return Price(amount=0.0, unit=adapter.capabilities.cost_unit, basis="free")
+    return adapter.price(request)
