@@ -22,7 +22,8 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, Field
 
 from .archive import Archive
-from .costs import Budget
+from .batch_api import BatchItem, run_through_batch_api
+from .costs import BATCH_DISCOUNT, Budget
 from .errors import BudgetExceeded, InvalidRequest, ProviderError
 from .models import (
     ArchivedImage,
@@ -432,6 +433,9 @@ async def batch_generate(
     refresh: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
+    batch_api: bool = False,
+    batch_wait_seconds: float = 86400.0,
+    batch_poll_seconds: float = 30.0,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -443,6 +447,11 @@ async def batch_generate(
 
     `max_cost`: each paid row reserves its estimate before its submit; once the next would
     pass the budget, the batch submits no more and the rows left fail with BudgetExceeded.
+
+    `batch_api=True` (an OpenAI block) sends the rows through OpenAI's Batch API at half
+    price: done within 24 h, polled from `batch_poll_seconds` backing off to 5 minutes; a run
+    that stops waiting after `batch_wait_seconds` reports its rows as BatchPending and a later
+    run collects them (see batch_api.py for how nothing is paid twice).
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
@@ -492,7 +501,13 @@ async def batch_generate(
         fp = canonical_json(r.fingerprint()) if r is not None else ""
         slots.append(str(seen.get(fp, 0)))
         seen[fp] = seen.get(fp, 0) + 1
-    await asyncio.gather(*(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None))
+    if batch_api:
+        await _batch_api_rows(adapter, store, rows, requests, slots, refresh, budget,
+                              batch_wait_seconds, batch_poll_seconds, by_row, failures)  # fmt: skip
+    else:
+        await asyncio.gather(
+            *(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None)
+        )
     failures.sort(key=lambda f: f.index)
     await progress.finish()
     images = [img for i in sorted(by_row) for img in by_row[i]]
@@ -503,6 +518,44 @@ async def batch_generate(
                 _cost_text(result.cost))  # fmt: skip
     await publish_images(images, f"Batch of {len(rows)} prompt(s)", failures=failures)
     return result
+
+
+async def _batch_api_rows(
+    adapter: Provider,
+    store: Archive,
+    rows: list[Row],
+    requests: list[ImageRequest | None],
+    slots: list[str],
+    refresh: bool,
+    budget: Budget | None,
+    wait_seconds: float,
+    poll_seconds: float,
+    by_row: dict[int, list[ArchivedImage]],
+    failures: list[BatchFailure],
+) -> None:
+    """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
+    stamp = f":refresh:{time.time_ns()}" if refresh else ""
+    items = [
+        BatchItem(row=i, request=r, key=request_key(adapter, r, [], slots[i] + stamp),
+                  extra=row_metadata(rows[i]))
+        for i, r in enumerate(requests) if r is not None
+    ]  # fmt: skip
+    if budget is not None and budget.max_cost is not None:
+        half = sum((adapter.price(i.request).amount or 0.0) for i in items) * BATCH_DISCOUNT
+        if half > budget.max_cost + 1e-9:
+            raise BudgetExceeded(
+                f"max_cost={budget.max_cost:g} {budget.unit}: the batch is estimated at "
+                f"{half:g} {budget.unit} (half the token-table price) if nothing is archived"
+            )
+    images, errors = await run_through_batch_api(
+        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+    )
+    for img in images:
+        if img.row is not None:
+            by_row.setdefault(img.row, []).append(img)
+    for row, (kind, message) in errors.items():
+        failures.append(BatchFailure(index=row, prompt=row_prompt(rows[row])[:200], error=message,
+                                     error_type=kind, extra=row_metadata(rows[row])))  # fmt: skip
 
 
 def fill_template(template: str, day: date, themes: list[str]) -> str:

@@ -128,3 +128,35 @@ async def test_kill_9_mid_batch_then_rerun_finishes_and_pays_nothing_twice(
     assert len(set(jobs)) == len(jobs) and set(jobs) <= {s["job_id"] for s in subs}
     assert len(list(archive_dir.glob("images/*/*.png"))) == len(result.images)
     assert len(list(archive_dir.glob("_results/*.json"))) == len(result.images)
+
+
+async def test_kill_9_while_an_openai_batch_runs_then_rerun_collects_the_one_batch(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    """SIGKILL once the batch is created and the run is waiting on it: the re-run polls the
+    recorded batch (no second batch, no line paid twice) and archives every row."""
+    emulator.configure(latency=6.0)
+    block = provider_block("openai")
+    prompts = [f"batch kite {i}" for i in range(20)]
+    kwargs = {"prompts": prompts, "archive": str(archive_dir), "size": "256x256",
+              "quality": "low", "batch_api": True, "batch_poll_seconds": 0.5}  # fmt: skip
+    spec = {"flow": "batch_generate", "provider": "openai", "block": _block_fields(block),
+            "kwargs": kwargs}  # fmt: skip
+
+    def batch_created() -> None:
+        _wait_for(
+            lambda: any('"created"' in p.read_text() for p in archive_dir.glob("_batches/*.json")),
+            90, "the batch record",
+        )  # fmt: skip
+
+    _kill_9_flow_process(spec, when=batch_created)
+    assert len(emulator.ledger()["batches"]) == 1
+    assert not list(archive_dir.glob("images/*/*.png")), "killed before the batch finished"
+
+    result = await batch_generate(provider=block, **kwargs)
+
+    ledger = emulator.ledger()
+    assert len(ledger["batches"]) == 1, "the re-run created a second batch"
+    assert len(ledger["submissions"]) == 20 and result.failures == []
+    assert [i.row for i in result.images] == list(range(20))
+    assert len(list(archive_dir.glob("images/*/*.png"))) == 20

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -532,6 +532,25 @@ class ApiClient:
                 f"answer is not JSON ({response.headers.get('content-type', '?')}): {snippet!r}",
                 provider=self.provider,
                 status_code=response.status_code,
+                job_id=job_id,
+            ) from None
+
+    async def stream_lines(self, path: str, *, job_id: str | None = None) -> AsyncIterator[str]:
+        """A text answer one line at a time (a large file, never held whole in memory)."""
+        try:
+            async with self._client.stream("GET", "/" + path.lstrip("/")) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    err = error_for_response(self.provider, response)
+                    err.job_id = job_id
+                    err.args = (err._render(),)
+                    raise err
+                async for line in response.aiter_lines():
+                    yield line
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"reading from {self.provider} failed: {type(exc).__name__}",
+                provider=self.provider,
                 job_id=job_id,
             ) from None
 

@@ -224,6 +224,11 @@ class OpenAIProvider(Provider):
         # Generation takes tens of seconds to minutes: the read timeout must allow it.
         self._api = ApiClient(self.name, base_url, headers, default_timeout(timeout), transport)
 
+    @property
+    def api(self) -> ApiClient:
+        """The authenticated client, for the Batch API's files and batches (openai_batch.py)."""
+        return self._api
+
     async def aclose(self) -> None:
         await self._api.aclose()
 

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from . import (
     routes_gptimage2,
     routes_openai,
+    routes_openai_batch,
     routes_runware,
     routes_scenario,
     routes_skillsvideo,
@@ -176,6 +177,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         Route("/files/{name}", serve_file, methods=["GET"]),
     ]
     routes += routes_openai.routes(PREFIXES["openai"])
+    routes += routes_openai_batch.routes(PREFIXES["openai"])
     routes += routes_scenario.routes(PREFIXES["scenario"])
     routes += routes_runware.routes(PREFIXES["runware"])
     routes += routes_skillsvideo.routes(PREFIXES["skillsvideo"])

@@ -33,6 +33,7 @@ class Ledger:
         self._peak: dict[str, int] = defaultdict(int)
         self._faults: list[dict[str, Any]] = []
         self._rejected: dict[str, dict[str, int]] = {}
+        self._batches: list[dict[str, Any]] = []
 
     # -- writers ---------------------------------------------------------------------------
 
@@ -66,6 +67,12 @@ class Ledger:
             entry["task_uuid"] = task_uuid
         with self._lock:
             self._submissions.append(entry)
+
+    def batch(self, provider: str, batch_id: str, lines: int, metadata: dict[str, Any]) -> None:
+        """A batch created (OpenAI's Batch API): each is one create call, however many lines."""
+        with self._lock:
+            self._batches.append({"provider": provider, "batch_id": batch_id, "lines": lines,
+                                  "metadata": dict(metadata), "at": time.time()})  # fmt: skip
 
     def charge(self, provider: str, job_id: str, amount: float) -> None:
         with self._lock:
@@ -123,4 +130,5 @@ class Ledger:
                 "running_jobs": dict(running_now or {}),
                 "faults": [dict(f) for f in self._faults],
                 "rejected": {p: dict(c) for p, c in self._rejected.items()},
+                "batches": [dict(b) for b in self._batches],
             }

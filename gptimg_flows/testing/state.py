@@ -130,6 +130,7 @@ class Emulator:
         self._refundable: list[Job] = []
         self._background: set[asyncio.Future[Any]] = set()
         self._http: httpx.AsyncClient | None = None
+        self.batch_store: Any = None  # routes_openai_batch keeps files and batches here
 
     # -- control --------------------------------------------------------------------------
 
@@ -146,6 +147,7 @@ class Emulator:
         self.images.clear()
         self._active = {p: [] for p in PROVIDERS}
         self._refundable.clear()
+        self.batch_store = None
 
     def configure(self, partial: Mapping[str, Any]) -> EmulatorConfig:
         self.config = self.config.merged(dict(partial))

@@ -1,0 +1,174 @@
+"""OpenAI's Batch API for image generations: the wire format, at half the price. No Prefect.
+
+A batch is a JSONL file of requests (`custom_id`, `method`, `url`, `body`) uploaded with
+`POST /files` (purpose `batch`), then `POST /batches`; it finishes within 24 h and its output
+file holds one JSONL line per `custom_id` with the images response (b64_json + usage). The
+orchestration (records, polling, archiving) lives beside the tasks, in `batch_api.py`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..costs import BATCH_DISCOUNT, usage_cost
+from ..errors import MalformedResponse
+from ..models import ImageRequest
+from .openai import OpenAIProvider
+
+ENDPOINT = "/v1/images/generations"
+#: OpenAI's limits for one batch input file.
+MAX_LINES = 50_000
+MAX_BYTES = 200 * 1024 * 1024
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+#: Metadata key naming our batch record, so a lost create answer can be found again.
+METADATA_KEY = "gptimg_batch"
+
+
+class BatchStatus(BaseModel):
+    """`GET /batches/{id}` as we read it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: str
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    request_counts: dict[str, int] = Field(default_factory=dict)
+    metadata: dict[str, str] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class LineResult(BaseModel):
+    """One output line: the images of one request, or why it has none."""
+
+    custom_id: str
+    images: list[bytes] = Field(default_factory=list, repr=False)
+    cost: float | None = None
+    error: str | None = None
+
+
+def request_line(provider: OpenAIProvider, custom_id: str, request: ImageRequest) -> bytes:
+    """One JSONL line: our request key as `custom_id`, the same body a synchronous call sends."""
+    body = provider.build_fields(request)
+    line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+    return (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+def split_lines(lines: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """Chunks under OpenAI's per-batch limits (50,000 lines, 200 MB)."""
+    chunk: list[tuple[str, bytes]] = []
+    size = 0
+    for custom_id, line in lines:
+        if chunk and (len(chunk) >= MAX_LINES or size + len(line) > MAX_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((custom_id, line))
+        size += len(line)
+    if chunk:
+        yield chunk
+
+
+class OpenAIBatchAPI:
+    """Files and batches on the same client (key, base URL, prices) as the OpenAI adapter."""
+
+    def __init__(self, provider: OpenAIProvider) -> None:
+        self.provider = provider
+        self._api = provider.api
+
+    async def upload(self, path: Path) -> str:
+        """`POST /files` with the JSONL streamed from disk (flat memory whatever its size)."""
+        with path.open("rb") as fh:
+            files: dict[str, tuple[str, BinaryIO, str]] = {
+                "file": (path.name, fh, "application/jsonl")
+            }
+            _, body = await self._api.request(
+                "POST", "/files", data={"purpose": "batch"}, files=files
+            )
+        return str(self._field(body, "id"))
+
+    async def create(self, input_file_id: str, metadata: dict[str, str]) -> BatchStatus:
+        _, body = await self._api.request(
+            "POST",
+            "/batches",
+            json_body={
+                "input_file_id": input_file_id,
+                "endpoint": ENDPOINT,
+                "completion_window": "24h",
+                "metadata": metadata,
+            },
+        )
+        return self._status(body)
+
+    async def get(self, batch_id: str) -> BatchStatus:
+        _, body = await self._api.request("GET", f"/batches/{batch_id}", job_id=batch_id)
+        return self._status(body)
+
+    async def find(self, record_key: str, limit: int = 100) -> BatchStatus | None:
+        """The batch whose metadata names our record (a create whose answer was lost)."""
+        _, body = await self._api.request("GET", f"/batches?limit={limit}")
+        items = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise MalformedResponse("batch list has no `data`", provider="openai")
+        for item in items:
+            status = self._status(item)
+            if (status.metadata or {}).get(METADATA_KEY) == record_key:
+                return status
+        return None
+
+    async def results(self, file_id: str) -> AsyncIterator[LineResult]:
+        """The output (or error) file, one line at a time: never the whole file in memory."""
+        async for raw in self._api.stream_lines(f"/files/{file_id}/content", job_id=file_id):
+            if raw.strip():
+                yield self.parse_line(raw)
+
+    def parse_line(self, raw: str) -> LineResult:
+        try:
+            line = json.loads(raw)
+            custom_id = str(line["custom_id"])
+        except (ValueError, KeyError, TypeError):
+            raise MalformedResponse("a batch output line is not JSON with a custom_id") from None
+        error = line.get("error")
+        response = line.get("response") or {}
+        status_code = response.get("status_code")
+        body = response.get("body") or {}
+        if error or status_code != 200:
+            message = _error_text(error) or _error_text(body.get("error")) or "no image"
+            return LineResult(custom_id=custom_id, error=f"HTTP {status_code}: {message}")
+        images = []
+        for item in body.get("data") or []:
+            try:
+                images.append(base64.b64decode(str(item["b64_json"]), validate=True))
+            except (KeyError, TypeError, binascii.Error, ValueError):
+                return LineResult(custom_id=custom_id, error="an image is not base64")
+        usd = usage_cost(body.get("usage"), self.provider.token_prices)
+        cost = round(usd * BATCH_DISCOUNT, 6) if usd is not None else None
+        return LineResult(custom_id=custom_id, images=images, cost=cost)
+
+    def _status(self, body: Any) -> BatchStatus:
+        try:
+            return BatchStatus.model_validate(body)
+        except ValueError:
+            raise MalformedResponse(
+                "batch answer is not a batch object", provider="openai"
+            ) from None
+
+    def _field(self, body: Any, name: str) -> Any:
+        if not isinstance(body, dict) or name not in body:
+            raise MalformedResponse(f"answer has no `{name}`", provider="openai")
+        return body[name]
+
+
+def _error_text(error: Any) -> str | None:
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or "") or None
+    return str(error) if error else None

@@ -1,0 +1,223 @@
+"""OpenAI's Files and Batch API, emulated for image generations (docs/wire.md).
+
+`POST /files` (multipart `file` + `purpose=batch`) keeps the JSONL; `POST /batches` starts a
+batch that runs for the provider's latency (validating → in_progress → finalizing →
+completed); on the first look after that, every line is drawn, billed at half the token price
+and written to an output file, one JSONL line per `custom_id`. `GET /batches?limit=` lists
+batches with their metadata, newest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..costs import BATCH_DISCOUNT, usage_cost
+from . import shapes
+from .faults import DroppedConnection
+from .images import OutputSpec
+from .routes_openai import Invalid, P, _b64, _params, usage_for
+from .state import Emulator, endpoint, new_id, output_seed
+
+ENDPOINT = "/v1/images/generations"
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    input_file_id: str
+    metadata: dict[str, str]
+    created: float
+    latency: float
+    created_at: int
+    output_file_id: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def status(self, now: float) -> str:
+        if self.output_file_id is not None:
+            return "completed"
+        if now < self.created + 0.2 * self.latency:
+            return "validating"
+        return "in_progress" if now < self.created + self.latency else "finalizing"
+
+    def view(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.batch_id, "object": "batch", "endpoint": ENDPOINT,
+            "input_file_id": self.input_file_id, "completion_window": "24h",
+            "status": self.status(now), "output_file_id": self.output_file_id,
+            "error_file_id": None, "created_at": self.created_at, "metadata": self.metadata,
+            "request_counts": self.counts,
+        }  # fmt: skip
+
+
+@dataclass
+class BatchStore:
+    files: dict[str, bytes] = field(default_factory=dict)
+    batches: dict[str, Batch] = field(default_factory=dict)
+
+
+def store_of(emu: Emulator) -> BatchStore:
+    if emu.batch_store is None:
+        emu.batch_store = BatchStore()
+    store: BatchStore = emu.batch_store
+    return store
+
+
+@endpoint(P, "upload")
+async def upload_file(request: Request, emu: Emulator) -> Response:
+    if not emu.authorized(P, request):
+        return shapes.unauthorized(P)
+    form = await request.form(max_part_size=200 * 1024 * 1024)
+    upload = form.get("file")
+    if form.get("purpose") != "batch" or upload is None or isinstance(upload, str):
+        return shapes.invalid(P, "Expected a `file` part and purpose=batch.", param="file")
+    data = await upload.read()
+    file_id = new_id("file-")
+    store_of(emu).files[file_id] = data
+    return JSONResponse(
+        {"id": file_id, "object": "file", "bytes": len(data), "purpose": "batch",
+         "filename": upload.filename, "created_at": int(time.time())}
+    )  # fmt: skip
+
+
+@endpoint(P, "submit")
+async def create_batch(request: Request, emu: Emulator) -> Response:
+    if not emu.authorized(P, request):
+        return shapes.unauthorized(P)
+    if refusal := emu.submit_fault(P, request.url.path):
+        return refusal
+    body = json.loads(await request.body() or b"{}")
+    store = store_of(emu)
+    file_id = body.get("input_file_id")
+    if file_id not in store.files:
+        return shapes.invalid(P, f"No such file: {file_id!r}", param="input_file_id")
+    if body.get("endpoint") != ENDPOINT or body.get("completion_window") != "24h":
+        return shapes.invalid(P, "Only /v1/images/generations within 24h.", param="endpoint")
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or len(metadata) > 16:
+        return shapes.invalid(P, "metadata: at most 16 string pairs.", param="metadata")
+    lines = [ln for ln in store.files[file_id].splitlines() if ln.strip()]
+    batch = Batch(
+        batch_id=new_id("batch_"), input_file_id=file_id, metadata=metadata,
+        created=emu.now(), latency=emu.config.latency_for(P), created_at=int(time.time()),
+        counts={"total": len(lines), "completed": 0, "failed": 0},
+    )  # fmt: skip
+    store.batches[batch.batch_id] = batch
+    emu.ledger.batch(P, batch.batch_id, len(lines), metadata)
+    if emu.fault(P, "accepted", request.url.path) == "submit_lost_response":
+        return DroppedConnection()
+    return JSONResponse(batch.view(emu.now()))
+
+
+@endpoint(P, "poll")
+async def get_batch(request: Request, emu: Emulator) -> Response:
+    if not emu.authorized(P, request):
+        return shapes.unauthorized(P)
+    if fault := emu.poll_fault(P, request.url.path):
+        return fault
+    batch = store_of(emu).batches.get(request.path_params["batch_id"])
+    if batch is None:
+        return shapes.not_found(P, "No such batch.")
+    await _finish(emu, batch)
+    return JSONResponse(batch.view(emu.now()))
+
+
+@endpoint(P, "poll")
+async def list_batches(request: Request, emu: Emulator) -> Response:
+    if not emu.authorized(P, request):
+        return shapes.unauthorized(P)
+    limit = int(request.query_params.get("limit", "20"))
+    batches = sorted(store_of(emu).batches.values(), key=lambda b: -b.created)[:limit]
+    now = emu.now()
+    return JSONResponse({"object": "list", "data": [b.view(now) for b in batches]})
+
+
+@endpoint(P, "download")
+async def file_content(request: Request, emu: Emulator) -> Response:
+    if not emu.authorized(P, request):
+        return shapes.unauthorized(P)
+    data = store_of(emu).files.get(request.path_params["file_id"])
+    if data is None:
+        return shapes.not_found(P, "No such file.")
+
+    async def chunks() -> Any:
+        for start in range(0, len(data), 1 << 20):
+            yield data[start : start + (1 << 20)]
+
+    return StreamingResponse(chunks(), media_type="application/jsonl")
+
+
+async def _finish(emu: Emulator, batch: Batch) -> None:
+    """Once the batch's time is up, draw and bill every line and write the output file."""
+    if batch.output_file_id is not None or emu.now() < batch.created + batch.latency:
+        return
+    async with batch.lock:
+        if batch.output_file_id is not None:
+            return
+        out: list[bytes] = []
+        for raw in _lines(store_of(emu).files[batch.input_file_id]):
+            out.append(await _answer(emu, batch, raw))
+        file_id = new_id("file-")
+        store_of(emu).files[file_id] = b"".join(out)
+        batch.output_file_id = file_id
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return [ln for ln in data.splitlines() if ln.strip()]
+
+
+async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
+    line = json.loads(raw)
+    custom_id = str(line.get("custom_id"))
+    body = line.get("body") or {}
+    path = "/v1/batches"
+    try:
+        params = _params(body, None)
+    except Invalid as exc:
+        batch.counts["failed"] += 1
+        return _line(custom_id, 400, {"error": {"message": str(exc), "param": exc.param}})
+    if emu.job_failure(P, path) or emu.moderated(params.prompt):
+        batch.counts["failed"] += 1
+        return _line(custom_id, 500, {"error": {"message": "The image generation failed."}})
+    job_id = f"{batch.batch_id}:{custom_id}"
+    specs = [
+        OutputSpec(prompt=params.prompt, width=params.width, height=params.height,
+                   fmt=params.fmt, seed=output_seed(emu.config, job_id, i),
+                   transparent=params.background == "transparent", quality=params.compression)
+        for i in range(params.n)
+    ]  # fmt: skip
+    data = await asyncio.gather(*(emu.renderer.get(s, emu.config.render_mode) for s in specs))
+    encoded = await asyncio.to_thread(_b64, list(data), params.fmt, emu.config.pad_to_bytes)
+    usage = usage_for(params.prompt, params.width, params.height, params.quality, 0, params.n)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    emu.ledger.submission(P, job_id, params.n, digest, key=custom_id, path=path)
+    emu.ledger.charge(P, job_id, round((usage_cost(usage) or 0.0) * BATCH_DISCOUNT, 9))
+    batch.counts["completed"] += 1
+    answer = {"created": int(time.time()), "data": [{"b64_json": b} for b in encoded],
+              "usage": usage, "size": f"{params.width}x{params.height}"}  # fmt: skip
+    return _line(custom_id, 200, answer)
+
+
+def _line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:
+    line = {"id": new_id("batch_req_"), "custom_id": custom_id,
+            "response": {"status_code": status, "body": body}, "error": None}  # fmt: skip
+    return (json.dumps(line) + "\n").encode()
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(prefix + "/files", upload_file, methods=["POST"]),
+        Route(prefix + "/files/{file_id}/content", file_content, methods=["GET"]),
+        Route(prefix + "/batches", create_batch, methods=["POST"]),
+        Route(prefix + "/batches", list_batches, methods=["GET"]),
+        Route(prefix + "/batches/{batch_id}", get_batch, methods=["GET"]),
+    ]
