@@ -465,6 +465,8 @@ def write_results(
         f"- Emulator: Runware API, job latency {LATENCY:g} s, 256x256 PNG, "
         f"concurrency {CONCURRENCY}; a `prefect server` (SQLite) on the same machine.",
         "- Command: `make bench` (`python bench/run.py`).",
+        "- The OpenAI Batch API benchmark (2,000 lines) is in "
+        "[RESULTS-batch-api.md](RESULTS-batch-api.md) (`python bench/batch_api.py`).",
         "",
         "## 1. Overhead against a raw asyncio + httpx script",
         "",

@@ -75,7 +75,7 @@ def usage_cost(usage: Any, prices: TokenPrices = GPT_IMAGE_2_PRICES) -> float | 
         + cached_image * prices.cached_image_input
         + output * prices.image_output
     ) / 1_000_000
-    return round(usd, 6)
+    return round(usd, 9)
 
 
 def _count(value: Any) -> int | None:

@@ -136,8 +136,8 @@ def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
     for img in images:
         if img.cost is not None:
             unit = img.cost_unit or "?"
-            out[unit] = round(out.get(unit, 0.0) + img.cost, 6)
-    return out
+            out[unit] = out.get(unit, 0.0) + img.cost
+    return {unit: round(v, 6) for unit, v in out.items()}  # rounded once, not per image
 
 
 def spent_cost(images: list[ArchivedImage]) -> dict[str, float]:
@@ -147,8 +147,8 @@ def spent_cost(images: list[ArchivedImage]) -> dict[str, float]:
         if img.cost is not None:
             unit = img.cost_unit or "?"
             paid = 0.0 if img.from_archive else img.cost
-            out[unit] = round(out.get(unit, 0.0) + paid, 6)
-    return out
+            out[unit] = out.get(unit, 0.0) + paid
+    return {unit: round(v, 6) for unit, v in out.items()}
 
 
 def _cost_text(costs: dict[str, float]) -> str:

@@ -151,7 +151,7 @@ class OpenAIBatchAPI:
             except (KeyError, TypeError, binascii.Error, ValueError):
                 return LineResult(custom_id=custom_id, error="an image is not base64")
         usd = usage_cost(body.get("usage"), self.provider.token_prices)
-        cost = round(usd * BATCH_DISCOUNT, 6) if usd is not None else None
+        cost = round(usd * BATCH_DISCOUNT, 9) if usd is not None else None
         return LineResult(custom_id=custom_id, images=images, cost=cost)
 
     def _status(self, body: Any) -> BatchStatus:
