@@ -57,3 +57,19 @@ def test_estimates_say_their_basis() -> None:
     assert scenario.price(ImageRequest(prompt="x", n=2)).model_dump() == {
         "amount": 9.0, "unit": "cu", "basis": "block-set price", "note": "",
     }  # fmt: skip
+
+
+def test_batch_files_are_split_at_openais_limits() -> None:
+    from gptimg_flows.providers import openai_batch
+    from gptimg_flows.providers.openai_batch import request_line, split_lines
+
+    oa = OpenAIProvider("sk-test")
+    line = request_line(oa, "k" * 64, ImageRequest(prompt="a kite", size="1024x1024"))
+    body = __import__("json").loads(line)
+    assert body["custom_id"] == "k" * 64 and body["url"] == "/v1/images/generations"
+    assert body["body"] == {"model": "gpt-image-2", "prompt": "a kite", "n": 1, "size": "1024x1024"}
+    many = [(f"id{i}", b"x" * 10) for i in range(openai_batch.MAX_LINES + 5)]
+    assert [len(c) for c in split_lines(many)] == [openai_batch.MAX_LINES, 5]
+    seventy_mb = b"x" * (70 * 1024 * 1024)
+    big = [(f"id{i}", seventy_mb) for i in range(5)]  # 70 MB lines: 2 fit in 200 MB
+    assert [len(c) for c in split_lines(big)] == [2, 2, 1]
