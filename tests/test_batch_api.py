@@ -89,3 +89,24 @@ async def test_a_run_may_end_before_its_batch_and_a_later_run_collects_it(
     assert len(later.images) == 12 and later.failures == []
     ledger = emulator.ledger()
     assert len(ledger["batches"]) == 1 and len(ledger["submissions"]) == 12
+
+
+async def test_failed_lines_are_failures_of_their_rows_and_a_budget_is_one_purchase(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    from gptimg_flows import BudgetExceeded
+
+    with pytest.raises(BudgetExceeded, match=r"half the token-table price"):
+        await run(provider_block("openai"), archive_dir, max_cost=0.00001)
+    assert emulator.ledger()["requests"] == {}, "a refused batch reached OpenAI"
+
+    emulator.configure(latency=0.5)
+    emulator.force("job_fail", provider="openai", count=2)
+    result = await run(provider_block("openai"), archive_dir, max_cost=1.0)
+    assert len(result.images) == 10 and len(result.failures) == 2
+    assert {f.error_type for f in result.failures} == {"JobFailed"}
+    assert all("HTTP 500" in f.error for f in result.failures)
+    assert sorted({i.row for i in result.images} | {f.index for f in result.failures}) == list(
+        range(12)
+    )
+    assert len(emulator.ledger()["submissions"]) == 10, "failed lines are not billed"
