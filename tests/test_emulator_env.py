@@ -36,12 +36,15 @@ async def test_printed_env_makes_blocks_every_provider_accepts(
     port = urlsplit(emulator.url).port
     assert port is not None
     env = printed_env(port)
-    report = await save_blocks_from_env(env, prefix="emu")
+    report = await save_blocks_from_env(env, prefix="emulator")
     saved = sorted(b.name for b in report.saved)
-    assert saved == ["emu-gptimage2ai", "emu-openai", "emu-runware", "emu-scenario",
-                     "emu-skillsvideo"], report.lines()  # fmt: skip
-    for name, size in (("emu-openai", "256x256"), ("emu-scenario", "256x256"),
-                       ("emu-runware", "256x256"), ("emu-skillsvideo", "1:1")):  # fmt: skip
+    providers = ["gptimage2ai", "openai", "runware", "scenario", "skillsvideo"]
+    assert saved == [f"emulator-{p}" for p in providers], report.lines()
+    # no block name equals a key, so the CLI's secret scrubbing never hides a name
+    assert not any(value in name for name in saved for value in env.values()), saved
+    sizes = {"openai": "256x256", "scenario": "256x256", "runware": "256x256", "skillsvideo": "1:1"}
+    for provider, size in sizes.items():
+        name = f"emulator-{provider}"
         images = await generate_images(
             prompt="a kite", provider=name, archive=str(archive_dir), size=size
         )
