@@ -78,6 +78,9 @@ class Capabilities:
     qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
     backgrounds: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
+    #: Formats that output_compression applies to (OpenAI's rule: jpeg/webp); empty = any.
+    #: Providers that set it default to PNG when output_format is unset.
+    compression_formats: tuple[str, ...] = ()
     moderations: tuple[str, ...] = ()
     edit: bool = True
     mask: bool = False
@@ -200,6 +203,17 @@ class Provider(ABC):
         self._check_size(request)
         if isinstance(request, EditRequest):
             self._check_edit(request)
+        compressible = caps.compression_formats
+        if (
+            compressible
+            and request.output_compression is not None
+            and (request.output_format or "png") not in compressible
+        ):
+            raise self._invalid(
+                "output_compression",
+                f"output_compression applies only to output_format {' or '.join(compressible)}; "
+                f"output_format is {request.output_format or 'unset (png)'}",
+            )
 
     def _check_choice(self, name: str, value: str | None, allowed: Sequence[str]) -> None:
         if value is not None and value not in allowed:

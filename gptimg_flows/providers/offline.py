@@ -18,6 +18,7 @@ from .. import render
 from ..costs import Price
 from ..models import EditRequest, ImageRequest, Job, JobState, JobStatus, OutputRef
 from .base import Capabilities, PreparedInputs, Provider
+from .openai import OpenAIProvider
 
 _MODEL = "offline-gpt-image-2"
 
@@ -30,36 +31,11 @@ def _seed_of(request: ImageRequest, key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
-#: OpenAI's gpt-image-2 rules (see openai.py): what passes offline passes on a real key.
-_STRICT = Capabilities(
+#: OpenAI's gpt-image-2 rules, taken from its adapter: what passes offline passes on a real key.
+_STRICT = dataclasses.replace(
+    OpenAIProvider.capabilities,
     model=_MODEL,
-    max_n=10,
-    fields=frozenset(
-        {
-            "size",
-            "resolution",
-            "quality",
-            "background",
-            "output_format",
-            "output_compression",
-            "moderation",
-            "input_fidelity",
-        }
-    ),
-    size_mode="pixels",
-    auto_size=True,
-    multiple_of=16,
-    min_side=16,
-    max_side=3840,
-    max_pixels=8_294_400,
-    ratio_bounds=(1 / 3, 3.0),
-    qualities=("auto", "low", "medium", "high"),
-    backgrounds=("auto", "transparent", "opaque"),
-    formats=("png", "jpeg", "webp"),
-    moderations=("auto", "low"),
-    mask=True,
     input_kinds=frozenset({"bytes", "url"}),
-    synchronous=True,
     cost_unit="usd",
     notes=(
         "draws locally; costs nothing",
@@ -79,21 +55,6 @@ class OfflineProvider(Provider):
     name: ClassVar[str] = "offline"
     display_name: ClassVar[str] = "offline"
     capabilities: ClassVar[Capabilities] = _STRICT
-    lenient: ClassVar[bool] = False
-
-    def validate(self, request: ImageRequest) -> None:
-        """Base checks, then OpenAI's rule the base cannot express."""
-        super().validate(request)
-        if (
-            not self.lenient
-            and request.output_compression is not None
-            and (request.output_format not in ("jpeg", "webp"))
-        ):
-            raise self._invalid(
-                "output_compression",
-                "output_compression applies only to output_format jpeg or webp (as on OpenAI); "
-                f"output_format is {request.output_format or 'unset (png)'}",
-            )
 
     def documented_price(self, request: ImageRequest) -> Price:
         return Price(amount=0.0, unit="usd", basis="free")
@@ -162,7 +123,6 @@ class LenientOfflineProvider(OfflineProvider):
 
     name: ClassVar[str] = "offline-lenient"
     display_name: ClassVar[str] = "offline-lenient"
-    lenient: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = dataclasses.replace(
         _STRICT,
         fields=_STRICT.fields | {"seed"},
@@ -170,5 +130,6 @@ class LenientOfflineProvider(OfflineProvider):
         max_side=4096,
         max_pixels=4096 * 4096,
         ratio_bounds=None,
+        compression_formats=(),
         notes=("draws locally; costs nothing; checks only sides of 16-4096 px",),
     )

@@ -173,6 +173,7 @@ class OpenAIProvider(Provider):
         qualities=("auto", "low", "medium", "high"),
         backgrounds=("auto", "transparent", "opaque"),
         formats=("png", "jpeg", "webp"),
+        compression_formats=("jpeg", "webp"),
         moderations=("auto", "low"),
         edit=True,
         mask=True,
@@ -241,21 +242,6 @@ class OpenAIProvider(Provider):
         )
         note = "" if request.size not in (None, "auto") else "size auto estimated as 1024x1536"
         return Price(amount=usd, unit=COST_UNIT, basis="token table", note=note)
-
-    # -- checks ------------------------------------------------------------------------------
-
-    def validate(self, request: ImageRequest) -> None:
-        """Base checks, then the OpenAI rules the base cannot express."""
-        super().validate(request)
-        if request.output_compression is not None and request.output_format not in (
-            "jpeg",
-            "webp",
-        ):
-            raise self._invalid(
-                "output_compression",
-                "output_compression applies only to output_format jpeg or webp; "
-                f"output_format is {request.output_format or 'unset (png)'}",
-            )
 
     # -- inputs ------------------------------------------------------------------------------
 
