@@ -41,7 +41,7 @@ from .providers.openai_batch import (
     request_line,
     split_lines,
 )
-from .tasks import archive_images, archived_result
+from .tasks import archive_images, archived_result, job_rel
 
 
 @dataclass
@@ -56,10 +56,6 @@ class BatchItem:
 
 def _batch_rel(record: str) -> str:
     return f"_batches/{record}.json"
-
-
-def _job_rel(key: str) -> str:
-    return f"_jobs/{key}.json"
 
 
 def record_id(keys: Sequence[str]) -> str:
@@ -100,7 +96,7 @@ async def submit_openai_batch(
              "started_at": datetime.now(UTC).isoformat()}  # fmt: skip
     for item in items:
         await asyncio.to_thread(
-            archive.write_json, _job_rel(item.key), {"state": "batched", "batch": record}
+            archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
         )
     await asyncio.to_thread(archive.write_json, _batch_rel(record), state)
     with tempfile.TemporaryDirectory(prefix="gptimg-batch-") as tmp:
@@ -202,7 +198,7 @@ async def recorded_batches(archive: Archive, items: list[BatchItem]) -> dict[str
     """Rows whose job record names a batch already on record, grouped by that batch."""
     grouped: dict[str, list[BatchItem]] = {}
     for item in items:
-        job = await asyncio.to_thread(archive.read_json, _job_rel(item.key))
+        job = await asyncio.to_thread(archive.read_json, job_rel(item.key))
         record = (
             job.get("batch") if isinstance(job, dict) and job.get("state") == "batched" else None
         )

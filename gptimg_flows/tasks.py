@@ -150,7 +150,8 @@ def request_key(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def _job_rel(key: str) -> str:
+def job_rel(key: str) -> str:
+    """Where one paid submit's job record lives (also the Batch API's row records)."""
     return f"_jobs/{key}.json"
 
 
@@ -167,7 +168,7 @@ class SubmitUncertain(ProviderError):
 
 async def job_recorded(archive: Archive, key: str) -> bool:
     """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
-    record = await asyncio.to_thread(archive.read_json, _job_rel(key))
+    record = await asyncio.to_thread(archive.read_json, job_rel(key))
     return bool(record and record.get("job"))
 
 
@@ -311,7 +312,7 @@ async def submit_job(
     logger = get_run_logger()
     adapter = provider_of(provider)
     adapter.validate(request)
-    record = await asyncio.to_thread(archive.read_json, _job_rel(key))
+    record = await asyncio.to_thread(archive.read_json, job_rel(key))
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
         logger.info("job %s for this request is already recorded: polling it, not paying again",
@@ -335,7 +336,7 @@ async def submit_job(
             )
     await asyncio.to_thread(
         archive.write_json,
-        _job_rel(key),
+        job_rel(key),
         {"state": "submitting", "key": key, "provider": adapter.name,
          "started_at": datetime.now(UTC).isoformat()},
     )  # fmt: skip
@@ -343,7 +344,7 @@ async def submit_job(
         job = await adapter.submit(request, inputs, key)
     except TransportError as exc:
         if not exc.request_sent:
-            await asyncio.to_thread(archive.delete, _job_rel(key))
+            await asyncio.to_thread(archive.delete, job_rel(key))
         raise
     except MalformedResponse:
         # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
@@ -351,7 +352,7 @@ async def submit_job(
         raise
     except ProviderError:
         # The provider refused the call: nothing was created, nothing billed.
-        await asyncio.to_thread(archive.delete, _job_rel(key))
+        await asyncio.to_thread(archive.delete, job_rel(key))
         raise
     job = await _stage_inline(archive, job)
     await _record_job(archive, job)
@@ -362,7 +363,7 @@ async def submit_job(
 async def _record_job(archive: Archive, job: Job) -> None:
     await asyncio.to_thread(
         archive.write_json,
-        _job_rel(job.key),
+        job_rel(job.key),
         {"state": "submitted", "job": job.model_dump(mode="json")},
     )
 
