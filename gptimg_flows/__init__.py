@@ -3,7 +3,8 @@
 Public API (what users, deployments and docs rely on):
 - blocks: OpenAIImageCredentials, ScenarioCredentials, RunwareCredentials,
   SkillsVideoCredentials, GptImage2AICredentials, ImageArchive
-- flows: generate_images, edit_image, generate_edit_archive, batch_generate
+- flows: generate_images, edit_image, generate_edit_archive, batch_generate, daily_content
+- review: review_images (pause for a person's decision), ReviewInput (the Resume form)
 - costs: estimate_cost, BudgetExceeded (max_cost on every flow)
 - models: ImageRequest, EditRequest, ArchivedImage; errors in gptimg_flows.errors
 """
@@ -27,18 +28,26 @@ from .flows import (
     generate_edit_archive,
     generate_images,
 )
-from .models import ArchivedImage, EditRequest, ImageRequest
+from .models import ArchivedImage, EditRequest, ImageRequest, ReviewRecord
+from .results import BatchResult, PipelineResult, ReviewRound
+from .review import ReviewDecision, ReviewInput, review_images
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArchivedImage",
+    "BatchResult",
     "BudgetExceeded",
     "EditRequest",
     "GptImage2AICredentials",
     "ImageArchive",
     "ImageRequest",
     "OpenAIImageCredentials",
+    "PipelineResult",
+    "ReviewDecision",
+    "ReviewInput",
+    "ReviewRecord",
+    "ReviewRound",
     "RunwareCredentials",
     "ScenarioCredentials",
     "SkillsVideoCredentials",
@@ -48,4 +57,5 @@ __all__ = [
     "estimate_cost",
     "generate_edit_archive",
     "generate_images",
+    "review_images",
 ]

@@ -20,6 +20,8 @@ import os
 import posixpath
 import threading
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,16 @@ S3_PART_BYTES = 5 * 2**20  # S3's smallest multipart part
 #: memory, so this bounds memory whatever the batch's concurrency.
 _UPLOADS = threading.BoundedSemaphore(3)
 DEFAULT_ARCHIVE_DIR = "gptimg-archive"
+#: How long a presigned link in an artifact works: 7 days, the longest S3 SigV4 allows.
+LINK_EXPIRY_SECONDS = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class Link:
+    """An http(s) URL a browser can open; `expires_at` is None for a permanent one."""
+
+    url: str
+    expires_at: datetime | None = None
 
 
 def default_basepath() -> str:
@@ -44,8 +56,17 @@ def default_basepath() -> str:
 class Archive:
     """An fsspec location holding images, sidecars and job records."""
 
-    def __init__(self, basepath: str | None = None, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        basepath: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        public_base_url: str | None = None,
+        link_expiry_seconds: int = LINK_EXPIRY_SECONDS,
+    ):
         self.basepath = (basepath or default_basepath()).rstrip("/")
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.link_expiry_seconds = link_expiry_seconds
         self.storage_options = dict(storage_options or {})
         fs, root = url_to_fs(self.basepath, **self.storage_options)
         self.fs: fsspec.AbstractFileSystem = fs
@@ -142,7 +163,28 @@ class Archive:
     def _is_absolute(self, value: str) -> bool:
         return "://" in value or value.startswith(self.root)
 
-    # -- URLs for providers that only take URLs ---------------------------------------------
+    def rel_of(self, uri: str) -> str:
+        """`uri` (as `uri()` makes it) relative to the base path."""
+        path = uri.split("://", 1)[1] if "://" in uri else uri
+        prefix = self.root + ("/" if not self.local else os.sep)
+        return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else path
+
+    # -- URLs for providers that only take URLs, and for people ----------------------------
+
+    def link(self, uri: str) -> Link | None:
+        """A URL a browser can open for an archived object: under `public_base_url` (permanent),
+        else a presigned one where the store can sign (S3), else None (a local folder)."""
+        rel = self.rel_of(uri)
+        if self.public_base_url:
+            return Link(f"{self.public_base_url}/{rel}")
+        if self.local:
+            return None
+        try:
+            url = self.sign(rel, self.link_expiry_seconds)
+        except NotImplementedError:
+            return None
+        expires = datetime.now(UTC) + timedelta(seconds=self.link_expiry_seconds)
+        return Link(url, expires.replace(microsecond=0))
 
     def sign(self, rel: str, expires_seconds: int = 3600) -> str:
         """A time-limited http(s) URL for an archived object (S3 presigned URL, …)."""

@@ -15,7 +15,7 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from .archive import Archive, default_basepath
+from .archive import LINK_EXPIRY_SECONDS, Archive, default_basepath
 from .costs import TokenPrices
 from .providers.base import Provider
 from .providers.offline import LenientOfflineProvider, OfflineProvider
@@ -293,13 +293,31 @@ class ImageArchive(Block):
         description="JSON object merged into storage_options, kept secret (e.g. S3 keys).",
     )
 
+    public_base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description=(
+            "An http(s) URL serving this archive's basepath (a CDN or public bucket): "
+            "artifacts then link each image permanently instead of by a presigned URL."
+        ),
+    )
+    link_expiry_seconds: int = Field(
+        default=LINK_EXPIRY_SECONDS,
+        ge=60,
+        le=LINK_EXPIRY_SECONDS,
+        description="How long a presigned link in an artifact works (S3 allows 7 days at most).",
+    )
+
     def get_archive(self) -> Archive:
         import json
 
         options = dict(self.storage_options)
         if self.secret_storage_options is not None:
             options.update(json.loads(self.secret_storage_options.get_secret_value()))
-        return Archive(self.basepath, options)
+        return Archive(
+            self.basepath, options, public_base_url=self.public_base_url,
+            link_expiry_seconds=self.link_expiry_seconds,
+        )  # fmt: skip
 
 
 # -- adapter cache ------------------------------------------------------------------------------

@@ -13,15 +13,12 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow
-from prefect.artifacts import (
-    acreate_markdown_artifact,
-    acreate_progress_artifact,
-    aupdate_progress_artifact,
-)
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
-from pydantic import BaseModel, Field
 
 from .archive import Archive
+from .artifacts import publish_images
 from .batch_api import BatchItem, run_through_batch_api
 from .costs import BATCH_DISCOUNT, Budget
 from .errors import BudgetExceeded, InvalidRequest, ProviderError
@@ -42,6 +39,24 @@ from .models import (
 )
 from .providers.base import Provider
 from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
+from .results import (
+    BatchFailure,
+    BatchResult,
+    PipelineResult,
+    ReviewRound,
+    cost_summary,
+    cost_text,
+    spent_cost,
+    total_cost,
+)
+from .review import (
+    DEFAULT_TIMEOUT_SECONDS,
+    OnTimeout,
+    ReviewDecision,
+    ReviewLog,
+    check_review_options,
+    review_images,
+)
 from .rows import (
     PromptsParam,
     Row,
@@ -96,7 +111,7 @@ async def produce(
         digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
         parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
     if refresh:
-        slot = f"{slot}:refresh:{time.time_ns()}"
+        slot = f"{slot}{refresh_stamp()}"
     key = request_key(adapter, request, digests, slot)
     if not refresh and (found := await archived_result(archive, key)):
         logger.info(
@@ -126,75 +141,16 @@ async def produce(
     return archived
 
 
-# -- artifacts ----------------------------------------------------------------------------------
+__all__ = ["BatchFailure", "BatchResult", "PipelineResult", "cost_summary", "review_images"]
 
 
-def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
-    """What the images cost when they were made, per unit (usd, credits, cu…): providers
-    bill in different currencies."""
-    out: dict[str, float] = {}
-    for img in images:
-        if img.cost is not None:
-            unit = img.cost_unit or "?"
-            out[unit] = out.get(unit, 0.0) + img.cost
-    return {unit: round(v, 6) for unit, v in out.items()}  # rounded once, not per image
-
-
-def spent_cost(images: list[ArchivedImage]) -> dict[str, float]:
-    """What this run paid for them, per unit: nothing for images answered from the archive."""
-    out: dict[str, float] = {}
-    for img in images:
-        if img.cost is not None:
-            unit = img.cost_unit or "?"
-            paid = 0.0 if img.from_archive else img.cost
-            out[unit] = out.get(unit, 0.0) + paid
-    return {unit: round(v, 6) for unit, v in out.items()}
-
-
-def _cost_text(costs: dict[str, float]) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
-
-
-def cost_summary(images: list[ArchivedImage]) -> str:
-    """`This run spent: …`, and what the images originally cost where that differs."""
-    spent, made = spent_cost(images), total_cost(images)
-    text = f"This run spent: {_cost_text(spent)}"
-    if spent != made:
-        reused = sum(1 for i in images if i.from_archive)
-        text += (
-            f"; the images originally cost {_cost_text(made)} ({reused} answered from the archive)"
-        )
-    return text
-
-
-async def publish_images(
-    images: list[ArchivedImage],
-    title: str,
-    key: str | None = None,
-    failures: list[BatchFailure] | None = None,
-) -> None:
-    rows = [
-        "| # | image | prompt | provider | size | cost |",
-        "|---|---|---|---|---|---|",
-    ]
-    for i, img in enumerate(images):
-        prompt = img.prompt.replace("|", "\\|").replace("\n", " ")[:120]
-        cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "-"
-        if img.from_archive:
-            cost += " (earlier; 0 this run)"
-        rows.append(
-            f"| {i} | [{img.sha256[:12]}]({img.uri}) | {prompt} | {img.provider} "
-            f"| {img.width}x{img.height} | {cost} |"
-        )
-    body = f"## {title}\n\n{cost_summary(images)}\n\n" + "\n".join(rows)
-    if failures:
-        body += "\n\n### Failures\n\n| # | prompt | job | error |\n|---|---|---|---|\n"
-        body += "\n".join(
-            f"| {f.index} | {f.prompt[:80].replace('|', '/')} | {f.job_id or '-'} | "
-            f"{f.error_type}: {f.error[:200].replace('|', '/')} |"
-            for f in failures
-        )
-    await acreate_markdown_artifact(markdown=body, key=key, description=title)
+def refresh_stamp() -> str:
+    """What makes `refresh=True` pay for new images: new for each flow run, the same when a
+    suspended run starts again from the top or the run is retried (nothing paid twice)."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return f":refresh:{context.flow_run.id}"
+    return f":refresh:{time.time_ns()}"
 
 
 # -- flows --------------------------------------------------------------------------------------
@@ -218,11 +174,19 @@ async def generate_images(
     refresh: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
+    review: bool = False,
+    review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    on_review_timeout: OnTimeout = "reject",
+    max_review_rounds: int = 3,
 ) -> list[ArchivedImage]:
     """Generate `n` images from a prompt and archive them.
 
     `max_cost` (in the provider's cost unit) refuses the run before any provider call when
-    its estimate is over it (BudgetExceeded)."""
+    its estimate is over it (BudgetExceeded).
+
+    `review=True`: once archived, the run pauses (suspends, under a worker) until a person
+    approves candidates in the Resume form, or asks for a new round from a new prompt. Every
+    candidate of every round is returned with its `review`."""
     request = build_request(
         ImageRequest, prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
         background=background, output_format=output_format,
@@ -230,12 +194,25 @@ async def generate_images(
         extras=extras or {},
     )  # fmt: skip
     check_timeout(timeout_seconds)
+    if review:
+        check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(provider_of(spec), max_cost, [request])
     images = await produce(spec, request, store, refresh=refresh,
                            timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
-    await publish_images(images, f"Generated: {request.prompt[:60]}")
+    if review:
+        rounds = Rounds(store, "generate-images-review", review_timeout_seconds,
+                        on_review_timeout, max_review_rounds)  # fmt: skip
+
+        async def again(prompt: str, number: int) -> list[ArchivedImage]:
+            req = request.model_copy(update={"prompt": prompt})
+            provider_of(spec).validate(req)
+            return await produce(spec, req, store, slot=f"round-{number}", refresh=refresh,
+                                 timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+
+        images = await rounds.run(images, request.prompt, again)
+    await publish_images(images, store, f"Generated: {request.prompt[:60]}", "generate-images")
     return images
 
 
@@ -270,17 +247,119 @@ async def edit_image(
     budget = run_budget(provider_of(spec), max_cost, [request])
     images = await produce(spec, request, store, refresh=refresh,
                            timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
-    await publish_images(images, f"Edited: {request.prompt[:60]}")
+    await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
 
 
-class PipelineResult(BaseModel):
-    generated: list[ArchivedImage]
-    edited: list[ArchivedImage]
-    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
-    images_cost: dict[str, float] = Field(
-        default_factory=dict, description="what the images cost when they were made"
+class Rounds:
+    """Review rounds: show the candidates, and make a new round while a person asks for one.
+
+    Each round's candidates are paid under their own slot (`round-2`, …), so a suspended run
+    starting again from the top gets every earlier round back from the archive."""
+
+    def __init__(
+        self, archive: Archive, key: str, timeout_seconds: float, on_timeout: OnTimeout,
+        max_rounds: int,
+    ) -> None:  # fmt: skip
+        self.archive, self.log = archive, ReviewLog(key)
+        self.timeout_seconds, self.on_timeout, self.max_rounds = (
+            timeout_seconds, on_timeout, max_rounds,
+        )  # fmt: skip
+        self.decisions: list[ReviewDecision] = []
+
+    @property
+    def approved(self) -> list[ArchivedImage]:
+        return [i for d in self.decisions for i in d.approved]
+
+    @property
+    def records(self) -> list[ReviewRound]:
+        return [d.round for d in self.decisions]
+
+    async def run(
+        self,
+        candidates: list[ArchivedImage],
+        prompt: str,
+        again: Any,
+        check_prompt: Any = None,
+    ) -> list[ArchivedImage]:
+        """Every round's candidates, each with its review recorded."""
+        shown: list[ArchivedImage] = []
+        for number in range(1, self.max_rounds + 1):
+            decision = await review_images(
+                candidates, self.archive, prompt=prompt, round_no=number,
+                max_rounds=self.max_rounds, timeout_seconds=self.timeout_seconds,
+                on_timeout=self.on_timeout, check_prompt=check_prompt,
+            )  # fmt: skip
+            self.decisions.append(decision)
+            shown += decision.candidates
+            await self.log.add(decision, self.archive)
+            if decision.new_prompt is None:
+                break
+            prompt = decision.new_prompt
+            candidates = await again(prompt, number + 1)
+        return shown
+
+
+async def _generate_then_edit(
+    prompt: str, edit_prompt: str, provider: ProviderParam, mask: str | None,
+    archive: ArchiveParam, size: str | None, quality: Quality | None,
+    output_format: OutputFormat | None, refresh: bool, timeout_seconds: float,
+    max_cost: float | None, n: int, review: bool, review_timeout_seconds: float,
+    on_review_timeout: OnTimeout, max_review_rounds: int, key: str,
+) -> PipelineResult:  # fmt: skip
+    """generate_edit_archive's steps, also run by daily_content in its own flow run (so a
+    deployment's review suspends the deployment's run, not a subflow)."""
+    first = build_request(
+        ImageRequest, prompt=prompt, n=n, size=size, quality=quality, output_format=output_format
     )
+    edit = build_request(
+        EditRequest, images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
+        output_format=output_format,
+    )  # fmt: skip
+    check_timeout(timeout_seconds)
+    if review:
+        check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
+    spec = await resolve_provider(provider)
+    store = await resolve_archive(archive)
+    adapter = provider_of(spec)
+    adapter.validate(first)
+    adapter.validate(edit)  # both checked before the first credit is spent
+    budget = run_budget(adapter, max_cost, [first, edit])
+    if budget is not None and (refresh or not await archived_result(
+        store, request_key(adapter, first, [], "0")
+    )):  # fmt: skip
+        whole = Budget(budget.max_cost, budget.unit)
+        whole.reserve(adapter.price(first))
+        for _ in range(n):  # every candidate may be approved and edited
+            whole.reserve(adapter.price(edit))  # all must fit before the first is paid
+    candidates = await produce(spec, first, store, refresh=refresh,
+                               timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+    generated, to_edit = candidates, candidates
+    reviews: list[ReviewRound] = []
+    if review:
+        rounds = Rounds(store, f"{key}-review", review_timeout_seconds, on_review_timeout,
+                        max_review_rounds)  # fmt: skip
+
+        async def again(new_prompt: str, number: int) -> list[ArchivedImage]:
+            req = first.model_copy(update={"prompt": new_prompt})
+            adapter.validate(req)
+            return await produce(spec, req, store, slot=f"round-{number}", refresh=refresh,
+                                 timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+
+        generated = await rounds.run(candidates, prompt, again)
+        to_edit, reviews = rounds.approved, rounds.records
+    edited: list[ArchivedImage] = []
+    for source in to_edit:
+        request = edit.model_copy(update={"images": [source.uri]})
+        edited += await produce(
+            spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds,
+            extra={"derived_from": source.uri}, budget=budget,
+        )  # fmt: skip
+    both = generated + edited
+    result = PipelineResult(generated=generated, edited=edited, cost=spent_cost(both),
+                            images_cost=total_cost(both), reviews=reviews)  # fmt: skip
+    await publish_images(both, store, f"Pipeline: {prompt[:40]} → {edit_prompt[:40]}", key)
+    return result
 
 
 @flow(name="generate-edit-archive", log_prints=True)
@@ -296,55 +375,24 @@ async def generate_edit_archive(
     refresh: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
+    n: int = 1,
+    review: bool = False,
+    review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    on_review_timeout: OnTimeout = "reject",
+    max_review_rounds: int = 3,
 ) -> PipelineResult:
-    """Generate an image, edit it (with the mask, if given), and archive both with lineage.
+    """Generate `n` candidates, edit each (with the mask, if given), and archive all with
+    lineage.
 
-    With `max_cost`, generate + edit are estimated together and refused before the first
-    provider call if they would pass it."""
-    first = build_request(
-        ImageRequest, prompt=prompt, size=size, quality=quality, output_format=output_format
-    )
-    edit = build_request(
-        EditRequest, images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
-        output_format=output_format,
+    `review=True`: the run pauses once the candidates are archived, and only those a person
+    approves are edited (none approved: nothing more is paid). With `max_cost`, generating and
+    editing every candidate are estimated together and refused before the first provider call
+    if they would pass it."""
+    return await _generate_then_edit(
+        prompt, edit_prompt, provider, mask, archive, size, quality, output_format, refresh,
+        timeout_seconds, max_cost, n, review, review_timeout_seconds, on_review_timeout,
+        max_review_rounds, key="generate-edit-archive",
     )  # fmt: skip
-    check_timeout(timeout_seconds)
-    spec = await resolve_provider(provider)
-    store = await resolve_archive(archive)
-    adapter = provider_of(spec)
-    adapter.validate(first)
-    adapter.validate(edit)  # both checked before the first credit is spent
-    budget = run_budget(adapter, max_cost, [first, edit])
-    if budget is not None and (refresh or not await archived_result(
-        store, request_key(adapter, first, [], "0")
-    )):  # fmt: skip
-        whole = Budget(budget.max_cost, budget.unit)
-        whole.reserve(adapter.price(first))
-        whole.reserve(adapter.price(edit))  # the pair must fit before the first is paid
-    generated = await produce(spec, first, store, refresh=refresh,
-                              timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
-    edit = edit.model_copy(update={"images": [generated[0].uri]})
-    edited = await produce(
-        spec, edit, store, refresh=refresh, timeout_seconds=timeout_seconds,
-        extra={"derived_from": generated[0].uri}, budget=budget,
-    )  # fmt: skip
-    both = generated + edited
-    result = PipelineResult(
-        generated=generated, edited=edited, cost=spent_cost(both), images_cost=total_cost(both)
-    )
-    await publish_images(generated + edited, f"Pipeline: {prompt[:40]} → {edit_prompt[:40]}")
-    return result
-
-
-class BatchFailure(BaseModel):
-    """One row that produced no image; `job_id` names the paid job when there was one."""
-
-    index: int = Field(description="the row's 0-based position in the input")
-    prompt: str
-    error: str
-    error_type: str
-    job_id: str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict, description="the row's metadata columns")
 
 
 class _Progress:
@@ -370,17 +418,6 @@ class _Progress:
     async def finish(self) -> None:
         if self.artifact_id is not None:
             await aupdate_progress_artifact(self.artifact_id, 100.0)
-
-
-class BatchResult(BaseModel):
-    """Images in input order (each with its `row`), then the rows that failed."""
-
-    images: list[ArchivedImage]
-    failures: list[BatchFailure]
-    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
-    images_cost: dict[str, float] = Field(
-        default_factory=dict, description="what the images cost when they were made"
-    )
 
 
 def _failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
@@ -436,6 +473,10 @@ async def batch_generate(
     batch_api: bool = False,
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
+    review: bool = False,
+    review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    on_review_timeout: OnTimeout = "reject",
+    max_review_rounds: int = 3,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -452,9 +493,16 @@ async def batch_generate(
     price: done within 24 h, polled from `batch_poll_seconds` backing off to 5 minutes; a run
     that stops waiting after `batch_wait_seconds` reports its rows as BatchPending and a later
     run collects them (see batch_api.py for how nothing is paid twice).
+
+    `review=True`: once every row is archived, the run pauses with the gallery numbered in row
+    order (images of rows that failed are not shown). A `new_prompt` there is a prompt
+    template for a new round of every row (`{prompt}` is the row's own prompt, other columns
+    as in `prompt_template`).
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
+    if review:
+        check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     rows = read_prompts(prompts)
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
@@ -480,7 +528,8 @@ async def batch_generate(
     progress = _Progress(total=len(rows), done=len(failures))
     await progress.start()
 
-    async def one(i: int, req: ImageRequest, slot: str) -> None:
+    async def one(i: int, req: ImageRequest, slot: str, into: dict[int, list[ArchivedImage]],
+                  failed: list[BatchFailure]) -> None:  # fmt: skip
         extra = row_metadata(rows[i])
         async with gate:
             try:
@@ -488,9 +537,9 @@ async def batch_generate(
                     spec, req, store, slot=slot, refresh=refresh,
                     timeout_seconds=timeout_seconds, row=i, extra=extra, budget=budget,
                 )  # fmt: skip
-                by_row[i] = _on_row(made, i, extra)
+                into[i] = _on_row(made, i, extra)
             except Exception as exc:  # one item's failure is reported, not fatal
-                failures.append(_failure(i, rows[i], req.prompt, exc))
+                failed.append(_failure(i, rows[i], req.prompt, exc))
         await progress.advance()  # an API call: not while holding a slot
 
     # A request's slot is its occurrence number among identical requests, so re-running an
@@ -505,18 +554,42 @@ async def batch_generate(
         await _batch_api_rows(adapter, store, rows, requests, slots, refresh, budget,
                               batch_wait_seconds, batch_poll_seconds, by_row, failures)  # fmt: skip
     else:
-        await asyncio.gather(
-            *(one(i, r, slots[i]) for i, r in enumerate(requests) if r is not None)
-        )
+        await asyncio.gather(*(one(i, r, slots[i], by_row, failures)
+                               for i, r in enumerate(requests) if r is not None))  # fmt: skip
     failures.sort(key=lambda f: f.index)
     await progress.finish()
     images = [img for i in sorted(by_row) for img in by_row[i]]
-    result = BatchResult(
-        images=images, failures=failures, cost=spent_cost(images), images_cost=total_cost(images)
-    )
+    reviews: list[ReviewRound] = []
+    if review:
+
+        async def again(template: str, number: int) -> list[ArchivedImage]:
+            """A new round of every row from the reviewer's template (its own slots)."""
+            made: dict[int, list[ArchivedImage]] = {}
+            todo: list[tuple[int, ImageRequest]] = []
+            for i, row in enumerate(rows):
+                try:
+                    req = row_request(row, defaults, template)
+                    adapter.validate(req)
+                    todo.append((i, req))
+                except (ValueError, ProviderError) as exc:
+                    failures.append(_failure(i, row, row_prompt(row), exc))
+            await asyncio.gather(*(one(i, req, f"{slots[i]}:round-{number}", made, failures)
+                                   for i, req in todo))  # fmt: skip
+            return [img for i in sorted(made) for img in made[i]]
+
+        rounds = Rounds(store, "batch-generate-review", review_timeout_seconds,
+                        on_review_timeout, max_review_rounds)  # fmt: skip
+        shown_prompt = prompt_template or f"each row's own prompt ({len(rows)} rows)"
+        images = await rounds.run(images, shown_prompt, again,
+                                  check_prompt=lambda t: check_columns(rows, t))  # fmt: skip
+        reviews = rounds.records
+        failures.sort(key=lambda f: f.index)
+    result = BatchResult(images=images, failures=failures, cost=spent_cost(images),
+                         images_cost=total_cost(images), reviews=reviews)  # fmt: skip
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
-                _cost_text(result.cost))  # fmt: skip
-    await publish_images(images, f"Batch of {len(rows)} prompt(s)", failures=failures)
+                cost_text(result.cost))  # fmt: skip
+    await publish_images(images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate",
+                         failures=failures)  # fmt: skip
     return result
 
 
@@ -534,7 +607,7 @@ async def _batch_api_rows(
     failures: list[BatchFailure],
 ) -> None:
     """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
-    stamp = f":refresh:{time.time_ns()}" if refresh else ""
+    stamp = refresh_stamp() if refresh else ""
     items = [
         BatchItem(row=i, request=r, key=request_key(adapter, r, [], slots[i] + stamp),
                   extra=row_metadata(rows[i]))
@@ -583,18 +656,24 @@ async def daily_content(
     run_date: date | None = None,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
+    n: int = 1,
+    review: bool = False,
+    review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    on_review_timeout: OnTimeout = "reject",
+    max_review_rounds: int = 3,
 ) -> PipelineResult:
-    """The scheduled pipeline: fill the prompt with the run's date and theme, then generate →
-    edit (with the mask) → archive. The date is the run's scheduled day, so a late or re-run
-    run makes the same image (and pays nothing twice)."""
+    """The scheduled pipeline: fill the prompt with the run's date and theme, then generate
+    `n` candidates → (review) → edit (with the mask) → archive. The date is the run's
+    scheduled day, so a late or re-run run makes the same image (and pays nothing twice).
+    Under a worker, `review=True` suspends the run (the worker is free) until answered."""
     from prefect.runtime import flow_run
 
     day = run_date or flow_run.scheduled_start_time.date()
     chosen = themes or ["spring sale", "new arrivals", "customer stories", "behind the scenes"]
     prompt = fill_template(prompt_template, day, chosen)
     get_run_logger().info("prompt for %s: %s", day.isoformat(), prompt)
-    result: PipelineResult = await generate_edit_archive(
-        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
-        size=size, quality=quality, timeout_seconds=timeout_seconds, max_cost=max_cost,
+    return await _generate_then_edit(
+        prompt, edit_prompt, provider, mask, archive, size, quality, None, False,
+        timeout_seconds, max_cost, n, review, review_timeout_seconds, on_review_timeout,
+        max_review_rounds, key="daily-content",
     )  # fmt: skip
-    return result

@@ -273,6 +273,21 @@ class InputImage(BaseModel):
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
 
 
+ReviewStatus = Literal["approved", "rejected"]
+
+
+class ReviewRecord(BaseModel):
+    """A person's decision on one candidate (or the timeout's, when nobody answered)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: ReviewStatus
+    note: str = ""
+    round: int = Field(1, ge=1, description="the review round the candidate was shown in")
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    timed_out: bool = Field(False, description="nobody answered: on_review_timeout decided")
+
+
 class ArchivedImage(BaseModel):
     """An image written to the archive, with what produced it. This is what flows return."""
 
@@ -302,6 +317,7 @@ class ArchivedImage(BaseModel):
     extra: dict[str, Any] = Field(
         default_factory=dict, description="a batch row's metadata columns (sku, campaign, …)"
     )
+    review: ReviewRecord | None = Field(None, description="the review's decision, when reviewed")
 
 
 def canonical_json(value: Any) -> str:

@@ -66,6 +66,7 @@ from .models import (
 )
 from .providers.base import PreparedInputs, Provider, failure_error
 from .retry import READ_ATTEMPTS, DurationEstimate, backoff_delay, read_with_retries
+from .thumbnails import store_thumbnail
 
 ProviderSpec = ProviderCredentials | str
 #: Fresh URLs asked for one output before its expiry is final.
@@ -613,6 +614,7 @@ async def archive_images(
     for image in images:
         rel = Archive.image_rel(image.sha256, image.mime)
         uri = await asyncio.to_thread(archive.put_file, image.path, rel, image.mime)
+        await _keep_thumbnail(archive, image)
         meta = ArchivedImage(
             uri=uri,
             sidecar_uri=archive.uri(Archive.sidecar_rel(image.sha256)),
@@ -650,6 +652,15 @@ async def archive_images(
     await asyncio.to_thread(archive.delete, f"_staging/{key}")
     logger.info("archived %d image(s) under %s", len(out), archive.basepath)
     return out
+
+
+async def _keep_thumbnail(archive: Archive, image: DownloadedImage) -> None:
+    """The preview the UI shows, made from the local file while we have it; a failure here
+    costs a preview (made again when shown), never the paid image."""
+    try:
+        await asyncio.to_thread(store_thumbnail, archive, image.sha256, image.path)
+    except (OSError, ValueError) as exc:
+        get_run_logger().warning("no preview for %s: %s", image.sha256[:12], exc)
 
 
 def asset_key(uri: str) -> str:

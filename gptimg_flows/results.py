@@ -1,0 +1,99 @@
+"""What the flows return, and what it cost: plain pydantic values, no Prefect.
+
+Providers bill in different currencies (usd, credits, cu…), so costs are kept per unit, summed
+exactly and rounded once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .models import ArchivedImage
+
+
+class ReviewRound(BaseModel):
+    """One round of a review: what was shown, and what was decided."""
+
+    round: int
+    prompt: str
+    candidates: int = Field(description="how many candidates were shown, numbered from 1")
+    approved: list[int] = Field(default_factory=list, description="the numbers kept")
+    new_prompt: str | None = None
+    note: str = ""
+    timed_out: bool = False
+    decided_at: datetime
+
+
+class PipelineResult(BaseModel):
+    """Every candidate generated (each with its review, when reviewed), then the edits."""
+
+    generated: list[ArchivedImage]
+    edited: list[ArchivedImage]
+    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
+    images_cost: dict[str, float] = Field(
+        default_factory=dict, description="what the images cost when they were made"
+    )
+    reviews: list[ReviewRound] = Field(default_factory=list, description="with review=True")
+
+
+class BatchFailure(BaseModel):
+    """One row that produced no image; `job_id` names the paid job when there was one."""
+
+    index: int = Field(description="the row's 0-based position in the input")
+    prompt: str
+    error: str
+    error_type: str
+    job_id: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="the row's metadata columns")
+
+
+class BatchResult(BaseModel):
+    """Images in input order (each with its `row`), then the rows that failed."""
+
+    images: list[ArchivedImage]
+    failures: list[BatchFailure]
+    cost: dict[str, float] = Field(default_factory=dict, description="what this run spent")
+    images_cost: dict[str, float] = Field(
+        default_factory=dict, description="what the images cost when they were made"
+    )
+    reviews: list[ReviewRound] = Field(default_factory=list, description="with review=True")
+
+
+def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
+    """What the images cost when they were made, per unit."""
+    out: dict[str, float] = {}
+    for img in images:
+        if img.cost is not None:
+            unit = img.cost_unit or "?"
+            out[unit] = out.get(unit, 0.0) + img.cost
+    return {unit: round(v, 6) for unit, v in out.items()}  # rounded once, not per image
+
+
+def spent_cost(images: list[ArchivedImage]) -> dict[str, float]:
+    """What this run paid for them, per unit: nothing for images answered from the archive."""
+    out: dict[str, float] = {}
+    for img in images:
+        if img.cost is not None:
+            unit = img.cost_unit or "?"
+            paid = 0.0 if img.from_archive else img.cost
+            out[unit] = out.get(unit, 0.0) + paid
+    return {unit: round(v, 6) for unit, v in out.items()}
+
+
+def cost_text(costs: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
+
+
+def cost_summary(images: list[ArchivedImage]) -> str:
+    """`This run spent: …`, and what the images originally cost where that differs."""
+    spent, made = spent_cost(images), total_cost(images)
+    text = f"This run spent: {cost_text(spent)}"
+    if spent != made:
+        reused = sum(1 for i in images if i.from_archive)
+        text += (
+            f"; the images originally cost {cost_text(made)} ({reused} answered from the archive)"
+        )
+    return text

@@ -1,0 +1,65 @@
+"""Small previews of archived images, embeddable in the Prefect UI as `data:` URIs.
+
+The UI can only show images from http(s) URLs or `data:` URIs, and most archives (a local
+folder, a private bucket) have no URL a browser may open. A ~200 px WebP of a few KB, embedded
+in the artifact's markdown, works for every archive. Each is made once, from the local file as
+the image is archived (or from the archived image the first time an older one is shown), and
+kept beside it under `_thumbs/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from .archive import Archive
+
+#: The longest side of a preview, in pixels: legible in a gallery, a few KB as WebP.
+THUMB_SIDE = 192
+THUMB_QUALITY = 60
+
+
+def thumbnail_bytes(source: bytes | str | Path, side: int = THUMB_SIDE) -> bytes:
+    """A WebP preview whose longest side is at most `side` (aspect ratio kept)."""
+    opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    with opened:
+        opened.draft("RGB", (side, side))  # JPEG decodes at a reduced scale: much less work
+        opened.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        img: Image.Image = opened
+        if img.mode not in ("RGB", "RGBA"):
+            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+        out = io.BytesIO()
+        img.save(out, "WEBP", quality=THUMB_QUALITY, method=2)
+    return out.getvalue()
+
+
+def data_uri(webp: bytes) -> str:
+    return "data:image/webp;base64," + base64.b64encode(webp).decode("ascii")
+
+
+def thumb_rel(sha256: str) -> str:
+    return f"_thumbs/{sha256[:2]}/{sha256}.webp"
+
+
+def store_thumbnail(archive: Archive, sha256: str, source: bytes | str | Path) -> bytes:
+    """Make and keep the preview of one image (written once; blocking: run it in a thread)."""
+    webp = thumbnail_bytes(source)
+    archive.put_bytes(webp, thumb_rel(sha256), overwrite=False)
+    return webp
+
+
+def load_thumbnail(archive: Archive, sha256: str, image_uri: str) -> str | None:
+    """The preview as a `data:` URI, made from the archived image if it has none yet; None
+    when the image itself is gone (blocking: run it in a thread)."""
+    try:
+        return data_uri(archive.read_bytes(thumb_rel(sha256)))
+    except FileNotFoundError:
+        pass
+    try:
+        image = archive.read_bytes(image_uri)
+    except FileNotFoundError:
+        return None
+    return data_uri(store_thumbnail(archive, sha256, image))
