@@ -738,6 +738,35 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
         console.print(failures)
 
 
+@app.command("notify-review")
+def notify_review(
+    url: str | None = typer.Argument(
+        None, help="Where the server POSTs when a run awaits review (Slack/Mattermost webhook…)."
+    ),
+    ui_url: str | None = typer.Option(
+        None, help="The Prefect UI's address for the link (default: the server's PREFECT_UI_URL)."
+    ),
+    name: str = typer.Option("gptimg-review-waiting", help="The automation and block name."),
+    remove: bool = typer.Option(False, "--remove", help="Delete the notification instead."),
+) -> None:
+    """Tell a team when a run pauses for review: a Prefect automation on the server that POSTs
+    JSON (`text` with the run's name and UI link) to URL whenever a flow run pauses or
+    suspends. Run it once per server; it updates itself when run again."""
+    with _errors():
+        _check_prefect_api()
+        from .errors import InvalidRequest
+        from .notify import install_review_notification, remove_review_notification
+
+        if remove:
+            _run(lambda: remove_review_notification(name))
+            typer.echo(f"removed the review notification {name!r}")
+            return
+        if not url or not url.startswith(("http://", "https://")):
+            raise InvalidRequest("url: give the http(s) URL to POST to", field="url")
+        automation = _run(lambda: install_review_notification(url, name=name, ui_url=ui_url))
+        typer.echo(f"runs awaiting review now POST to the URL (automation {name!r}, {automation})")
+
+
 @app.command()
 def spend(
     archive: str | None = typer.Argument(

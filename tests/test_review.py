@@ -65,7 +65,12 @@ async def form_of(run: dict[str, Any]) -> str:
     """The markdown the Resume form shows above its fields."""
     key = f"paused-{run['state']['state_details']['pause_key']}-description"
     async with get_client() as client:
-        return str(json.loads(await client.read_flow_run_input(run["id"], key)))
+        for _ in range(40):  # saved just after the state changes
+            try:
+                return str(json.loads(await client.read_flow_run_input(run["id"], key)))
+            except Exception:
+                await asyncio.sleep(0.25)
+    raise AssertionError(f"no form description under {key}")
 
 
 async def reviewed(flow_call: Awaitable[T], *answers: dict[str, Any] | None) -> tuple[T, list[str]]:
