@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -279,8 +280,8 @@ class Rounds:
         self,
         candidates: list[ArchivedImage],
         prompt: str,
-        again: Any,
-        check_prompt: Any = None,
+        again: Callable[[str, int], Awaitable[list[ArchivedImage]]],
+        check_prompt: Callable[[str], object] | None = None,
     ) -> list[ArchivedImage]:
         """Every round's candidates, each with its review recorded."""
         shown: list[ArchivedImage] = []
