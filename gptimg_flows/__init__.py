@@ -3,7 +3,8 @@
 Public API (what users, deployments and docs rely on):
 - blocks: OpenAIImageCredentials, ScenarioCredentials, RunwareCredentials,
   SkillsVideoCredentials, GptImage2AICredentials, ImageArchive
-- flows: generate_images, edit_image, generate_edit_archive, batch_generate, daily_content
+- flows: generate_images, edit_image, generate_edit_archive, batch_generate, daily_content,
+  distributed_batch (a big batch fanned out as chunk runs of a deployment)
 - review: review_images (pause for a person's decision), ReviewInput (the Resume form)
 - costs: estimate_cost, BudgetExceeded (max_cost on every flow)
 - models: ImageRequest, EditRequest, ArchivedImage; errors in gptimg_flows.errors
@@ -19,6 +20,7 @@ from .blocks import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
+from .distributed import distributed_batch
 from .errors import BudgetExceeded
 from .estimates import estimate_cost
 from .flows import (
@@ -53,6 +55,7 @@ __all__ = [
     "SkillsVideoCredentials",
     "batch_generate",
     "daily_content",
+    "distributed_batch",
     "edit_image",
     "estimate_cost",
     "generate_edit_archive",

@@ -421,14 +421,14 @@ class _Progress:
             await aupdate_progress_artifact(self.artifact_id, 100.0)
 
 
-def _failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
+def row_failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
     return BatchFailure(
         index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
         job_id=getattr(exc, "job_id", None), extra=row_metadata(row),
     )  # fmt: skip
 
 
-def _on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
+def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
     """This run's row and metadata on each image (an image answered from the archive carries
     those of the run that paid for it in its sidecar)."""
     return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]
@@ -519,7 +519,7 @@ async def batch_generate(
             requests.append(req)
         except (ValueError, ProviderError) as exc:
             requests.append(None)
-            failures.append(_failure(i, row, row_prompt(row), exc))
+            failures.append(row_failure(i, row, row_prompt(row), exc))
     metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
     if metadata:
         logger.info("columns kept as each image's metadata (not sent): %s", ", ".join(metadata))
@@ -538,9 +538,9 @@ async def batch_generate(
                     spec, req, store, slot=slot, refresh=refresh,
                     timeout_seconds=timeout_seconds, row=i, extra=extra, budget=budget,
                 )  # fmt: skip
-                into[i] = _on_row(made, i, extra)
+                into[i] = on_row(made, i, extra)
             except Exception as exc:  # one item's failure is reported, not fatal
-                failed.append(_failure(i, rows[i], req.prompt, exc))
+                failed.append(row_failure(i, rows[i], req.prompt, exc))
         await progress.advance()  # an API call: not while holding a slot
 
     # A request's slot is its occurrence number among identical requests, so re-running an
@@ -573,7 +573,7 @@ async def batch_generate(
                     adapter.validate(req)
                     todo.append((i, req))
                 except (ValueError, ProviderError) as exc:
-                    failures.append(_failure(i, row, row_prompt(row), exc))
+                    failures.append(row_failure(i, row, row_prompt(row), exc))
             await asyncio.gather(*(one(i, req, f"{slots[i]}:round-{number}", made, failures)
                                    for i, req in todo))  # fmt: skip
             return [img for i in sorted(made) for img in made[i]]

@@ -405,6 +405,8 @@ async def wait_for_job(
     return status
 
 
+#: A job whose polling starts later than this after its submit is a resumed one.
+FRESH_JOB_SECONDS = 5.0
 #: Learned job durations per provider, shared by every poll loop in this process.
 _DURATIONS: dict[str, DurationEstimate] = {}
 
@@ -416,6 +418,9 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     def elapsed() -> float:
         return (datetime.now(UTC) - job.submitted_at).total_seconds()
 
+    # A resumed job submitted long ago (a crash, a re-run) found done at its first poll says
+    # nothing about how long jobs take: learning its age would delay every later first poll.
+    fresh = elapsed() < FRESH_JOB_SECONDS
     first = min(estimate.first_wait(elapsed()), timeout_seconds)
     # Nothing learned yet: the first wait was the default rhythm's first step.
     attempt, running_at = (0 if estimate.seconds is not None else 1), None
@@ -430,7 +435,7 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
             lambda: adapter.poll(job), budget=deadline - time.monotonic(), on_retry=on_retry
         )
         if status.state.terminal:
-            if status.state is JobState.SUCCEEDED:
+            if status.state is JobState.SUCCEEDED and (fresh or running_at is not None):
                 estimate.observe(asked_at, running_at)
             return status
         running_at = asked_at

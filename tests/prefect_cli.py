@@ -21,8 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def running_server(home: Path, port: int) -> Iterator[dict[str, str]]:
-    """Start `prefect server start` (SQLite under `home`); yield the env for CLI subprocesses."""
+def running_server(
+    home: Path, port: int, *, extra_env: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
+    """Start `prefect server start` (SQLite under `home`); yield the env for CLI subprocesses.
+
+    `extra_env` is added to the server's and the yielded env (e.g. a PostgreSQL database URL).
+    """
     api = f"http://127.0.0.1:{port}/api"
     # Workers get a temporary directory of their own, apart from the tests' archives (which
     # live under pytest's tmp_path): a deployment's run refuses an archive under the
@@ -32,6 +37,7 @@ def running_server(home: Path, port: int) -> Iterator[dict[str, str]]:
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "TMPDIR": str(temp),
            "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_CLI_PROMPT": "false", "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
+    env.update(extra_env or {})
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",

@@ -117,7 +117,8 @@ async def test_chaos_batch_archives_every_image_whose_job_did_not_fail_and_pays_
 
     # The run's artifact names each failed job.
     run_id = await _flow_run_id_of_last_batch()
-    table = next(a for a in await artifacts(run_id) if a["type"] == "markdown")
+    # Page 1 of the gallery (key `batch-generate`) holds the failures table.
+    table = next(a for a in await artifacts(run_id) if a["key"] == "batch-generate")
     assert f"Batch of {N}" in table["data"]
     for job_id in failed_jobs | lost_jobs:
         assert job_id in table["data"], job_id

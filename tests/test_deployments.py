@@ -160,7 +160,7 @@ def test_serve_script_builds_the_same_deployments() -> None:
     finally:
         sys.path.pop(0)
     built = {d.name: d for d in serve.build()}
-    assert set(built) == {"daily-content", "batch-from-file"}
+    assert set(built) == {"daily-content", "batch-from-file", "distributed-batch"}
     daily = built["daily-content"].schedules[0].schedule
     assert daily.cron == "0 6 * * *" and daily.timezone == "Europe/Paris"
     assert built["daily-content"].parameters["archive"] == "content-archive"

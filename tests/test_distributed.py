@@ -1,0 +1,389 @@
+"""distributed_batch on a PostgreSQL-backed `prefect server` with three process workers.
+
+What a team runs beyond one machine: PostgreSQL under the Prefect server, a process work pool,
+several workers, and a batch split into chunk runs of the batch deployment. The tests check
+the promises that matter when money is involved: every prompt paid once, rows back in input
+order, a re-run paying nothing, and a worker lost with its machine (`kill -9` of the worker
+and its flow-run processes) costing no duplicate submission.
+
+One PostgreSQL, one server and one set of workers serve the whole module (each costs tens of
+seconds on a 2-core machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from gptimg_flows.blocks import RunwareCredentials
+from gptimg_flows.distributed import REPORT_KEY, _plan_chunks, distributed_batch
+from gptimg_flows.errors import BudgetExceeded, InvalidRequest
+from gptimg_flows.testing.config import EMULATOR_KEYS
+
+from .postgres import postgres_server
+from .prefect_cli import api, deploy_all, running_server
+
+pytestmark = pytest.mark.slow
+
+WORKERS = ("w1", "w2", "w3")
+PRICE = 0.04  # the emulator's Runware price per image, set on the block so budgets are exact
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+BATCH_DEPLOYMENT = "batch-generate/batch-from-file"
+#: Small, quick images: the tests measure orchestration, not rendering.
+IMAGE = {"size": "256x256", "output_format": "png"}
+#: A running chunk run with no heartbeat for this long is lost (Prefect beats every 30 s).
+LOST_AFTER = 45
+JOB_SECONDS = 20.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Cluster:
+    env: dict[str, str]
+    home: Path
+    workers: dict[str, subprocess.Popen[bytes]]
+
+    def log(self, name: str) -> str:
+        return (self.home / f"{name}.log").read_text(errors="replace")[-4000:]
+
+
+def _start_worker(env: dict[str, str], name: str, home: Path) -> subprocess.Popen[bytes]:
+    log = (home / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
+         "--name", name, "--limit", "3"],
+        env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """PostgreSQL 15, `prefect server start` on it, the deployments, three process workers."""
+    started = time.monotonic()
+    with postgres_server(_free_port()) as url:
+        home = tmp_path_factory.mktemp("prefect-pg-home")
+        extra = {
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": url,
+            # Heartbeats reach the events API, and task-run states (why a row failed) the
+            # task-run API, within a second instead of five.
+            "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "50",
+            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "50",
+        }
+        with running_server(home, _free_port(), extra_env=extra) as env:
+            deploy_all(env)
+            workers = {name: _start_worker(env, name, home) for name in WORKERS}
+            print(f"cluster ready in {time.monotonic() - started:.1f} s")
+            try:
+                yield Cluster(env, home, workers)
+            finally:
+                # Logs and events of the runs made in this process go out while the server
+                # is up (else the process spends its exit retrying a dead server).
+                APILogWorker.drain_all(timeout=30, at_exit=False)
+                EventsWorker.drain_all(timeout=30, at_exit=False)
+                for worker in workers.values():
+                    if worker.poll() is None:
+                        worker.terminate()
+                for worker in workers.values():
+                    try:
+                        worker.wait(30)
+                    except subprocess.TimeoutExpired:
+                        worker.kill()
+
+
+async def _provider(cluster: Cluster, emulator: Any) -> str:
+    name = f"dist-{uuid.uuid4().hex[:6]}"
+    block = RunwareCredentials(
+        api_key=str(EMULATOR_KEYS["runware"]),
+        base_url=emulator.base_url("runware"),
+        price_per_image=PRICE,
+    )
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        await block.asave(name)
+    return f"{RunwareCredentials.get_block_type_slug()}/{name}"
+
+
+def _runs(cluster: Cluster, archive: Path) -> list[dict[str, Any]]:
+    """The chunk runs (runs of the batch deployment) writing into `archive`."""
+    deployment = api(cluster.env, "GET", f"/deployments/name/{BATCH_DEPLOYMENT}")
+    body = {"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 200}
+    runs: list[dict[str, Any]] = api(cluster.env, "POST", "/flow_runs/filter", body)
+    return [r for r in runs if r["parameters"].get("archive") == str(archive)]
+
+
+def _assert_paid_once(ledger: dict[str, Any], count: int, repeated: int = 0) -> None:
+    """`count` submissions, no task submitted twice, and no request body twice except the
+    `repeated` prompts the input itself repeats (Runware's body, taskUUID aside)."""
+    submissions = ledger["submissions"]
+    uuids = Counter(s["task_uuid"] for s in submissions)
+    bodies = Counter(s["body_sha256"] for s in submissions)
+    assert len(submissions) == count, (len(submissions), count)
+    assert max(uuids.values()) == 1, [u for u, n in uuids.items() if n > 1]
+    assert sum(n - 1 for n in bodies.values()) == repeated, "a prompt was submitted twice"
+
+
+def test_identical_requests_share_a_chunk_so_each_keeps_its_slot() -> None:
+    """A chunk run numbers identical requests itself (slot 0, 1, …): all of them must be in
+    one chunk, in input order, for their keys to be those of one batch over the whole input."""
+    groups = {0: "a", 1: "b", 2: "c", 3: "a", 4: "d", 5: "e", 6: "b"}
+    assert _plan_chunks(list(groups), groups, 2) == [[0, 1, 3, 6], [2, 4], [5]]
+
+
+async def test_refused_before_any_chunk_run(
+    cluster: Cluster, emulator: Any, tmp_path: Path
+) -> None:
+    provider = await _provider(cluster, emulator)
+    archive = tmp_path / "archive"
+    base: dict[str, Any] = dict(
+        prompts=[f"refused {i}" for i in range(10)], provider=provider, archive=str(archive),
+        chunk_size=4, **IMAGE,
+    )  # fmt: skip
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        with pytest.raises(BudgetExceeded, match=r"estimated at 0\.4 usd"):
+            await distributed_batch(**base, max_cost=0.39)
+        with pytest.raises(InvalidRequest, match="no deployment 'batch-generate/nope'"):
+            await distributed_batch(**base, deployment="batch-generate/nope")
+        with pytest.raises(InvalidRequest, match="runs the flow 'daily-content'"):
+            await distributed_batch(**base, deployment="daily-content/daily-content")
+        unsaved = {**base, "provider": RunwareCredentials(api_key="k", price_per_image=PRICE)}
+        with pytest.raises(InvalidRequest, match="not an unsaved block"):
+            await distributed_batch(**unsaved)
+    assert _runs(cluster, archive) == [] and emulator.ledger()["submissions"] == []
+
+
+async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
+    cluster: Cluster, emulator: Any, tmp_path: Path
+) -> None:
+    emulator.configure(latency=0.5, render_mode="stamp")
+    provider = await _provider(cluster, emulator)
+    archive = tmp_path / "archive"
+    # 300 prompts (the last a repeat of the first: a second image, so it shares chunk 0 to
+    # keep its own request key), one the provider's moderation refuses (a failure of its row
+    # in chunk 5, not paid) and one no provider would take (refused before any chunk run).
+    prompts: list[Any] = [f"distributed prompt {i}" for i in range(299)] + ["distributed prompt 0"]
+    prompts.append({"prompt": "a FORBIDDEN poster", "sku": "moderated"})
+    prompts.append({"prompt": "a size Runware refuses", "size": "100x100", "sku": "bad"})
+    params: dict[str, Any] = dict(
+        prompts=prompts, provider=provider, archive=str(archive), chunk_size=50,
+        concurrency=10, max_cost=301 * PRICE, **IMAGE,
+    )  # fmt: skip
+    failed = [
+        (300, "ContentRejected", {"sku": "moderated"}),
+        (301, "InvalidRequest", {"sku": "bad"}),
+    ]
+
+    # The parent runs as a run of the `distributed-batch` deployment, on a worker.
+    started = time.monotonic()
+    parent = _start_parent(cluster, params)
+    done = await _wait(cluster, parent["id"], timeout=240)
+    first = time.monotonic() - started
+    assert done["state_type"] == "COMPLETED", (done["state"], _logs(cluster))
+    ledger = emulator.ledger()
+    _assert_paid_once(ledger, 300, repeated=1)
+    runs = _runs(cluster, archive)
+    assert len(runs) == 6 and {r["state_type"] for r in runs} == {"COMPLETED"}, runs
+    # Chunk runs are subflows of the parent (the UI nests them; cancelling it cancels them).
+    for run in runs:
+        link = api(cluster.env, "GET", f"/task_runs/{run['parent_task_run_id']}")
+        assert link["flow_run_id"] == parent["id"], run["name"]
+    # The budget was split exactly: each chunk run got its own rows' estimate (chunk 0 has 51
+    # rows with the repeat, the others 50), so no chunk ran out although it was all spent.
+    caps = sorted(r["parameters"]["max_cost"] for r in runs)
+    assert caps == pytest.approx([50 * PRICE] * 5 + [51 * PRICE]), caps
+    report = _report(cluster, parent["id"])
+    assert "300 image(s), 2 failed row(s). This run spent: 12 usd" in report, report
+    assert "| 300 | a FORBIDDEN poster | - | ContentRejected:" in report, report
+
+    # A re-run (here in this process) pays nothing and returns the same rows in input order.
+    # Finished chunks are not run again; chunk 5, left with a failed row, is (its next
+    # attempt answers its other rows from the archive, and the provider refuses again).
+    started = time.monotonic()
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        again = await distributed_batch(**params)
+    rerun = time.monotonic() - started
+    assert emulator.ledger()["submissions"] == ledger["submissions"]
+    new_runs = {r["name"].split("-", 1)[1] for r in _runs(cluster, archive)} - {
+        r["name"].split("-", 1)[1] for r in runs
+    }
+    assert new_runs == {"chunk-5-try-1"}, new_runs
+    assert [img.row for img in again.images] == list(range(300))
+    assert [img.prompt for img in again.images] == prompts[:300]
+    paid = {s["job_id"] for s in ledger["submissions"]}
+    assert {img.job_id for img in again.images} == paid  # the repeat is an image of its own
+    assert all(img.from_archive for img in again.images)
+    assert again.cost == {"usd": 0.0} and again.images_cost == {"usd": pytest.approx(12.0)}
+    assert [(f.index, f.error_type, f.extra) for f in again.failures] == failed
+    print(f"300 prompts over 3 workers (parent on a worker): {first:.1f} s; re-run {rerun:.1f} s")
+
+
+def _start_parent(cluster: Cluster, params: dict[str, Any]) -> dict[str, Any]:
+    deployment = api(cluster.env, "GET", "/deployments/name/distributed-batch/distributed-batch")
+    path = f"/deployments/{deployment['id']}/create_flow_run"
+    run: dict[str, Any] = api(cluster.env, "POST", path, {"parameters": params})
+    return run
+
+
+def _report(cluster: Cluster, flow_run_id: str) -> str:
+    found = api(cluster.env, "POST", "/artifacts/filter",
+                {"artifacts": {"key": {"any_": [REPORT_KEY]}},
+                 "flow_runs": {"id": {"any_": [flow_run_id]}}})  # fmt: skip
+    assert found, f"no {REPORT_KEY} artifact for {flow_run_id}"
+    return str(found[0]["data"])
+
+
+def _logs(cluster: Cluster) -> dict[str, str]:
+    return {name: cluster.log(name) for name in WORKERS}
+
+
+# -- a worker lost with its machine ---------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def _descendants(pid: int) -> list[int]:
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _flow_run_of(pid: int) -> str | None:
+    """The flow run a process runs (the worker hands it PREFECT__FLOW_RUN_ID)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in environ:
+        if item.startswith(b"PREFECT__FLOW_RUN_ID="):
+            return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def _runs_by_worker(cluster: Cluster) -> dict[str, set[str]]:
+    return {
+        name: {r for pid in _descendants(proc.pid) if (r := _flow_run_of(pid))}
+        for name, proc in cluster.workers.items()
+        if proc.poll() is None
+    }
+
+
+async def _wait(cluster: Cluster, run_id: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run: dict[str, Any] = api(cluster.env, "GET", f"/flow_runs/{run_id}")
+        if run["state_type"] in FINAL or time.monotonic() > deadline:
+            return run
+        await asyncio.sleep(1)
+
+
+async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_paid_twice(
+    cluster: Cluster, emulator: Any, tmp_path: Path
+) -> None:
+    # Long jobs, all of a chunk's rows in flight at once: the kill lands while every job of
+    # the lost chunks is submitted (paid) and not yet done, the case that must not pay twice.
+    # (Rows a restarted chunk submitted anew would wait as long as the resumed jobs' age
+    # before their first poll: tasks.py's poll timing learns that age as a job duration.)
+    emulator.configure(latency=JOB_SECONDS, render_mode="stamp")
+    provider = await _provider(cluster, emulator)
+    archive = tmp_path / "archive"
+    prompts = [f"crash-test prompt {i}" for i in range(300)]
+    params: dict[str, Any] = dict(
+        prompts=prompts, provider=provider, archive=str(archive), chunk_size=50, concurrency=50,
+        max_cost=300 * PRICE, lost_after_seconds=LOST_AFTER, **IMAGE,
+    )  # fmt: skip
+    started = time.monotonic()
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        first = asyncio.create_task(distributed_batch(**params))
+        # The parent dies once its chunk runs exist; its re-run adopts them (same keys).
+        while len(_runs(cluster, archive)) < 6 and not first.done():
+            await asyncio.sleep(0.5)
+        first.cancel()
+        await asyncio.wait([first])
+        parent = asyncio.create_task(distributed_batch(**params))
+
+    # Once every job is submitted (paid) and in flight, lose a worker whose chunk runs are
+    # all running: it and its flow-run processes die at once, as with a machine. (Every
+    # chunk run has started by then: a run a dead worker left Pending would never start.)
+    victim = None
+    while victim is None and not parent.done() and time.monotonic() - started < 180:
+        await asyncio.sleep(0.5)
+        if len(emulator.ledger()["submissions"]) < len(prompts):
+            continue
+        runs = _runs(cluster, archive)
+        running = {r["id"] for r in runs if r["state_type"] == "RUNNING"}
+        for name, ids in _runs_by_worker(cluster).items():
+            if ids and ids <= running:
+                victim = name
+                break
+    assert victim is not None, ("no worker was running chunks", _runs(cluster, archive))
+    proc = cluster.workers[victim]
+    family = _descendants(proc.pid)
+    doomed = {r for pid in family if (r := _flow_run_of(pid))}  # every run it had, at once
+    os.kill(proc.pid, signal.SIGKILL)
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
+    killed_at = time.monotonic() - started
+
+    try:
+        result = await asyncio.wait_for(parent, timeout=240)
+    except TimeoutError:
+        states = [
+            (r["name"], r["state_type"], r["state"]["message"]) for r in _runs(cluster, archive)
+        ]
+        raise AssertionError((states, _logs(cluster))) from None
+    total = time.monotonic() - started
+    assert [img.row for img in result.images] == list(range(300)), result.failures[:5]
+    assert [img.prompt for img in result.images] == prompts and not result.failures
+    # This run paid for every image, the lost chunk runs' ones included, each once.
+    assert result.cost == result.images_cost == {"usd": pytest.approx(300 * PRICE)}
+    _assert_paid_once(emulator.ledger(), 300)  # 0 duplicate submissions
+    runs = {r["id"]: r for r in _runs(cluster, archive)}
+    for run_id in doomed:
+        state = runs[run_id]["state"]
+        assert runs[run_id]["state_type"] == "CRASHED" and "no heartbeat" in state["message"]
+    # No chunk run was started twice: the re-run adopted the six, and only the lost ones
+    # were started again.
+    assert len(runs) == 6 + len(doomed), sorted(r["name"] for r in runs.values())
+    states = Counter(r["state_type"] for r in runs.values())
+    assert states == {"COMPLETED": 6, "CRASHED": len(doomed)}, states
+    print(f"kill -9 of {victim} at {killed_at:.1f} s ({len(doomed)} chunk run(s) lost); "
+          f"batch done at {total:.1f} s")  # fmt: skip
