@@ -109,10 +109,22 @@ class DurationEstimate:
     with about one poll; a job running well past the estimate falls back to backing off.
     """
 
+    #: Jobs that poll on the default rhythm while nothing is learned; the others wait for
+    #: one of them to finish (up to SCOUT_WAIT s), so a first round of 1,000 jobs costs about
+    #: one poll each instead of one per step of the rhythm.
+    SCOUTS = 4
+    SCOUT_WAIT = 30.0
+    SCOUT_WAIT_MAX = 300.0
+
     def __init__(self) -> None:
         self.seconds: float | None = None
         self._probed_at: float | None = None
         self._first: set[asyncio.Future[None]] = set()
+        self.scouting = 0
+
+    def wants_scout(self) -> bool:
+        """Nothing learned and fewer than SCOUTS jobs finding out: this job should look."""
+        return self.seconds is None and self.scouting < self.SCOUTS
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep, but wake early (returning True) when the first duration is learned.

@@ -421,7 +421,36 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     # A resumed job submitted long ago (a crash, a re-run) found done at its first poll says
     # nothing about how long jobs take: learning its age would delay every later first poll.
     fresh = elapsed() < FRESH_JOB_SECONDS
-    first = min(estimate.first_wait(elapsed()), timeout_seconds)
+    scout = estimate.wants_scout()
+    if scout:
+        estimate.scouting += 1
+    try:
+        # Enough peers are finding out how long jobs take: wait for the first to finish (a
+        # scout whose job failed taught nothing: its place is taken). Bounded, whatever happens.
+        waited_until = time.monotonic() + estimate.SCOUT_WAIT_MAX
+        while estimate.seconds is None and not scout:
+            now = time.monotonic()
+            if now >= min(deadline, waited_until):
+                break
+            if estimate.wants_scout():
+                scout = True
+                estimate.scouting += 1
+                break
+            await estimate.sleep(min(estimate.SCOUT_WAIT, deadline - now, waited_until - now))
+        return await _poll_loop(adapter, job, estimate, deadline, timeout_seconds, fresh)
+    finally:
+        if scout:
+            estimate.scouting -= 1
+
+
+async def _poll_loop(
+    adapter: Provider, job: Job, estimate: DurationEstimate, deadline: float,
+    timeout_seconds: float, fresh: bool,
+) -> JobStatus:  # fmt: skip
+    def elapsed() -> float:
+        return (datetime.now(UTC) - job.submitted_at).total_seconds()
+
+    first = min(estimate.first_wait(elapsed()), max(0.0, deadline - time.monotonic()))
     # Nothing learned yet: the first wait was the default rhythm's first step.
     attempt, running_at = (0 if estimate.seconds is not None else 1), None
     if first > 0 and await estimate.sleep(first):

@@ -238,3 +238,43 @@ async def test_jobs_polling_before_any_duration_is_known_wake_when_a_peer_teache
     woken = await asyncio.gather(est.sleep(5.0), est.sleep(5.0), teach())
     assert woken[:2] == [True, True] and time.monotonic() - started < 1.0
     assert await est.sleep(0.01) is False  # known now: a plain sleep
+
+
+class _Timed(Provider):
+    """Every job is done `seconds` after its submit; counts polls."""
+
+    name = "timed"
+    display_name = "timed"
+    capabilities = OfflineProvider.capabilities
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.polls = seconds, 0
+
+    async def submit(self, request: Any, inputs: Any, key: str) -> Job:
+        raise NotImplementedError
+
+    async def poll(self, job: Job) -> JobStatus:
+        from datetime import UTC, datetime
+
+        self.polls += 1
+        age = (datetime.now(UTC) - job.submitted_at).total_seconds()
+        state = JobState.SUCCEEDED if age >= self.seconds else JobState.RUNNING
+        return JobStatus(job_id=job.job_id, state=state)
+
+
+async def test_a_first_round_of_many_jobs_sends_scouts_and_the_rest_wait_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+
+    monkeypatch.setattr(tasks, "_DURATIONS", {"timed": DurationEstimate()})
+    provider, n = _Timed(1.2), 60
+    jobs = [Job(provider="timed", model="m", job_id=f"j{i}", key=f"k{i}") for i in range(n)]
+    started = asyncio.get_running_loop().time()
+    done = await asyncio.gather(*(tasks._poll_until_done(provider, j, 60) for j in jobs))
+    took = asyncio.get_running_loop().time() - started
+    assert all(s.state is JobState.SUCCEEDED for s in done)
+    # Without scouts every job walks the default rhythm (0.5, 1.25, 2.4 s: 3 polls each).
+    assert provider.polls <= n + 16, provider.polls  # 4 scouts, a few polls each
+    assert took < 3.0, f"the waiting jobs were noticed late: {took:.1f} s"
+    assert tasks._DURATIONS["timed"].scouting == 0
