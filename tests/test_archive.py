@@ -35,6 +35,8 @@ def _write_while_watched(archive: Archive, source: Path, rel: str) -> list[int]:
     watcher = threading.Thread(target=_watch, args=(archive, rel, stop, seen, polls))
     watcher.start()
     try:
+        while polls[0] < 1:  # the reader is looking before the write starts
+            time.sleep(0.001)
         archive.put_file(str(source), rel, mime="image/png")
         during = polls[0]
         deadline = time.monotonic() + 10
@@ -55,8 +57,25 @@ def big_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_a_local_reader_sees_the_whole_image_or_nothing(big_file: Path, tmp_path: Path) -> None:
+def _slow_local_put(fs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Write in 1 MiB pieces with a pause between them, like a slow disk: on a busy machine
+    a 15 MB write to the page cache can end before the reader thread is scheduled again."""
+
+    def put_file(lpath: str, rpath: str, **kwargs: Any) -> None:
+        with open(lpath, "rb") as src, open(rpath, "wb") as dst:
+            while chunk := src.read(2**20):
+                dst.write(chunk)
+                dst.flush()
+                time.sleep(0.005)
+
+    monkeypatch.setattr(fs, "put_file", put_file)  # fsspec's local fs is shared: undone after
+
+
+def test_a_local_reader_sees_the_whole_image_or_nothing(
+    big_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = Archive(str(tmp_path / "archive"))
+    _slow_local_put(archive.fs, monkeypatch)
     for i in range(5):
         seen = _write_while_watched(archive, big_file, f"images/ab/{i}.png")
         assert set(seen) <= {SIZE}, f"a reader saw a partial image: {sorted(set(seen))[:5]}…"
