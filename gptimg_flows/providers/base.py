@@ -608,5 +608,12 @@ def bearer_api(
     )
 
 
+#: How long a request may wait for one of the client's connections (nothing sent yet).
+POOL_WAIT_SECONDS = 300.0
+
+
 def default_timeout(read: float) -> httpx.Timeout:
-    return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=30.0)
+    """Waiting for a free connection sends nothing and costs nothing, so it may be long: with
+    hundreds of jobs in flight on a busy event loop, 30 s of pool wait turned into failed
+    submits and polls (PoolTimeout) although the provider was fine."""
+    return httpx.Timeout(connect=10.0, read=read, write=60.0, pool=POOL_WAIT_SECONDS)
