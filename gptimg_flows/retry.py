@@ -126,6 +126,12 @@ class DurationEstimate:
         """Nothing learned and fewer than SCOUTS jobs finding out: this job should look."""
         return self.seconds is None and self.scouting < self.SCOUTS
 
+    def release_scout(self) -> None:
+        """A scout is done; if it taught nothing (its job failed), a waiting job takes over."""
+        self.scouting -= 1
+        if self.seconds is None:
+            self._wake()
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep, but wake early (returning True) when the first duration is learned.
 

@@ -421,14 +421,15 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
     # A resumed job submitted long ago (a crash, a re-run) found done at its first poll says
     # nothing about how long jobs take: learning its age would delay every later first poll.
     fresh = elapsed() < FRESH_JOB_SECONDS
-    scout = estimate.wants_scout()
+    scout = fresh and estimate.wants_scout()
     if scout:
         estimate.scouting += 1
     try:
         # Enough peers are finding out how long jobs take: wait for the first to finish (a
-        # scout whose job failed taught nothing: its place is taken). Bounded, whatever happens.
+        # scout that leaves without teaching, its job failed, wakes one to take its place).
+        # Resumed jobs never wait: they teach nothing and may be long done. Bounded anyway.
         waited_until = time.monotonic() + estimate.SCOUT_WAIT_MAX
-        while estimate.seconds is None and not scout:
+        while fresh and estimate.seconds is None and not scout:
             now = time.monotonic()
             if now >= min(deadline, waited_until):
                 break
@@ -440,7 +441,7 @@ async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) 
         return await _poll_loop(adapter, job, estimate, deadline, timeout_seconds, fresh)
     finally:
         if scout:
-            estimate.scouting -= 1
+            estimate.release_scout()
 
 
 async def _poll_loop(

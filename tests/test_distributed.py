@@ -318,8 +318,8 @@ async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_
 ) -> None:
     # Long jobs, all of a chunk's rows in flight at once: the kill lands while every job of
     # the lost chunks is submitted (paid) and not yet done, the case that must not pay twice.
-    # (Rows a restarted chunk submitted anew would wait as long as the resumed jobs' age
-    # before their first poll: tasks.py's poll timing learns that age as a job duration.)
+    # Resumed jobs are polled at once (they neither wait for nor teach the learned duration):
+    # the restarted chunks must collect them before the emulator's 300 s URLs expire.
     emulator.configure(latency=JOB_SECONDS, render_mode="stamp")
     provider = await _provider(cluster, emulator)
     archive = tmp_path / "archive"

@@ -278,3 +278,36 @@ async def test_a_first_round_of_many_jobs_sends_scouts_and_the_rest_wait_for_the
     assert provider.polls <= n + 16, provider.polls  # 4 scouts, a few polls each
     assert took < 3.0, f"the waiting jobs were noticed late: {took:.1f} s"
     assert tasks._DURATIONS["timed"].scouting == 0
+
+
+async def test_resumed_jobs_never_wait_for_scouts_and_a_failed_scout_is_replaced_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    monkeypatch.setattr(tasks, "_DURATIONS", {"timed": DurationEstimate()})
+    provider = _Timed(0.0)
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)  # a crash's jobs, resumed by a re-run
+    resumed = [Job(provider="timed", model="m", job_id=f"r{i}", key=f"r{i}",
+                   submitted_at=long_ago) for i in range(30)]  # fmt: skip
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(tasks._poll_until_done(provider, j, 60) for j in resumed))
+    assert loop.time() - started < 2.0, "resumed jobs waited for scouts"
+    assert provider.polls == 30 and tasks._DURATIONS["timed"].seconds is None
+
+    class _FirstFail(_Timed):
+        async def poll(self, job: Job) -> JobStatus:
+            status = await super().poll(job)
+            if job.job_id in {"f0", "f1", "f2", "f3"}:  # the four scouts' jobs fail
+                return status.model_copy(update={"state": JobState.FAILED})
+            return status
+
+    failing = _FirstFail(0.6)
+    jobs = [Job(provider="timed", model="m", job_id=f"f{i}", key=f"f{i}") for i in range(12)]
+    started = loop.time()
+    done = await asyncio.gather(*(tasks._poll_until_done(failing, j, 60) for j in jobs))
+    assert [s.state for s in done].count(JobState.SUCCEEDED) == 8
+    assert loop.time() - started < 5.0, "waiting jobs slept on although the scouts had failed"
+    assert tasks._DURATIONS["timed"].scouting == 0
