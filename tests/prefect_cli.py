@@ -69,7 +69,12 @@ def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
 
 
 def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
-    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    """One API call; a 503 (a busy SQLite server: nothing was done) is tried again."""
+    for _ in range(10):
+        response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+        if response.status_code != 503:
+            break
+        time.sleep(1)
     assert response.is_success, f"{method} {path}: {response.status_code} {response.text}"
     return response.json() if response.content else None
 
