@@ -9,8 +9,8 @@ process of ours is alive: a suspended run has exited, and only the server can no
 - `schedule_review_timeout`: a per-run proactive automation — after the run's
   `prefect.flow-run.Suspended` event, if no further state event arrives within N seconds,
   the server resumes the run with no input (`resume-flow-run`). The run restarts, its
-  `asuspend_flow_run(..., key=...)` returns a default input, and `review_answered` tells the
-  flow that nobody answered, so it can apply its own default (reject, approve, ...).
+  `asuspend_flow_run(..., key=...)` returns a default input, and review.py, finding no stored
+  response, tells that nobody answered, so it applies on_review_timeout (reject, approve).
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from uuid import UUID
 
 from prefect.blocks.webhook import Webhook
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.context import FlowRunContext
 from prefect.events.actions import CallWebhook, ResumeFlowRun
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from prefect.input import keyset_from_base_key
+from prefect.exceptions import ObjectNotFound
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
@@ -35,7 +33,6 @@ __all__ = [
     "clear_review_timeout",
     "install_review_notification",
     "remove_review_notification",
-    "review_answered",
     "review_payload",
     "review_timeout_name",
     "schedule_review_timeout",
@@ -212,29 +209,3 @@ async def clear_review_timeout(flow_run_id: UUID) -> None:
     async with get_client() as client:
         for automation in await client.read_automations_by_name(review_timeout_name(flow_run_id)):
             await client.delete_automation(automation.id)
-
-
-async def review_answered(
-    key: str, *, suspended: bool = True, flow_run_id: UUID | None = None
-) -> bool:
-    """Whether a person answered the pause/suspend `key` (False: resumed with no input).
-
-    A resume without input (the timeout's) stores no response, and the pause then returns
-    the input type's defaults, indistinguishable from an answer by value alone. A person
-    answering with an empty dict is also stored as nothing, so forms must send fields.
-    """
-    if flow_run_id is None:
-        context = FlowRunContext.get()
-        if context is None or context.flow_run is None:
-            raise RuntimeError("review_answered needs flow_run_id outside a flow run")
-        flow_run_id = context.flow_run.id
-    state_name = "suspended" if suspended else "paused"
-    response_key = keyset_from_base_key(f"{state_name}-{key}")["response"]
-    async with get_client() as client:
-        try:
-            await client.read_flow_run_input(flow_run_id=flow_run_id, key=response_key)
-        except PrefectHTTPStatusError as exc:
-            if exc.response.status_code == 404:
-                return False
-            raise
-    return True
