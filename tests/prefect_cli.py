@@ -61,6 +61,22 @@ def running_server(
         log.close()
 
 
+def start_worker(
+    env: dict[str, str], name: str | None, cwd: Path, *, limit: int, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """`prefect worker start` on the gptimg-process pool, at most `limit` flow runs at once,
+    in `cwd` (where its flow runs start). Its output, stderr included, goes to `log` (by
+    default `cwd/<name>.log`); with no `name`, Prefect names it."""
+    path = log or cwd / f"{name or 'worker'}.log"
+    named = ["--name", name] if name else []
+    with path.open("wb") as out:  # the worker holds its own copy of the file
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
+             *named, "--limit", str(limit)],
+            env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     done = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip

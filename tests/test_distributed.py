@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -33,12 +32,14 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from gptimg_flows.blocks import RunwareCredentials
-from gptimg_flows.distributed import REPORT_KEY, _plan_chunks, distributed_batch
+from gptimg_flows.chunk_results import REPORT_KEY
+from gptimg_flows.chunks import plan_chunks
+from gptimg_flows.distributed import distributed_batch
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .postgres import postgres_server
-from .prefect_cli import api, deploy_all, running_server
+from .prefect_cli import api, deploy_all, running_server, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -69,15 +70,6 @@ class Cluster:
         return (self.home / f"{name}.log").read_text(errors="replace")[-4000:]
 
 
-def _start_worker(env: dict[str, str], name: str, home: Path) -> subprocess.Popen[bytes]:
-    log = (home / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-         "--name", name, "--limit", "3"],
-        env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """PostgreSQL 15, `prefect server start` on it, the deployments, three process workers."""
@@ -95,7 +87,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         }
         with running_server(home, _free_port(), extra_env=extra) as env:
             deploy_all(env)
-            workers = {name: _start_worker(env, name, home) for name in WORKERS}
+            workers = {name: start_worker(env, name, home, limit=3) for name in WORKERS}
             print(f"cluster ready in {time.monotonic() - started:.1f} s")
             try:
                 yield Cluster(env, home, workers)
@@ -149,7 +141,7 @@ def test_identical_requests_share_a_chunk_so_each_keeps_its_slot() -> None:
     """A chunk run numbers identical requests itself (slot 0, 1, …): all of them must be in
     one chunk, in input order, for their keys to be those of one batch over the whole input."""
     groups = {0: "a", 1: "b", 2: "c", 3: "a", 4: "d", 5: "e", 6: "b"}
-    assert _plan_chunks(list(groups), groups, 2) == [[0, 1, 3, 6], [2, 4], [5]]
+    assert plan_chunks(list(groups), groups, 2) == [[0, 1, 3, 6], [2, 4], [5]]
 
 
 async def test_refused_before_any_chunk_run(

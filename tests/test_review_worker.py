@@ -11,15 +11,13 @@ decides by `on_review_timeout`.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .prefect_cli import api, deploy_all
+from .prefect_cli import api, deploy_all, start_worker
 from .test_deployments import _save_blocks
 
 pytestmark = pytest.mark.slow
@@ -87,11 +85,7 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
                        "on_review_timeout": "approve"}})["id"]  # fmt: skip
     workdir = tmp_path / "worker"
     workdir.mkdir()
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-         "--limit", "2"], env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    worker = start_worker(env, None, workdir, limit=2, log=tmp_path / "worker.log")
     try:
         suspended = _wait(env, answered, lambda s: s["name"] == "Suspended", 180, "suspend")
         assert suspended["type"] == "PAUSED"
@@ -112,7 +106,6 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
                     {"state": {"type": "CANCELLED"}, "force": True})  # fmt: skip
         worker.terminate()
         worker.wait(30)
-        log.close()
     worker_log = (tmp_path / "worker.log").read_text()[-4000:]
     assert done["type"] == "COMPLETED", (done, worker_log)
     assert other["type"] == "COMPLETED", (other, worker_log)

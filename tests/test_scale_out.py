@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +20,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gptimg_flows.blocks import RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
-from .prefect_cli import api, deploy_all
+from .prefect_cli import api, deploy_all, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -39,15 +38,6 @@ async def _save_block(env: dict[str, str], emulator: Any, limit: str) -> str:
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         await block.asave(name)
     return f"{RunwareCredentials.get_block_type_slug()}/{name}"
-
-
-def _start_worker(env: dict[str, str], name: str, cwd: Path) -> subprocess.Popen[bytes]:
-    log = (cwd / f"{name}.log").open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-         "--name", name, "--limit", "2"],
-        env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
 
 
 def _wait_for_runs(env: dict[str, str], ids: list[str], timeout: float) -> list[dict[str, Any]]:
@@ -81,7 +71,7 @@ async def test_two_workers_share_one_provider_limit_held_by_the_server(
                       {"parameters": params})  # fmt: skip
         ids.append(created["id"])
 
-    workers = [_start_worker(env, name, tmp_path) for name in ("worker-a", "worker-b")]
+    workers = [start_worker(env, name, tmp_path, limit=2) for name in ("worker-a", "worker-b")]
     try:
         runs = _wait_for_runs(env, ids, timeout=420)
     finally:
