@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -22,17 +24,62 @@ THUMB_SIDE = 192
 THUMB_QUALITY = 60
 
 
+#: Images of more pixels than this are previewed one at a time in the process: decoding one
+#: takes its full size in memory (a 3840x2160 RGBA image is 33 MB), and a batch archives many
+#: at once (bench/RESULTS.md: 20 concurrent 25 MB images within 100 MB of RSS).
+BIG_PIXELS = 4_000_000
+_ONE_BIG = threading.Lock()
+#: PNG chunks a preview needs; others (text, metadata, private chunks of any size) are skipped
+#: unread, since Pillow would otherwise read each whole into memory.
+_PNG_KEEP = {b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def thumbnail_bytes(source: bytes | str | Path, side: int = THUMB_SIDE) -> bytes:
     """A WebP preview whose longest side is at most `side` (aspect ratio kept)."""
-    opened = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-    with opened:
-        opened.draft("RGB", (side, side))  # JPEG decodes at a reduced scale: much less work
-        opened.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-        img: Image.Image = opened
-        if img.mode not in ("RGB", "RGBA"):
-            img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
-        out = io.BytesIO()
-        img.save(out, "WEBP", quality=THUMB_QUALITY, method=2)
+    with _open(source) as fh, Image.open(fh) as opened:
+        if opened.width * opened.height <= BIG_PIXELS:
+            return _preview(opened, side)
+        with _ONE_BIG:
+            return _preview(opened, side)
+
+
+def _open(source: bytes | str | Path) -> BinaryIO:
+    fh: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # noqa: SIM115
+    if fh.read(8) != _PNG_SIGNATURE:
+        fh.seek(0)
+        return fh
+    with fh:
+        return _png_essentials(fh)
+
+
+def _png_essentials(fh: BinaryIO) -> BinaryIO:
+    """The PNG with only the chunks in _PNG_KEEP, read chunk by chunk (after the signature)."""
+    out = io.BytesIO()
+    out.write(_PNG_SIGNATURE)
+    while header := fh.read(8):
+        if len(header) < 8:
+            break
+        length = int.from_bytes(header[:4], "big")
+        if header[4:] in _PNG_KEEP:
+            out.write(header)
+            out.write(fh.read(length + 4))  # data and CRC
+        else:
+            fh.seek(length + 4, io.SEEK_CUR)
+        if header[4:] == b"IEND":
+            break
+    out.seek(0)
+    return out
+
+
+def _preview(opened: Image.Image, side: int) -> bytes:
+    opened.draft("RGB", (side, side))  # JPEG decodes at a reduced scale: much less work
+    opened.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    img: Image.Image = opened
+    if img.mode not in ("RGB", "RGBA"):
+        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    out = io.BytesIO()
+    img.save(out, "WEBP", quality=THUMB_QUALITY, method=2)
     return out.getvalue()
 
 

@@ -115,3 +115,29 @@ def test_cells_cannot_break_the_table_or_inject_html() -> None:
         "a \\| b c &lt;img src=x onerror=alert(1)&gt;"
     )
     assert len(cell("x" * 500, 20)) == 20
+
+
+def test_a_png_previews_without_reading_its_big_ancillary_chunks(tmp_path: Path) -> None:
+    """Pillow reads each private chunk whole into memory; a preview must not (20 such images
+    at once were 290 MB of RSS in bench/memory.py)."""
+    import struct
+    import zlib
+
+    from gptimg_flows.thumbnails import _png_essentials, thumbnail_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 200), (200, 30, 30)).save(buf, "PNG")
+    png = buf.getvalue()
+    pad = b"\0" * (8 * 2**20)
+    chunk = struct.pack(">I", len(pad)) + b"prVt" + pad
+    chunk += struct.pack(">I", zlib.crc32(b"prVt" + pad))
+    padded = png[:-12] + chunk + png[-12:]  # before IEND, as the emulator pads
+    path = tmp_path / "padded.png"
+    path.write_bytes(padded)
+    with path.open("rb") as fh:
+        fh.read(8)
+        assert len(_png_essentials(fh).getvalue()) < len(png) + 100
+    for source in (path, padded):
+        with Image.open(io.BytesIO(thumbnail_bytes(source))) as thumb:
+            assert thumb.size == (THUMB_SIDE, THUMB_SIDE // 2)
+            assert thumb.convert("RGB").getpixel((10, 10))[0] > 150
