@@ -201,7 +201,11 @@ class DurationEstimate:
         extra time, and one that runs very long is polled rarely.
         """
         if self.seconds is None:
+            # Backing off, but never by more than a tenth of the job's age: a batch's first
+            # round waits for these polls (the scouts'), so a 20 s job seen 10 s late was 10 s
+            # lost by every job of the round (bench/RESULTS-capacity.md).
             schedule = poll_delays()
-            return schedule[min(attempt, len(schedule) - 1)]
+            step = schedule[min(attempt, len(schedule) - 1)]
+            return round(min(step, max(schedule[0], 0.1 * elapsed)), 3)
         close = max(0.05, 0.1 * self.seconds)
         return round(min(poll_delays()[-1], max(close, 0.25 * (elapsed - self.seconds))), 3)

@@ -115,7 +115,16 @@ async def test_polling_follows_the_providers_hint(monkeypatch: pytest.MonkeyPatc
     slept.clear()
     tasks._DURATIONS["scripted"] = DurationEstimate()  # nothing learned: the default rhythm
     await tasks._poll_until_done(_Scripted(4, hint=None), job, 60)
-    assert slept[1:] == poll_delays()[1:4] and slept[0] == pytest.approx(0.5, abs=0.05)
+    # (the faked sleep stops the clock: a job this young is polled every first step)
+    assert slept == pytest.approx([poll_delays()[0]] * 4, abs=0.05)
+
+
+def test_with_nothing_learned_polls_back_off_but_by_at_most_a_tenth_of_the_jobs_age() -> None:
+    est, steps = DurationEstimate(), poll_delays()
+    assert est.next_delay(1, 1.0) == steps[0]  # young: the first step
+    assert est.next_delay(1, 60.0) == steps[1]  # the rhythm's own step when it is smaller
+    assert est.next_delay(7, 16.0) == pytest.approx(1.6)  # a 20 s job is seen ≤ 2 s late
+    assert est.next_delay(30, 500.0) == steps[-1]  # very old: the cap
 
 
 def test_a_learned_duration_times_the_first_poll_and_keeps_later_ones_close() -> None:
