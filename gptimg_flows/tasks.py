@@ -313,7 +313,8 @@ async def submit_job(
     logger = get_run_logger()
     adapter = provider_of(provider)
     adapter.validate(request)
-    record = await asyncio.to_thread(archive.read_json, job_rel(key))
+    submitting = {"state": "submitting", "key": key, "provider": adapter.name}
+    record = await asyncio.to_thread(_read_or_claim, archive, key, submitting)
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
         logger.info("job %s for this request is already recorded: polling it, not paying again",
@@ -335,12 +336,8 @@ async def submit_job(
                 "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
                 provider=adapter.name,
             )
-    await asyncio.to_thread(
-        archive.write_json,
-        job_rel(key),
-        {"state": "submitting", "key": key, "provider": adapter.name,
-         "started_at": datetime.now(UTC).isoformat()},
-    )  # fmt: skip
+    if record is not None:  # an earlier attempt's record: claim it again, now
+        await asyncio.to_thread(_claim, archive, key, submitting)
     try:
         job = await adapter.submit(request, inputs, key)
     except TransportError as exc:
@@ -357,8 +354,24 @@ async def submit_job(
         raise
     job = await _stage_inline(archive, job)
     await _record_job(archive, job)
-    logger.info("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
+    # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
+    # process formats and the server stores most of (bench/RESULTS.md).
+    logger.debug("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
     return job
+
+
+def _read_or_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
+    """The key's job record, or (none yet) None after writing a "submitting" one: read and
+    claim in one trip to a worker thread."""
+    record = archive.read_json(job_rel(key))
+    if record is None:
+        _claim(archive, key, submitting)
+    return record
+
+
+def _claim(archive: Archive, key: str, submitting: dict[str, Any]) -> None:
+    """Written before the paid call, so a lost answer is known to be possibly billed."""
+    archive.write_json(job_rel(key), {**submitting, "started_at": datetime.now(UTC).isoformat()})
 
 
 async def _record_job(archive: Archive, job: Job) -> None:
@@ -401,7 +414,7 @@ async def wait_for_job(
         status = await _poll_until_done(adapter, job, timeout_seconds)
     if status.state.value != "succeeded":
         raise failure_error(adapter.name, job, status)
-    logger.info("job %s finished with %d output(s)", job.job_id, len(status.outputs) or job.n)
+    logger.debug("job %s finished with %d output(s)", job.job_id, len(status.outputs) or job.n)
     return status
 
 
@@ -645,13 +658,9 @@ async def archive_images(
     """
     logger = get_run_logger()
     cost_each = (status.cost / len(images)) if status.cost is not None and images else None
-    out: list[ArchivedImage] = []
-    for image in images:
-        rel = Archive.image_rel(image.sha256, image.mime)
-        uri = await asyncio.to_thread(archive.put_file, image.path, rel, image.mime)
-        await _keep_thumbnail(archive, image)
-        meta = ArchivedImage(
-            uri=uri,
+    out = [
+        ArchivedImage(
+            uri=archive.uri(Archive.image_rel(image.sha256, image.mime)),
             sidecar_uri=archive.uri(Archive.sidecar_rel(image.sha256)),
             sha256=image.sha256,
             mime=image.mime,
@@ -670,32 +679,51 @@ async def archive_images(
             row=row,
             extra=dict(extra or {}),
         )
-        await asyncio.to_thread(
-            archive.write_json,
-            Archive.sidecar_rel(image.sha256),
-            meta.model_dump(mode="json"),
-            overwrite=False,
-        )
-        out.append(meta)
-    await asyncio.to_thread(
-        archive.write_json,
-        _result_rel(key),
-        {"key": key, "job_id": job.job_id, "images": [i.model_dump(mode="json") for i in out]},
+        for image in images
+    ]
+    staged = any(o.url and "/_staging/" in o.url for o in status.outputs)
+    # One trip to a worker thread for every write of the request: each trip costs the event
+    # loop a handoff, and a batch makes thousands of them (bench/RESULTS.md).
+    no_preview = await asyncio.to_thread(
+        _write_archive, archive, images, out, key, job.job_id, staged
     )
-    for image in images:
-        await asyncio.to_thread(Path(image.path).unlink, missing_ok=True)
-    await asyncio.to_thread(archive.delete, f"_staging/{key}")
-    logger.info("archived %d image(s) under %s", len(out), archive.basepath)
+    for sha, why in no_preview:
+        logger.warning("no preview for %s: %s", sha[:12], why)
+    logger.info("archived %d image(s) of %s job %s under %s", len(out), job.provider, job.job_id,
+                archive.basepath)  # fmt: skip
     return out
 
 
-async def _keep_thumbnail(archive: Archive, image: DownloadedImage) -> None:
-    """The preview the UI shows, made from the local file while we have it; a failure here
-    costs a preview (made again when shown), never the paid image."""
-    try:
-        await asyncio.to_thread(store_thumbnail, archive, image.sha256, image.path)
-    except (OSError, ValueError) as exc:
-        get_run_logger().warning("no preview for %s: %s", image.sha256[:12], exc)
+def _write_archive(
+    archive: Archive,
+    images: list[DownloadedImage],
+    out: list[ArchivedImage],
+    key: str,
+    job_id: str,
+    staged: bool,
+) -> list[tuple[str, str]]:
+    """Each image, its preview and sidecar, then the request's record: in that order, so a
+    record always points at images that are there. Returns the previews that failed: a
+    failure there costs a preview (made again when shown), never the paid image."""
+    no_preview: list[tuple[str, str]] = []
+    for image, meta in zip(images, out, strict=True):
+        archive.put_file(image.path, Archive.image_rel(image.sha256, image.mime), image.mime)
+        try:
+            store_thumbnail(archive, image.sha256, image.path)
+        except (OSError, ValueError) as exc:
+            no_preview.append((image.sha256, str(exc)))
+        archive.write_json(
+            Archive.sidecar_rel(image.sha256), meta.model_dump(mode="json"), overwrite=False
+        )
+    archive.write_json(
+        _result_rel(key),
+        {"key": key, "job_id": job_id, "images": [i.model_dump(mode="json") for i in out]},
+    )
+    for image in images:
+        Path(image.path).unlink(missing_ok=True)
+    if staged:
+        archive.delete(f"_staging/{key}")
+    return no_preview
 
 
 def asset_key(uri: str) -> str:
