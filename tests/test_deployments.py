@@ -14,8 +14,10 @@ import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -174,3 +176,15 @@ def test_schedule_of_the_daily_deployment(cli_server: dict[str, str]) -> None:
     schedule = daily["schedules"][0]["schedule"]
     assert schedule["cron"] == "0 6 * * *" and schedule["timezone"] == "Europe/Paris"
     assert daily["schedules"][0]["active"] is True
+    # ...and the server's scheduler makes runs of it. With SQLAlchemy 2.1, Prefect 3.9.0's
+    # scheduler failed on every insert ("Can't evaluate bulk DML statement"): a schedule that
+    # never ran, with one ERROR line in the server's log (hence the pin in pyproject.toml).
+    body = {"deployments": {"id": {"any_": [daily["id"]]}}, "limit": 5}
+    deadline = time.monotonic() + 120
+    while not (runs := api(cli_server, "POST", "/flow_runs/filter", body)):
+        assert time.monotonic() < deadline, "the scheduler made no run of daily-content"
+        time.sleep(1)
+    assert {r["state_type"] for r in runs} == {"SCHEDULED"}
+    first = datetime.fromisoformat(min(r["expected_start_time"] for r in runs))
+    paris = first.astimezone(ZoneInfo("Europe/Paris"))
+    assert (paris.hour, paris.minute) == (6, 0)
