@@ -19,6 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidOutput, OutputExpired, ServerError, TransportError
+from .gated_transport import CLIENT_LIMITS, GatedTransport
 from .imageio import sniff_file
 from .models import OutputRef
 
@@ -57,9 +58,7 @@ def shared_client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         client = _CLIENTS[loop] = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=10.0),
-            # Few idle connections: httpcore checks every idle one (a syscall each) on every
-            # request, which was a tenth of the event loop at 250 jobs in flight (bench/).
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=16),
+            transport=GatedTransport(CLIENT_LIMITS),
             follow_redirects=True,
         )
     return client

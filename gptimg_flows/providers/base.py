@@ -33,6 +33,7 @@ from ..errors import (
     ServerError,
     TransportError,
 )
+from ..gated_transport import CLIENT_LIMITS, GatedTransport
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import ratio_of
 
@@ -497,11 +498,8 @@ class ApiClient:
             base_url=base_url.rstrip("/"),
             headers=dict(headers),
             timeout=timeout,
-            transport=transport,
+            transport=transport or GatedTransport(CLIENT_LIMITS),
             follow_redirects=False,
-            # Few idle connections: httpcore checks every idle one (a syscall each) on every
-            # request, which was a tenth of the event loop at 250 jobs in flight (bench/).
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=16),
         )
 
     async def request(
