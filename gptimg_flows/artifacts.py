@@ -21,7 +21,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from .archive import Archive, Link
 from .models import ArchivedImage
 from .results import BatchFailure, ReviewRound, cost_summary
-from .thumbnails import load_thumbnail
+from .thumbnails import load_thumbnail, recent_thumbnail
 
 #: Markdown per artifact. Measured (bench/NOTES.md): the server takes far larger bodies, but the
 #: UI re-renders the whole page's markdown; ~1 MB (about 100 thumbnails) stays quick.
@@ -54,6 +54,8 @@ def _sha_of(uri: str) -> str:
 
 
 async def _thumb(archive: Archive, sha256: str, uri: str, gate: asyncio.Semaphore) -> str | None:
+    if (recent := recent_thumbnail(archive, sha256)) is not None:
+        return recent
     async with gate:
         try:
             return await asyncio.to_thread(load_thumbnail, archive, sha256, uri)

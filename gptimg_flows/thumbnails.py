@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import BinaryIO
 
@@ -91,16 +92,36 @@ def thumb_rel(sha256: str) -> str:
     return f"_thumbs/{sha256[:2]}/{sha256}.webp"
 
 
+#: Previews made by this process, kept for the artifact the run ends with: reading 500 back
+#: from the archive (a thread trip and a read each) was most of a batch's last half second.
+RECENT_MAX = 2000
+_RECENT: OrderedDict[str, bytes] = OrderedDict()  # by the preview's URI
+_RECENT_LOCK = threading.Lock()
+
+
+def recent_thumbnail(archive: Archive, sha256: str) -> str | None:
+    """The preview as a `data:` URI if this process made it lately, without any I/O."""
+    with _RECENT_LOCK:
+        webp = _RECENT.get(archive.uri(thumb_rel(sha256)))
+    return data_uri(webp) if webp is not None else None
+
+
 def store_thumbnail(archive: Archive, sha256: str, source: bytes | str | Path) -> bytes:
     """Make and keep the preview of one image (written once; blocking: run it in a thread)."""
     webp = thumbnail_bytes(source)
     archive.put_bytes(webp, thumb_rel(sha256), overwrite=False)
+    with _RECENT_LOCK:
+        _RECENT[archive.uri(thumb_rel(sha256))] = webp
+        while len(_RECENT) > RECENT_MAX:
+            _RECENT.popitem(last=False)
     return webp
 
 
 def load_thumbnail(archive: Archive, sha256: str, image_uri: str) -> str | None:
     """The preview as a `data:` URI, made from the archived image if it has none yet; None
     when the image itself is gone (blocking: run it in a thread)."""
+    if (recent := recent_thumbnail(archive, sha256)) is not None:
+        return recent
     try:
         return data_uri(archive.read_bytes(thumb_rel(sha256)))
     except FileNotFoundError:
