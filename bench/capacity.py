@@ -100,6 +100,10 @@ async def child(spec: dict[str, Any]) -> None:
     runs: list[tuple[str, float]] = [("first", 0.0), ("immediate", 0.0)]
     if spec["rerun_after"] is not None:
         runs.append(("settled", float(spec["rerun_after"])))
+    if spec.get("phases"):
+        from bench.run import instrument_phases
+
+        instrument_phases()
     _say("ready")
     for label, pause in runs:
         await asyncio.sleep(pause)
@@ -131,7 +135,21 @@ async def child(spec: dict[str, Any]) -> None:
         )
         after = counts()
         _say("ledger", label=label, before=before, after=after)
+        if spec.get("phases") and label == "first":
+            _say("phases", label=label, means=_phase_means(float(spec["latency"])))
     emulator.close()
+
+
+def _phase_means(latency: float) -> dict[str, float]:
+    """Mean seconds per image of each step of the first run (bench/run.py's instrumentation):
+    where a slot's time goes besides the job itself ('wait' less the job's latency)."""
+    from bench.run import PHASES, phase_means
+
+    means = phase_means()
+    if "wait" in means:
+        means["wait beyond the job"] = means.pop("wait") - latency
+    PHASES.clear()
+    return means
 
 
 # -- the parent: emulator, server, sampling -------------------------------------------------
@@ -250,6 +268,38 @@ class Watch:
             time.sleep(SAMPLE_SECONDS)
 
 
+def _profile(where: str | None, pids: dict[str, int | None]) -> list[subprocess.Popen[bytes]]:
+    """py-spy on each process (with its subprocesses), sampling only on-CPU stacks: where the
+    CPU per image goes."""
+    if not where:
+        return []
+    out = Path(where)
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return [
+        subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "50",
+                "--subprocesses",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                str(out / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in pids.items()
+        if pid
+    ]
+
+
 def server_errors(log: Path) -> dict[str, int]:
     text = log.read_text(errors="replace") if log.exists() else ""
     return {
@@ -331,6 +381,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "archive": str(archive),
             "c": args.c,
             "rerun_after": args.rerun_after,
+            "phases": args.phases,
+            "latency": args.latency,
         }
         child_env = {**env, "PREFECT_LOGGING_LEVEL": args.log_level, "PYTHONUNBUFFERED": "1"}
         budget = args.timeout or 600 + 4 * math.ceil(args.n / args.c) * args.latency
@@ -346,6 +398,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 text=True,
             )
             watch = Watch(proc, cpu_of, work / "flow-stdout.log").start()
+            spies = _profile(args.profile, {"flow": proc.pid, "server": server_pid})
             try:
                 proc.wait(budget)
             except subprocess.TimeoutExpired:
@@ -354,6 +407,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 why = f"the flow process ran over {budget:.0f} s; see {flow_log}"
                 raise SystemExit(why) from None
             watch.join()
+            for spy in spies:
+                spy.send_signal(2)
+                spy.wait(60)
         timings["flow process"] = time.monotonic() - t0
         cpu_end = {name: fn() for name, fn in cpu_of.items()}
         if proc.returncode != 0 or ("done", "first") not in watch.events:
@@ -429,6 +485,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "flow_error_lines": flow_errors,
         "timings": {**timings, "benchmark": time.monotonic() - began},
         "ulimit_n": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "phases": watch.events.get(("phases", "first"), {}).get("means"),
         "work": str(work),
     }
 
@@ -550,6 +607,16 @@ def render(r: dict[str, Any]) -> str:
         f"{r['startup_peak_rss_mb']:.0f} MB before the first run, {r['rss_samples']} RSS "
         f"samples; {r['flow_error_lines']} ERROR lines in its log; `ulimit -n` {r['ulimit_n']}.",
     ]
+    if r.get("phases"):
+        lines += [
+            "",
+            "Where an image's time goes in the first run (mean seconds per image; 'wait beyond "
+            "the job' is the wait less the job's own latency):",
+            "",
+            "| " + " | ".join(r["phases"]) + " |",
+            "|" + "---|" * len(r["phases"]),
+            "| " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |",
+        ]
     rejected = {p: c for p, c in first["rejected"].items() if c}
     if rejected or first["failures"]:
         lines.append(
@@ -590,6 +657,16 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir afterwards")
     parser.add_argument("--no-results", action="store_true", help="do not append the results")
     parser.add_argument("--timeout", type=float, help="seconds the flow process may take")
+    parser.add_argument(
+        "--profile",
+        help="write py-spy profiles (collapsed stacks) of the flow process and the server "
+        "into this directory (needs py-spy)",
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="time each image's steps (submit, wait, download, archive, task start/finish)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
