@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidOutput, OutputExpired, ServerError, TransportError
-from .gated_transport import CLIENT_LIMITS, GatedTransport
+from .request_gate import CLIENT_LIMITS, gate_of
 from .imageio import sniff_file
 from .models import OutputRef
 
@@ -58,7 +58,7 @@ def shared_client() -> httpx.AsyncClient:
     if client is None or client.is_closed:
         client = _CLIENTS[loop] = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=10.0),
-            transport=GatedTransport(CLIENT_LIMITS),
+            limits=CLIENT_LIMITS,
             follow_redirects=True,
         )
     return client
@@ -127,7 +127,7 @@ async def download(
     digest = hashlib.sha256()
     size = 0
     try:
-        async with client.stream("GET", ref.url) as response:
+        async with gate_of(client).slot(), client.stream("GET", ref.url) as response:
             status = response.status_code
             if status in (401, 403, 404, 410):
                 raise OutputExpired(f"output {ref.index} URL answered HTTP {status}")

@@ -33,7 +33,7 @@ from ..errors import (
     ServerError,
     TransportError,
 )
-from ..gated_transport import CLIENT_LIMITS, GatedTransport
+from ..request_gate import CLIENT_LIMITS, gate_of
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
 from ..sizes import ratio_of
 
@@ -498,8 +498,9 @@ class ApiClient:
             base_url=base_url.rstrip("/"),
             headers=dict(headers),
             timeout=timeout,
-            transport=transport or GatedTransport(CLIENT_LIMITS),
+            transport=transport,
             follow_redirects=False,
+            limits=CLIENT_LIMITS,
         )
 
     async def request(
@@ -516,9 +517,10 @@ class ApiClient:
         """Send one request; return (status, parsed JSON) or raise a typed error."""
         url = path if path.startswith("http") or not path else "/" + path.lstrip("/")
         try:
-            response = await self._client.request(
-                method, url, json=json_body, data=data, files=files
-            )
+            async with gate_of(self._client).slot():
+                response = await self._client.request(
+                    method, url, json=json_body, data=data, files=files
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise TransportError(
                 f"could not reach {self.provider}: {type(exc).__name__}",
@@ -552,7 +554,10 @@ class ApiClient:
     async def stream_lines(self, path: str, *, job_id: str | None = None) -> AsyncIterator[str]:
         """A text answer one line at a time (a large file, never held whole in memory)."""
         try:
-            async with self._client.stream("GET", "/" + path.lstrip("/")) as response:
+            async with (
+                gate_of(self._client).slot(),
+                self._client.stream("GET", "/" + path.lstrip("/")) as response,
+            ):
                 if response.status_code != 200:
                     await response.aread()
                     err = error_for_response(self.provider, response)
