@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +30,7 @@ THUMB_QUALITY = 60
 #: takes its full size in memory (a 3840x2160 RGBA image is 33 MB), and a batch archives many
 #: at once (bench/RESULTS.md: 20 concurrent 25 MB images within 100 MB of RSS).
 BIG_PIXELS = 4_000_000
+BIG_BYTES = 8 * 2**20
 _ONE_BIG = threading.Lock()
 #: PNG chunks a preview needs; others (text, metadata, private chunks of any size) are skipped
 #: unread, since Pillow would otherwise read each whole into memory.
@@ -38,6 +40,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def thumbnail_bytes(source: bytes | str | Path, side: int = THUMB_SIDE) -> bytes:
     """A WebP preview whose longest side is at most `side` (aspect ratio kept)."""
+    size = len(source) if isinstance(source, bytes) else os.path.getsize(source)
+    if size > BIG_BYTES:  # its pixel data alone may be this big: one at a time from the start
+        with _ONE_BIG, _open(source) as fh, Image.open(fh) as opened:
+            return _preview(opened, side)
     with _open(source) as fh, Image.open(fh) as opened:
         if opened.width * opened.height <= BIG_PIXELS:
             return _preview(opened, side)
