@@ -19,9 +19,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InvalidOutput, OutputExpired, ServerError, TransportError
-from .request_gate import CLIENT_LIMITS, gate_of
 from .imageio import sniff_file
 from .models import OutputRef
+from .request_gate import CLIENT_LIMITS, gate_of
 
 MAX_OUTPUT_BYTES = 200 * 1024 * 1024
 CHUNK = 256 * 1024

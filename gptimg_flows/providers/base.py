@@ -33,8 +33,8 @@ from ..errors import (
     ServerError,
     TransportError,
 )
-from ..request_gate import CLIENT_LIMITS, gate_of
 from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
+from ..request_gate import CLIENT_LIMITS, gate_of
 from ..sizes import ratio_of
 
 log = logging.getLogger("gptimg_flows.providers")
