@@ -11,6 +11,7 @@ import re
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gptimg_flows.blocks import RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
-from .prefect_cli import api, deploy_all, start_worker
+from .conftest import free_port
+from .prefect_cli import api, deploy_all, running_server, start_worker
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +52,20 @@ def _wait_for_runs(env: dict[str, str], ids: list[str], timeout: float) -> list[
         time.sleep(1)
 
 
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A server of this test's own: on the suite's shared SQLite server, busy with every
+    earlier test's runs, a write lock once stalled the API for 85 s mid-test."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    with running_server(home, free_port()) as env:
+        yield env
+
+
 async def test_two_workers_share_one_provider_limit_held_by_the_server(
-    cli_server: dict[str, str], emulator: Any, tmp_path: Path
+    own_server: dict[str, str], emulator: Any, tmp_path: Path
 ) -> None:
-    env = cli_server
+    env = own_server
     deploy_all(env)
     limit = f"runware-jobs-{uuid.uuid4().hex[:6]}"
     api(env, "POST", "/v2/concurrency_limits/", {"name": limit, "limit": K})
