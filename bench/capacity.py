@@ -45,6 +45,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS-capacity.md"
+HEADER = (
+    "# In-flight capacity benchmark\n\n"
+    "`python bench/capacity.py` (see its docstring): one `batch_generate` flow run of N "
+    "images, C at a time, each job taking L s on the emulator (Runware API, 256x256 PNG), "
+    "against a `prefect server` on SQLite or PostgreSQL, all on one machine. Each run "
+    "appends a section below.\n"
+)
 MARK = "@@capacity "  # prefix of the flow process's report lines on its stdout
 SAMPLE_SECONDS = 0.5
 SIZE, FORMAT = "256x256", "png"
@@ -617,25 +624,35 @@ def render(r: dict[str, Any]) -> str:
             "|" + "---|" * len(r["phases"]),
             "| " + " | ".join(f"{v:.3f}" for v in r["phases"].values()) + " |",
         ]
-    rejected = {p: c for p, c in first["rejected"].items() if c}
-    if rejected or first["failures"]:
-        lines.append(
-            f"Rejections by the emulator: {rejected or 'none'}; first failures: "
-            f"{first['failure_examples'] or 'none'}."
-        )
+    lines += rejections(first)
     return "\n".join(lines) + "\n"
 
 
-def append_results(section: str) -> None:
-    header = (
-        "# In-flight capacity benchmark\n\n"
-        "`python bench/capacity.py` (see its docstring): one `batch_generate` flow run of N "
-        "images, C at a time, each job taking L s on the emulator (Runware API, 256x256 PNG), "
-        "against a `prefect server` on SQLite or PostgreSQL, all on one machine. Each run "
-        "appends a section below.\n"
-    )
-    existing = RESULTS.read_text() if RESULTS.exists() else header
-    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + section)
+def rejections(first: dict[str, Any]) -> list[str]:
+    """The emulator's rejections and the first failures of a run, when there were any."""
+    rejected = {p: c for p, c in first["rejected"].items() if c}
+    if not (rejected or first["failures"]):
+        return []
+    return [
+        f"Rejections by the emulator: {rejected or 'none'}; first failures: "
+        f"{first['failure_examples'] or 'none'}."
+    ]
+
+
+def publish(
+    args: argparse.Namespace, result: dict[str, Any], section: str, path: Path, header: str
+) -> None:
+    """Print the section and the raw figures, append the section to `path` (made with
+    `header` if new) unless --no-results, and remove the work directory unless kept."""
+    print()
+    print(section)
+    print(json.dumps(result, default=str), flush=True)
+    if not args.no_results:
+        existing = path.read_text() if path.exists() else header
+        path.write_text(existing.rstrip("\n") + "\n\n" + section)
+        print(f"appended to {path}")
+    if not (args.workdir or args.keep):
+        shutil.rmtree(result["work"], ignore_errors=True)
 
 
 def main() -> None:
@@ -675,15 +692,7 @@ def main() -> None:
     if args.n < 1 or args.c < 1 or args.latency < 0:
         parser.error("--n and --c must be at least 1, --latency not negative")
     result = run(args)
-    section = render(result)
-    print()
-    print(section)
-    print(json.dumps(result, default=str), flush=True)
-    if not args.no_results:
-        append_results(section)
-        print(f"appended to {RESULTS}")
-    if not (args.workdir or args.keep):
-        shutil.rmtree(result["work"], ignore_errors=True)
+    publish(args, result, render(result), RESULTS, HEADER)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,6 @@ import json
 import math
 import re
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "RESULTS-fanout.md"
+HEADER = (
+    "# Fan-out benchmark\n\n"
+    "`python bench/fanout.py` (see its docstring): one `distributed_batch` run of N images "
+    "fanned out as chunk flow runs over W process workers of one work pool, each job "
+    "taking L s on the emulator (Runware API, 256x256 PNG), against a `prefect server` on "
+    "PostgreSQL 15, all on one machine. Each run appends a section below.\n"
+)
 POOL = "gptimg-process"
 PARENT_FLOW = "distributed-batch"
 PROGRESS_SECONDS = 60.0
@@ -182,18 +188,6 @@ def family_cpu(pid: int) -> float:
     from bench.run import process_tree_cpu
 
     return process_tree_cpu(pid) + sum(reaped_cpu(p) for p in family(pid))
-
-
-def stop_workers(workers: dict[str, subprocess.Popen[bytes]]) -> None:
-    for worker in workers.values():
-        if worker.poll() is None:
-            worker.terminate()
-    for worker in workers.values():
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 def wait_for_workers(
@@ -395,7 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     from bench.run import free_port, machine, process_tree_cpu
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
-    from tests.prefect_cli import deploy_all, running_server, start_worker
+    from tests.prefect_cli import deploy_all, running_server, start_worker, stop_workers
     from tests.test_distributed import IMAGE, Cluster, _provider
 
     began = time.monotonic()
@@ -443,7 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         provider = asyncio.run(_provider(cluster, emu))
         timings["deploy"] = time.monotonic() - t0
         t0 = time.monotonic()
-        stack.callback(stop_workers, workers)
+        stack.callback(stop_workers, workers.values())
         for i in range(args.workers):
             name = f"fanout-w{i + 1}"
             workers[name] = start_worker(env, name, home, limit=args.limit)
@@ -600,7 +594,7 @@ def _follow(proc: subprocess.Popen[str], emu: Any, budget: float, watch: Any, lo
 
 
 def render(r: dict[str, Any]) -> str:
-    from bench.capacity import verdict
+    from bench.capacity import rejections, verdict
 
     a = r["args"]
     n, latency = a["n"], a["latency"]
@@ -731,25 +725,8 @@ def render(r: dict[str, Any]) -> str:
                 + (f"; and {len(kinds) - 5} other kind(s)" if len(kinds) > 5 else "")
                 + "."
             )
-    rejected = {p: c for p, c in first["rejected"].items() if c}
-    if rejected or first["failures"]:
-        lines.append(
-            f"Rejections by the emulator: {rejected or 'none'}; first failures: "
-            f"{first['failure_examples'] or 'none'}."
-        )
+    lines += rejections(first)
     return "\n".join(lines) + "\n"
-
-
-def append_results(section: str) -> None:
-    header = (
-        "# Fan-out benchmark\n\n"
-        "`python bench/fanout.py` (see its docstring): one `distributed_batch` run of N images "
-        "fanned out as chunk flow runs over W process workers of one work pool, each job "
-        "taking L s on the emulator (Runware API, 256x256 PNG), against a `prefect server` on "
-        "PostgreSQL 15, all on one machine. Each run appends a section below.\n"
-    )
-    existing = RESULTS.read_text() if RESULTS.exists() else header
-    RESULTS.write_text(existing.rstrip("\n") + "\n\n" + section)
 
 
 def main() -> None:
@@ -786,16 +763,10 @@ def main() -> None:
         parser.error("--latency must not be negative")
     if args.parent == "worker" and args.workers * args.limit < 2:
         parser.error("--parent worker holds a slot: --workers x --limit must be 2 or more")
+    from bench.capacity import publish
+
     result = run(args)
-    section = render(result)
-    print()
-    print(section)
-    print(json.dumps(result, default=str), flush=True)
-    if not args.no_results:
-        append_results(section)
-        print(f"appended to {RESULTS}")
-    if not (args.workdir or args.keep):
-        shutil.rmtree(result["work"], ignore_errors=True)
+    publish(args, result, render(result), RESULTS, HEADER)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,20 @@ def start_worker(
              *named, "--limit", str(limit)],
             env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
+
+
+def stop_workers(workers: Iterable[subprocess.Popen[bytes]]) -> None:
+    """Ask every worker to stop at once, then wait for each (killed after 30 s)."""
+    workers = list(workers)
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:

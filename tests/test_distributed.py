@@ -39,7 +39,7 @@ from gptimg_flows.errors import BudgetExceeded, InvalidRequest
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .postgres import postgres_server
-from .prefect_cli import api, deploy_all, running_server, start_worker
+from .prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
 
 pytestmark = pytest.mark.slow
 
@@ -96,14 +96,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 # is up (else the process spends its exit retrying a dead server).
                 APILogWorker.drain_all(timeout=30, at_exit=False)
                 EventsWorker.drain_all(timeout=30, at_exit=False)
-                for worker in workers.values():
-                    if worker.poll() is None:
-                        worker.terminate()
-                for worker in workers.values():
-                    try:
-                        worker.wait(30)
-                    except subprocess.TimeoutExpired:
-                        worker.kill()
+                stop_workers(workers.values())
 
 
 async def _provider(cluster: Cluster, emulator: Any) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .prefect_cli import api, deploy_all, start_worker
+from .prefect_cli import api, deploy_all, start_worker, stop_workers
 from .test_deployments import _save_blocks
 
 pytestmark = pytest.mark.slow
@@ -104,8 +104,7 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
             if _state(env, run_id)["type"] not in TERMINAL:
                 api(env, "POST", f"/flow_runs/{run_id}/set_state",
                     {"state": {"type": "CANCELLED"}, "force": True})  # fmt: skip
-        worker.terminate()
-        worker.wait(30)
+        stop_workers([worker])
     worker_log = (tmp_path / "worker.log").read_text()[-4000:]
     assert done["type"] == "COMPLETED", (done, worker_log)
     assert other["type"] == "COMPLETED", (other, worker_log)

@@ -8,7 +8,6 @@ separate processes started by separate workers; only the server's global concurr
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from gptimg_flows.blocks import RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .conftest import free_port
-from .prefect_cli import api, deploy_all, running_server, start_worker
+from .prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +86,7 @@ async def test_two_workers_share_one_provider_limit_held_by_the_server(
     try:
         runs = _wait_for_runs(env, ids, timeout=420)
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        stop_workers(workers)
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("worker-a", "worker-b")}
 
     states = {r["id"]: r["state_type"] for r in runs}
