@@ -23,7 +23,8 @@ import httpx
 
 #: Our clients' pools: 200 connections, and few idle ones kept, since httpcore checks every
 #: idle one (a syscall each) on every request: a tenth of the event loop at 250 jobs in flight.
-CLIENT_LIMITS = httpx.Limits(max_connections=200, max_keepalive_connections=16)
+MAX_CONNECTIONS = 200
+CLIENT_LIMITS = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=16)
 
 _GATES: weakref.WeakKeyDictionary[httpx.AsyncClient, RequestGate] = weakref.WeakKeyDictionary()
 
@@ -52,6 +53,5 @@ def gate_of(client: httpx.AsyncClient) -> RequestGate:
     """The client's gate: CLIENT_LIMITS' connections, waiting at most its pool timeout."""
     gate = _GATES.get(client)
     if gate is None:
-        slots = CLIENT_LIMITS.max_connections or 100
-        gate = _GATES[client] = RequestGate(slots, client.timeout.pool)
+        gate = _GATES[client] = RequestGate(MAX_CONNECTIONS, client.timeout.pool)
     return gate

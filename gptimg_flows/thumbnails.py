@@ -126,8 +126,6 @@ def store_thumbnail(archive: Archive, sha256: str, source: bytes | str | Path) -
 def load_thumbnail(archive: Archive, sha256: str, image_uri: str) -> str | None:
     """The preview as a `data:` URI, made from the archived image if it has none yet; None
     when the image itself is gone (blocking: run it in a thread)."""
-    if (recent := recent_thumbnail(archive, sha256)) is not None:
-        return recent
     try:
         return data_uri(archive.read_bytes(thumb_rel(sha256)))
     except FileNotFoundError:

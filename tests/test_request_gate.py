@@ -10,7 +10,7 @@ import pytest
 
 from gptimg_flows.errors import TransportError
 from gptimg_flows.providers.base import ApiClient
-from gptimg_flows.request_gate import _GATES, CLIENT_LIMITS, RequestGate, gate_of
+from gptimg_flows.request_gate import _GATES, MAX_CONNECTIONS, RequestGate, gate_of
 
 
 class _Server:
@@ -37,8 +37,7 @@ def _api(server: _Server, pool: float = 5.0) -> ApiClient:
 async def test_a_providers_requests_go_through_at_most_as_many_as_its_connections() -> None:
     server = _Server()
     api = _api(server)
-    slots = CLIENT_LIMITS.max_connections
-    assert slots is not None
+    slots = MAX_CONNECTIONS
     answers = await asyncio.gather(*(api.request("GET", f"/{i}") for i in range(3 * slots)))
     assert answers == [(200, {"ok": True})] * (3 * slots)
     assert server.served == 3 * slots and server.peak == slots
