@@ -20,6 +20,7 @@ from prefect.artifacts import acreate_markdown_artifact
 
 from .archive import Archive, Link
 from .models import ArchivedImage
+from .pacing import run_traffic, traffic_text
 from .results import BatchFailure, ReviewRound, cost_summary
 from .thumbnails import load_thumbnail, recent_thumbnail
 
@@ -169,6 +170,8 @@ async def publish_images(
     shown = await show(images, archive)
     rows = [row(i + 1, s) for i, s in enumerate(shown)]
     summary = f"{cost_summary(images)}\n\n"
+    if traffic := traffic_text(run_traffic()):
+        summary += f"{traffic}\n\n"
     tail = f"\n\n{failure_table(failures)}" if failures else ""
     pages = paginate(rows, len((summary + tail).encode()) + 200)
     bodies: list[str] = []

@@ -59,6 +59,24 @@ class ProviderCredentials(CredentialsBlock, ABC):
             "--slot-decay-per-second R`)."
         ),
     )
+    images_per_minute: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "The account's known limit in images a minute (OpenAI gpt-image-2: 5, 20, 50, 150 "
+            "or 250 on tiers 1-5): submits are paced at it from the first one. Unset, the "
+            "limit is learned from the provider's 429s and rate-limit headers."
+        ),
+    )
+    rate_limit_wait_seconds: float = Field(
+        default=4 * 3600.0,
+        gt=0,
+        description=(
+            "How long one request may wait for the account's rate limit (429s are waited out, "
+            "not counted as retries) before it fails as RateLimited; the run's timeout_seconds "
+            "if shorter. The default lets a 1,000-row file finish at 5 images a minute."
+        ),
+    )
 
     price_per_image: float | None = Field(
         default=None,

@@ -18,9 +18,10 @@ import fsspec
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from .errors import InvalidOutput, OutputExpired, ServerError, TransportError
+from .errors import InvalidOutput, OutputExpired, RateLimited, ServerError, TransportError
 from .imageio import sniff_file
 from .models import OutputRef
+from .providers.base import parse_retry_after
 from .request_gate import CLIENT_LIMITS, gate_of
 
 MAX_OUTPUT_BYTES = 200 * 1024 * 1024
@@ -131,7 +132,12 @@ async def download(
             status = response.status_code
             if status in (401, 403, 404, 410):
                 raise OutputExpired(f"output {ref.index} URL answered HTTP {status}")
-            if status == 429 or status >= 500:
+            if status == 429:
+                raise RateLimited(
+                    f"output {ref.index} download answered HTTP 429",
+                    retry_after=parse_retry_after(response.headers),
+                )
+            if status >= 500:
                 raise ServerError(f"output {ref.index} download answered HTTP {status}")
             if status != 200:
                 raise InvalidOutput(f"output {ref.index} download answered HTTP {status}")

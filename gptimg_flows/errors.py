@@ -60,10 +60,22 @@ class RetryableError(ProviderError):
 
 
 class RateLimited(RetryableError):
-    """The provider answered 429; `retry_after` is its hint in seconds, when it gave one."""
+    """The provider answered 429; `retry_after` is its hint in seconds, when it gave one.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    `gave_up`: a paid submit waited for the account's limit as long as it may (the credentials
+    block's `rate_limit_wait_seconds`): the row fails, and is not retried.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        gave_up: bool = False,
+        **kw: object,
+    ) -> None:
         self.retry_after = retry_after
+        self.gave_up = gave_up
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
@@ -135,4 +147,6 @@ class BudgetExceeded(ProviderError):
 
 def is_retryable(exc: BaseException) -> bool:
     """The one retry predicate every task uses."""
+    if isinstance(exc, RateLimited) and getattr(exc, "gave_up", False):
+        return False
     return isinstance(exc, RetryableError)

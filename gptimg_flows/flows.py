@@ -38,6 +38,7 @@ from .models import (
     build_request,
     canonical_json,
 )
+from .pacing import run_traffic, traffic_text
 from .providers.base import Provider
 from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
 from .results import (
@@ -585,10 +586,15 @@ async def batch_generate(
                                   check_prompt=lambda t: check_columns(rows, t))  # fmt: skip
         reviews = rounds.records
         failures.sort(key=lambda f: f.index)
+    traffic = run_traffic()
     result = BatchResult(images=images, failures=failures, cost=spent_cost(images),
-                         images_cost=total_cost(images), reviews=reviews)  # fmt: skip
+                         images_cost=total_cost(images), reviews=reviews,
+                         refused_submits=traffic.refused,
+                         rate_limit_wait_seconds=round(traffic.waited_seconds, 3))  # fmt: skip
     logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
                 cost_text(result.cost))  # fmt: skip
+    if line := traffic_text(traffic):
+        logger.info("%s", line)
     await publish_images(images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate",
                          failures=failures)  # fmt: skip
     return result

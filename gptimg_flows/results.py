@@ -60,6 +60,12 @@ class BatchResult(BaseModel):
         default_factory=dict, description="what the images cost when they were made"
     )
     reviews: list[ReviewRound] = Field(default_factory=list, description="with review=True")
+    refused_submits: int = Field(
+        0, description="submits the providers refused with 429 (nothing paid; tried again)"
+    )
+    rate_limit_wait_seconds: float = Field(
+        0.0, description="time this run's submits spent waiting for the accounts' rate limits"
+    )
 
 
 def total_cost(images: list[ArchivedImage]) -> dict[str, float]:

@@ -25,6 +25,8 @@ T = TypeVar("T")
 #: Attempts of one free read before its error goes up to the task's retries.
 READ_ATTEMPTS = 4
 READ_BASE_DELAY = 0.5
+#: 429s one read waits out before its error goes up (they use no attempt).
+RATE_LIMITED_READS = 20
 
 BASE_DELAY = 1.0
 MAX_DELAY = 60.0
@@ -67,18 +69,26 @@ async def read_with_retries(
     """
     loop = asyncio.get_running_loop()
     stop = None if budget is None else loop.time() + budget
-    for attempt in range(attempts):
+    attempt = limited = 0
+    while True:
         try:
             return await read()
         except RetryableError as exc:
+            # A 429 is the provider asking us to slow down, not a fault: it waits as told
+            # without using up an attempt (up to RATE_LIMITED_READS times).
+            slow_down = isinstance(exc, RateLimited) and limited < RATE_LIMITED_READS
             hint = exc.retry_after if isinstance(exc, RateLimited) else None
-            delay = backoff_delay(attempt, base=base, retry_after=hint)
-            if attempt == attempts - 1 or (stop is not None and loop.time() + delay > stop):
+            delay = backoff_delay(limited if slow_down else attempt, base=base, retry_after=hint)
+            last = not slow_down and attempt == attempts - 1
+            if last or (stop is not None and loop.time() + delay > stop):
                 raise
+            if slow_down:
+                limited += 1
+            else:
+                attempt += 1
             if on_retry is not None:
-                on_retry(exc, delay, attempt + 1)
+                on_retry(exc, delay, attempt if not slow_down else limited)
             await asyncio.sleep(delay)
-    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def poll_delays(

@@ -64,7 +64,9 @@ from .models import (
     OutputRef,
     canonical_json,
 )
+from .pacing import account_limiter, paced_submit, reads_of, wait_bound
 from .providers.base import PreparedInputs, Provider, failure_error
+from .rate_limiter import gated_read
 from .retry import READ_ATTEMPTS, DurationEstimate, backoff_delay, read_with_retries
 from .thumbnails import store_thumbnail
 
@@ -308,13 +310,22 @@ async def submit_job(
     inputs: PreparedInputs | None,
     key: str,
     archive: Archive,
+    timeout_seconds: float | None = None,
 ) -> Job:
-    """The one paid call, guarded by the key's job record so it happens once per key."""
+    """The one paid call, guarded by the key's job record so it happens once per key.
+
+    Paced by the account's rate limiter: a 429 created nothing, so it waits and tries again
+    (never a task retry) until the block's `rate_limit_wait_seconds` (or `timeout_seconds`)."""
     logger = get_run_logger()
     adapter = provider_of(provider)
     adapter.validate(request)
     submitting = {"state": "submitting", "key": key, "provider": adapter.name}
-    record = await asyncio.to_thread(_read_or_claim, archive, key, submitting)
+    limiter = account_limiter(provider, adapter)
+    # Claim at once only when nothing will wait: a claim made before a long wait for the
+    # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
+    claim_now = limiter.rate is None and limiter.waiting == 0
+    reader = _read_or_claim if claim_now else _read_only
+    record = await asyncio.to_thread(reader, archive, key, submitting)
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
         logger.info("job %s for this request is already recorded: polling it, not paying again",
@@ -336,28 +347,39 @@ async def submit_job(
                 "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
                 provider=adapter.name,
             )
-    if record is not None:  # an earlier attempt's record: claim it again, now
-        await asyncio.to_thread(_claim, archive, key, submitting)
-    try:
-        job = await adapter.submit(request, inputs, key)
-    except TransportError as exc:
-        if not exc.request_sent:
+    claimed = claim_now and record is None
+
+    async def send() -> Job:
+        nonlocal claimed
+        if not claimed:  # a fresh claim for each try, made just before the paid call
+            await asyncio.to_thread(_claim, archive, key, submitting)
+        claimed = False  # whatever happens below, the next try claims again
+        try:
+            return await adapter.submit(request, inputs, key)
+        except TransportError as exc:
+            if not exc.request_sent:
+                await asyncio.to_thread(archive.delete, job_rel(key))
+            raise
+        except MalformedResponse:
+            # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
+            # record stays, so a re-run looks the job up (or stops with SubmitUncertain).
+            raise
+        except ProviderError:
+            # The provider refused the call (a 429 among others): nothing was created.
             await asyncio.to_thread(archive.delete, job_rel(key))
-        raise
-    except MalformedResponse:
-        # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
-        # record stays, so a re-run looks the job up (or stops with SubmitUncertain).
-        raise
-    except ProviderError:
-        # The provider refused the call: nothing was created, nothing billed.
-        await asyncio.to_thread(archive.delete, job_rel(key))
-        raise
+            raise
+
+    job = await paced_submit(limiter, request.n, send, wait_bound(provider, timeout_seconds))
     job = await _stage_inline(archive, job)
     await _record_job(archive, job)
     # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
     # process formats and the server stores most of (bench/RESULTS.md).
     logger.debug("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
     return job
+
+
+def _read_only(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
+    return archive.read_json(job_rel(key))
 
 
 def _read_or_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
@@ -464,6 +486,7 @@ async def _poll_loop(
     def elapsed() -> float:
         return (datetime.now(UTC) - job.submitted_at).total_seconds()
 
+    reads = reads_of(adapter)
     first = min(estimate.first_wait(elapsed()), max(0.0, deadline - time.monotonic()))
     # Nothing learned yet: the first wait was the default rhythm's first step.
     attempt, running_at = (0 if estimate.seconds is not None else 1), None
@@ -475,7 +498,9 @@ async def _poll_loop(
         # loop: learning from send times keeps the estimate from drifting late by the RTT.
         asked_at = elapsed()
         status = await read_with_retries(
-            lambda: adapter.poll(job), budget=deadline - time.monotonic(), on_retry=on_retry
+            lambda: gated_read(reads, lambda: adapter.poll(job)),
+            budget=deadline - time.monotonic(),
+            on_retry=on_retry,
         )
         if status.state.terminal:
             if status.state is JobState.SUCCEEDED and (fresh or running_at is not None):
@@ -520,11 +545,14 @@ async def _fetch(
         return await save_inline(ref)
     current = ref
 
+    reads = reads_of(adapter)
+
     async def once() -> DownloadedImage:
         nonlocal current
         for refreshed in range(URL_REFRESHES + 1):
             try:
-                return await download(client, current, fs=archive.fs)
+                fetch = functools.partial(download, client, current, fs=archive.fs)
+                return await gated_read(reads, fetch)
             except OutputExpired:
                 if refreshed == URL_REFRESHES:
                     raise
@@ -569,7 +597,7 @@ async def run_job(
     of three per request is what keeps a 500-image batch from drowning the Prefect server in
     task-run events (see bench/RESULTS.md).
     """
-    job = await submit_job.fn(provider, request, inputs, key, archive)
+    job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds)
     status = await wait_for_job.fn(provider, job, timeout_seconds)
     images = await download_outputs.fn(provider, job, status, archive)
     return job, status, images

@@ -6,13 +6,15 @@ the task layer and act on the typed errors raised below.
 
 from __future__ import annotations
 
+import contextvars
 import email.utils
+import hashlib
 import json
 import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -346,6 +348,13 @@ class Provider(ABC):
     async def aclose(self) -> None:
         return None
 
+    @property
+    def account(self) -> str:
+        """Which account this adapter spends (a digest of provider, base URL and key): the
+        unit a rate limit applies to."""
+        api = getattr(self, "_api", None)
+        return api.account if isinstance(api, ApiClient) else self.name
+
     async def __aenter__(self) -> Provider:
         return self
 
@@ -408,6 +417,65 @@ def parse_retry_after(headers: httpx.Headers) -> float | None:
         if parsed is None:
             return None
         return max(0.0, parsed.timestamp() - time.time())
+
+
+@dataclass(frozen=True)
+class RateHeaders:
+    """OpenAI's `x-ratelimit-*` figures on one answer (any may be missing): limits per minute,
+    what is left, and seconds until the limit is whole again."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """`1s`, `6m0s`, `120ms`, `1h2m3.5s` (as OpenAI spells resets) in seconds; None if not."""
+    if not value:
+        return None
+    text = value.strip().lower()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(a + u for a, u in parts) != text:
+        try:
+            return max(0.0, float(text))
+        except ValueError:
+            return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(amount) * scale[unit] for amount, unit in parts)
+
+
+def _int_header(headers: httpx.Headers, name: str) -> int | None:
+    try:
+        return int(float(headers[name])) if name in headers else None
+    except ValueError:
+        return None
+
+
+def parse_rate_headers(headers: httpx.Headers) -> RateHeaders | None:
+    """The x-ratelimit figures of an answer, or None when it carries none."""
+    if not any(k.startswith("x-ratelimit-") for k in headers):
+        return None
+    return RateHeaders(
+        limit_requests=_int_header(headers, "x-ratelimit-limit-requests"),
+        remaining_requests=_int_header(headers, "x-ratelimit-remaining-requests"),
+        reset_requests=parse_duration(headers.get("x-ratelimit-reset-requests")),
+        limit_tokens=_int_header(headers, "x-ratelimit-limit-tokens"),
+        remaining_tokens=_int_header(headers, "x-ratelimit-remaining-tokens"),
+        reset_tokens=parse_duration(headers.get("x-ratelimit-reset-tokens")),
+    )
+
+
+#: Who wants the rate-limit figures of the answers to the calls made in this context: the
+#: task layer sets it around a paid submit (the adapters need not know), None elsewhere.
+RATE_HEADERS_SINK: contextvars.ContextVar[Callable[[RateHeaders], None] | None] = (
+    contextvars.ContextVar("gptimg_rate_headers_sink", default=None)
+)
 
 
 def error_details(response: httpx.Response) -> tuple[str, str | None, str | None]:
@@ -494,6 +562,12 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.provider = provider
+        # Which account this client speaks for, without holding its secret: a rate limit is
+        # the account's, shared by every client and flow run that uses the same key.
+        auth = sorted((k.lower(), v) for k, v in headers.items())
+        self.account = hashlib.sha256(
+            repr((provider, base_url.rstrip("/"), auth)).encode()
+        ).hexdigest()[:24]
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=dict(headers),
@@ -535,6 +609,9 @@ class ApiClient:
                 provider=self.provider,
                 job_id=job_id,
             ) from None
+        sink = RATE_HEADERS_SINK.get()
+        if sink is not None and (figures := parse_rate_headers(response.headers)) is not None:
+            sink(figures)
         if response.status_code not in ok:
             err = error_for_response(self.provider, response)
             err.job_id = job_id

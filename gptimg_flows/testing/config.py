@@ -32,6 +32,7 @@ EMULATOR_KEYS: dict[str, str | tuple[str, str]] = {
 
 FaultKind = Literal[
     "submit_429",
+    "poll_429",
     "submit_500",
     "submit_503",
     "submit_drop",
@@ -55,6 +56,21 @@ CREDIT_UNITS: dict[str, str] = {
     "skillsvideo": "credits",
     "gptimage2ai": "credits",
 }
+
+
+class RateLimit(BaseModel):
+    """A per-key token bucket of paid submits: `images_per_minute`, up to `burst` at once.
+
+    A submit that finds too few tokens is answered 429 before any job exists (never paid),
+    with an honest Retry-After (whole seconds, and `retry-after-ms` on the OpenAI routes); the
+    OpenAI routes also send the x-ratelimit-*-requests headers on every answer unless
+    `headers` is false."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images_per_minute: float = Field(gt=0)
+    burst: int = Field(1, ge=1)
+    headers: bool = True
 
 
 class ForcedFault(BaseModel):
@@ -103,6 +119,9 @@ class EmulatorConfig(BaseModel):
     balance: dict[str, float] = Field(
         default_factory=dict, description="credit limit per provider (net of refunds)"
     )
+    rate_limits: dict[str, RateLimit] = Field(
+        default_factory=dict, description="per provider: a token bucket of paid submits per key"
+    )
     pad_to_bytes: int | None = Field(
         None, ge=0, description="pad PNG outputs to about this size with an ancillary chunk"
     )
@@ -122,7 +141,14 @@ class EmulatorConfig(BaseModel):
     render_cache_mb: int = Field(256, ge=0)
     moderation_word: str = Field("FORBIDDEN", min_length=1)
 
-    @field_validator("keys", "latency_by_provider", "faults_by_provider", "balance")
+    @field_validator("rate_limits")
+    @classmethod
+    def _limited_providers(cls, value: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        if "runware" in value:
+            raise ValueError("runware documents no rate limit (its queues slow down instead)")
+        return value
+
+    @field_validator("keys", "latency_by_provider", "faults_by_provider", "balance", "rate_limits")
     @classmethod
     def _known_providers(cls, value: dict[str, Any]) -> dict[str, Any]:
         unknown = set(value) - set(PROVIDERS)

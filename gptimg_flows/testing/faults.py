@@ -24,7 +24,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "submit": ("submit_429", "submit_500", "submit_503", "submit_drop", "html_error"),
     "accepted": ("submit_lost_response", "malformed_json"),
     "job": ("job_fail",),
-    "poll": ("poll_500", "poll_drop"),
+    "poll": ("poll_429", "poll_500", "poll_drop"),
     "url": ("url_expired",),
     "download": ("download_truncate", "download_not_image"),
 }

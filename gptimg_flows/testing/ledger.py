@@ -33,6 +33,7 @@ class Ledger:
         self._peak: dict[str, int] = defaultdict(int)
         self._faults: list[dict[str, Any]] = []
         self._rejected: dict[str, dict[str, int]] = {}
+        self._rate_limited: dict[str, int] = {}
         self._batches: list[dict[str, Any]] = []
 
     # -- writers ---------------------------------------------------------------------------
@@ -115,6 +116,11 @@ class Ledger:
             counts = self._rejected.setdefault(provider, {})
             counts[str(status)] = counts.get(str(status), 0) + 1
 
+    def rate_limited(self, provider: str) -> None:
+        """A paid submit refused by the account's rate limit (no job, nothing charged)."""
+        with self._lock:
+            self._rate_limited[provider] = self._rate_limited.get(provider, 0) + 1
+
     # -- reader ----------------------------------------------------------------------------
 
     def snapshot(self, running_now: dict[str, int] | None = None) -> dict[str, Any]:
@@ -130,5 +136,6 @@ class Ledger:
                 "running_jobs": dict(running_now or {}),
                 "faults": [dict(f) for f in self._faults],
                 "rejected": {p: dict(c) for p, c in self._rejected.items()},
+                "rate_limited": dict(self._rate_limited),
                 "batches": [dict(b) for b in self._batches],
             }

@@ -119,6 +119,8 @@ async def generate(request: Request, emu: Emulator) -> Response:
         except ValueError as exc:
             return _bad("invalid_image_url", str(exc), "imageUrls")
     cost = PRICE_PER_IMAGE[P] * count
+    if (limited := emu.rate_check(P, request, count)[0]) is not None:
+        return limited
     if refusal := emu.precheck(P, cost):
         return refusal
     width, height = dims_for(ratio, "1K")

@@ -175,6 +175,9 @@ async def _generate(
         params.prompt, params.width, params.height, params.quality, len(inputs), params.n
     )
     cost = usage_cost(usage) or 0.0  # OpenAI bills the tokens the answer reports
+    limited, rate_headers = emu.rate_check(P, request, params.n)
+    if limited is not None:
+        return limited
     if refusal := emu.precheck(P, cost):
         return refusal
     job_id = new_id("emu-openai-")
@@ -223,7 +226,8 @@ async def _generate(
             "quality": "high" if params.quality == "auto" else params.quality,
             "background": "opaque" if params.background == "auto" else params.background,
             "output_format": params.fmt,
-        }
+        },
+        headers=rate_headers,
     )
 
 

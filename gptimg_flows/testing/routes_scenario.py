@@ -201,6 +201,8 @@ async def generate(request: Request, emu: Emulator) -> Response:
     if emu.moderated(prompt):
         return shapes.moderation_blocked(P)
     cost = PRICE_PER_IMAGE[P] * n
+    if (limited := emu.rate_check(P, request, n)[0]) is not None:
+        return limited
     if refusal := emu.precheck(P, cost):
         return refusal
     if width is None or height is None:

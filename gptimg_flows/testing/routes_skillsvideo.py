@@ -172,6 +172,8 @@ async def submit(request: Request, emu: Emulator) -> Response:
     except Invalid as exc:
         return shapes.invalid(P, str(exc), param=exc.param)
     cost = PRICE_PER_IMAGE[P] * n
+    if (limited := emu.rate_check(P, request, n)[0]) is not None:
+        return limited
     if refusal := emu.precheck(P, cost):
         return refusal
     if images and ratio is None and resolution is None:

@@ -75,9 +75,10 @@ def error_response(
     param: str | None = None,
     task_uuid: str | None = None,
     retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    headers: dict[str, str] = {}
-    if retry_after is not None:
+    headers = dict(headers or {})
+    if retry_after is not None and "retry-after" not in headers:
         headers["retry-after"] = f"{retry_after:g}"
         if provider == "openai":
             headers["retry-after-ms"] = str(round(retry_after * 1000))
@@ -124,13 +125,19 @@ SERVER_CODES = {
 }
 
 
-def rate_limited(provider: str, retry_after: float, message: str | None = None) -> JSONResponse:
+def rate_limited(
+    provider: str,
+    retry_after: float,
+    message: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return error_response(
         provider,
         429,
         RATE_LIMIT_CODES[provider],
         message or "Too many requests: rate limit reached, retry later.",
         retry_after=retry_after,
+        headers=headers,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import re
 import secrets
 import time
@@ -131,6 +132,7 @@ class Emulator:
         self._background: set[asyncio.Future[Any]] = set()
         self._http: httpx.AsyncClient | None = None
         self.batch_store: Any = None  # routes_openai_batch keeps files and batches here
+        self.buckets: dict[str, TokenBucket] = {}  # rate_limits: one per provider and key
 
     # -- control --------------------------------------------------------------------------
 
@@ -148,6 +150,7 @@ class Emulator:
         self._active = {p: [] for p in PROVIDERS}
         self._refundable.clear()
         self.batch_store = None
+        self.buckets.clear()
 
     def configure(self, partial: Mapping[str, Any]) -> EmulatorConfig:
         self.config = self.config.merged(dict(partial))
@@ -209,6 +212,8 @@ class Emulator:
 
     def poll_fault(self, provider: str, path: str) -> Response | None:
         kind = self.fault(provider, "poll", path)
+        if kind == "poll_429":
+            return shapes.rate_limited(provider, self.config.retry_after)
         if kind == "poll_500":
             return shapes.server_error(provider, 500)
         if kind == "poll_drop":
@@ -250,6 +255,35 @@ class Emulator:
     def balance_view(self, provider: str) -> float:
         left = self.remaining(provider)
         return UNLIMITED - self.ledger.credits_of(provider) if left is None else left
+
+    def rate_check(
+        self, provider: str, request: Request, n: int
+    ) -> tuple[Response | None, dict[str, str]]:
+        """The account's token bucket of paid submits (`rate_limits`): a 429 with an honest
+        Retry-After when too few tokens are left, before any job exists; and the
+        x-ratelimit-*-requests headers the OpenAI routes send on every answer."""
+        limit = self.config.rate_limits.get(provider)
+        if limit is None:
+            return None, {}
+        account = provider + "\x00" + request.headers.get("authorization", "")
+        bucket = self.buckets.get(account)
+        if bucket is None:
+            bucket = self.buckets[account] = TokenBucket(limit.images_per_minute, limit.burst)
+        ok, wait = bucket.take(n, self.now())
+        headers: dict[str, str] = {}
+        if provider == "openai" and limit.headers:
+            headers = {
+                "x-ratelimit-limit-requests": f"{limit.images_per_minute:g}",
+                "x-ratelimit-remaining-requests": str(max(0, math.floor(bucket.tokens))),
+                "x-ratelimit-reset-requests": go_duration(bucket.until_full()),
+            }
+        if ok:
+            return None, headers
+        self.ledger.rate_limited(provider)
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        if provider == "openai":
+            headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        return shapes.rate_limited(provider, wait, headers=headers), headers
 
     def precheck(self, provider: str, cost: float) -> Response | None:
         """The concurrency limit (429) and the balance (out of credits) before a job starts."""
@@ -388,6 +422,43 @@ class Emulator:
                 for spec in job.outputs
             ]
         return job.urls
+
+
+class TokenBucket:
+    """`per_minute` tokens a minute, at most `burst` held; starts full."""
+
+    def __init__(self, per_minute: float, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.at: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self.at is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+
+    def take(self, n: int, now: float) -> tuple[bool, float]:
+        """(taken, seconds until it could be): `n` over the burst goes once the bucket is full."""
+        self._refill(now)
+        need = min(float(n), self.burst)
+        if self.tokens + 1e-9 >= need:
+            self.tokens -= n
+            return True, 0.0
+        return False, (need - self.tokens) / self.rate
+
+    def until_full(self) -> float:
+        return max(0.0, (self.burst - self.tokens) / self.rate)
+
+
+def go_duration(seconds: float) -> str:
+    """Seconds as OpenAI spells a reset: `120ms`, `1.5s`, `6m0s`."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
 
 
 def emulator_of(request: Request) -> Emulator:
