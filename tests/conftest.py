@@ -47,6 +47,15 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         yield env
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limiters() -> None:
+    """Every test meets the emulator's accounts as a new process would: a pace learned from
+    one test's 429s must not slow the next one's submits."""
+    from gptimg_flows.rate_limiter import forget_limiters
+
+    forget_limiters()
+
+
 @pytest.fixture
 def archive_dir(tmp_path: Path) -> Path:
     return tmp_path / "archive"

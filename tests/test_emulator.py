@@ -728,3 +728,65 @@ def test_emulator_process_runs_a_given_config_and_stops() -> None:
         assert r.status_code == 200
         process = proc.process
     assert process is not None and process.poll() is not None
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+def _openai_generation(http: httpx.Client, emulator: EmulatorClient, n: int = 1) -> httpx.Response:
+    return http.post(
+        emulator.base_url("openai") + "/images/generations",
+        json={"model": "gpt-image-2", "prompt": "a fox", "n": n, "size": "64x48"},
+        headers=auth("openai"),
+    )
+
+
+def test_rate_limits_are_off_unless_configured(
+    http: httpx.Client, emulator: EmulatorClient
+) -> None:
+    emulator.configure(latency=0.0)
+    answers = [_openai_generation(http, emulator) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200] * 5
+    assert not any(k.startswith("x-ratelimit") for k in answers[0].headers)
+    assert emulator.ledger()["rate_limited"] == {}
+
+
+def test_openai_bucket_refuses_before_any_job_with_an_honest_retry_after_and_headers(
+    http: httpx.Client, emulator: EmulatorClient
+) -> None:
+    emulator.configure(latency=0.0, rate_limits={"openai": {"images_per_minute": 30, "burst": 2}})
+    first = _openai_generation(http, emulator, n=2)  # IPM counts images: the whole burst
+    assert first.status_code == 200, first.text
+    assert first.headers["x-ratelimit-limit-requests"] == "30"
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    reset = first.headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and 3.5 <= float(reset.rstrip("s")) <= 4.0, reset
+    refused = _openai_generation(http, emulator)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    wait_ms = int(refused.headers["retry-after-ms"])
+    assert 1500 <= wait_ms <= 2000, wait_ms  # one image at 30 a minute: 2 s from empty
+    assert refused.headers["retry-after"] == "2"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    ledger = emulator.ledger()
+    assert len(ledger["submissions"]) == 1 and ledger["rate_limited"] == {"openai": 1}
+    time.sleep(wait_ms / 1000)
+    assert _openai_generation(http, emulator).status_code == 200, "the wait it named suffices"
+
+
+def test_other_providers_get_429_and_retry_after_only(
+    http: httpx.Client, emulator: EmulatorClient
+) -> None:
+    emulator.configure(latency=0.0, rate_limits={"gptimage2ai": {"images_per_minute": 6}})
+    url = emulator.base_url("gptimage2ai") + "/generate"
+    body = {"prompt": "a fox", "ratio": "1:1"}
+    assert http.post(url, json=body, headers=auth("gptimage2ai")).status_code in (200, 202)
+    refused = http.post(url, json=body, headers=auth("gptimage2ai"))
+    assert refused.status_code == 429 and refused.headers["retry-after"] in ("9", "10")
+    assert not any(k.startswith("x-ratelimit") for k in refused.headers)
+    assert len(emulator.ledger()["submissions"]) == 1
+
+
+def test_runware_cannot_be_given_a_rate_limit(emulator: EmulatorClient) -> None:
+    with pytest.raises(ValueError, match="runware documents no rate limit"):
+        emulator.configure(rate_limits={"runware": {"images_per_minute": 6}})

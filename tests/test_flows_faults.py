@@ -128,10 +128,11 @@ async def test_batch_reports_failed_jobs_in_result_and_artifact_with_progress(
 async def test_a_blocks_retries_setting_decides_how_often_a_transient_error_is_retried(
     provider_block: Any, emulator: Any, archive_dir: Path
 ) -> None:
-    from gptimg_flows.errors import RateLimited
+    from gptimg_flows.errors import ServerError
 
-    emulator.force("submit_429", provider="runware", count=3)
-    with pytest.raises(RateLimited):
+    # A 503 is a fault to retry; a 429 is waited out inside the submit (test_rate_limits.py).
+    emulator.force("submit_503", provider="runware", count=3)
+    with pytest.raises(ServerError):
         await generate_images(prompt="no retries", provider=provider_block("runware", retries=0),
                               archive=str(archive_dir), size="256x256")  # fmt: skip
     assert emulator.ledger()["requests"]["runware"]["submit"] == 1

@@ -121,18 +121,20 @@ async def _task_run_states(
         await asyncio.sleep(0.5)
 
 
-async def test_rate_limited_submit_is_retried_visibly_and_paid_once(
+async def test_rate_limited_submit_waits_inside_its_task_and_is_paid_once(
     provider_block: Any, emulator: Any, archive_dir: Path
 ) -> None:
+    """A 429 created nothing: the submit waits for the account's limiter and goes again in the
+    same task run (no task retry spent)."""
     emulator.force("submit_429", provider="runware")
     state = await generate_images(
         prompt="a kite", provider=provider_block("runware"), archive=str(archive_dir),
         size="256x256", return_state=True,
     )  # fmt: skip
     assert state.is_completed()
-    history = await _task_run_states(str(state.state_details.flow_run_id), "Retrying")
+    history = await _task_run_states(str(state.state_details.flow_run_id), "Completed")
     submit = next(names for run, names in history.items() if run.startswith("job-"))
-    assert "AwaitingRetry" in submit and "Retrying" in submit, history
+    assert "AwaitingRetry" not in submit and "Retrying" not in submit, history
     ledger = emulator.ledger()
     assert len(_submissions(ledger, "runware")) == 1
     assert ledger["rejected"]["runware"] == {"429": 1}

@@ -21,17 +21,10 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 
 from gptimg_flows import batch_generate
-from gptimg_flows.rate_limiter import forget_limiters
 from gptimg_flows.results import BatchResult
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_limiters() -> None:
-    """Each test meets its account as a new process would: nothing learned yet."""
-    forget_limiters()
 
 
 async def _task_runs(flow_run_id: UUID) -> list[Any]:
