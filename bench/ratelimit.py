@@ -42,7 +42,7 @@ BURST = 3
 LATENCY = 2.0
 ATTEMPTS = 6
 #: (images a minute, concurrency, N): the issue's cases, N so the burst does not dominate.
-CASES = [(60, 16, 90), (300, 64, 400), (30, 8, 45)]
+CASES = [(60, 16, 100), (300, 64, 500), (30, 8, 50)]
 QUICK = [(60, 16, 30), (300, 64, 120), (30, 8, 15)]
 TARGET = {"ratio": 1.10, "refused_headers": 0.25, "refused_plain": 0.75}
 

@@ -47,8 +47,9 @@ FLOOR_OF_PACE = 0.95
 #: A Retry-After this many intervals of the pace (or more) holds every submit of the account.
 HOLD_ALL_INTERVALS = 8.0
 #: Growth of the pace per image sent while others wait, as a fraction of the pace: faster
-#: before the first decrease (finding the rate from a low first guess), gentle after.
-GROWTH_FINDING = 0.05
+#: before the first decrease (finding the rate from a low first guess, e.g. a whole-second
+#: Retry-After from a bucket that refills 5 times a second), gentle after.
+GROWTH_FINDING = 0.2
 GROWTH_STEADY = 0.01
 #: Images that got through, kept to measure the rate the account delivers (seconds).
 WINDOW_SECONDS = 20.0
@@ -64,6 +65,8 @@ class Ticket:
     at: float
     epoch: int
     n: int
+    #: sent under a pace (False: before any limit was known, e.g. a first burst)
+    paced: bool = True
 
 
 @dataclass
@@ -169,7 +172,7 @@ class AccountLimiter:
                 growth = GROWTH_STEADY if self.decreases else GROWTH_FINDING
                 self._set_rate(self.rate * (1.0 + growth * me.n))
         self._wake_head()
-        return Ticket(at=now, epoch=self.epoch, n=me.n)
+        return Ticket(at=now, epoch=self.epoch, n=me.n, paced=self.rate is not None)
 
     def _wake_head(self) -> None:
         if self._queue:
@@ -187,7 +190,7 @@ class AccountLimiter:
             if self.rate is None:
                 # First sign of a limit: about one image per Retry-After, or what got through.
                 self._set_rate(max(1.0 / max(hold, 0.05), self._measured(now) or 0.0))
-            elif ticket.epoch == self.epoch:
+            elif ticket.epoch == self.epoch and ticket.paced:
                 floor = min(self.rate * FLOOR_OF_PACE, self._measured(now) or 0.0)
                 self._set_rate(max(self.rate * DECREASE, floor))
                 self.decreases += 1
@@ -224,6 +227,7 @@ class AccountLimiter:
             self.ceiling = ceiling
             self.rate = ceiling if self.rate is None else min(self.rate, ceiling)
             self.next_at = max(self.next_at, now)
+            self.epoch += 1  # a new pace: refusals of submits sent before it are not news
             self._wake_head()
 
     def read_refused(self, retry_after: float | None, now: float) -> None:
