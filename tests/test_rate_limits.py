@@ -45,8 +45,9 @@ async def _batch(**kwargs: Any) -> tuple[BatchResult, UUID]:
 
 @pytest.mark.parametrize("name", ["openai", "gptimage2ai"])
 async def test_batch_at_60_a_minute_with_16_at_once_loses_no_row_and_retries_no_task(
-    name: str, provider_block: Any, emulator: Any, archive_dir: Path
-) -> None:
+    name: str, provider_block: Any, emulator: Any, archive_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
     """OpenAI tells its limit in x-ratelimit headers; gptimage2.ai only answers 429 with a
     Retry-After. Either way every row is made, each paid once, and the refusals are waited out
     inside the submit, not as Prefect task retries."""
@@ -76,6 +77,9 @@ async def test_batch_at_60_a_minute_with_16_at_once_loses_no_row_and_retries_no_
     retried = [(t.name, t.run_count) for t in task_runs if t.run_count > 1]
     assert not retried, f"429s used task retries: {retried}"
     assert refused <= rows, f"{refused} refused submits for {rows} rows"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{name}: ")]
+    assert any("429s, pacing at" in m for m in said), said
+    assert any("pacing stopped" in m for m in said), said
 
 
 async def test_the_artifact_counts_refused_submits_and_waiting(
