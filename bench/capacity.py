@@ -7,8 +7,8 @@
 What runs, all on this machine:
 - the provider emulator (Runware API, every job takes `--latency` s, 256x256 PNG, "stamp"
   rendering so pictures cost next to nothing);
-- `prefect server start` (tests/prefect_cli.py) on SQLite, or on a throwaway PostgreSQL 15
-  (tests/postgres.py, `--db postgres`);
+- `prefect server start` (tests/support/prefect_cli.py) on SQLite, or on a throwaway PostgreSQL 15
+  (tests/support/postgres.py, `--db postgres`);
 - ONE flow process (this file, `--child`) running `batch_generate` of N prompts (a prompt
   file) with `concurrency=C`, then at once the same batch again (same archive: the cache
   re-run), and with `--rerun-after S` once more after S seconds (a settled re-run).
@@ -60,7 +60,7 @@ SIZE, FORMAT = "256x256", "png"
 TARGET = {"ratio": 1.15, "rss_mb": 1024.0, "polls": 1.5, "rerun_pct": 10.0}
 
 # `python bench/capacity.py` puts bench/ first on sys.path; the repo root instead, so that
-# `bench.run` and `tests.postgres` import as packages and bench's modules shadow nothing.
+# `bench.run` and `tests.support.postgres` import as packages and bench's modules shadow nothing.
 if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
     sys.path[0] = str(ROOT)
 elif str(ROOT) not in sys.path:
@@ -323,14 +323,14 @@ def database(kind: str) -> Iterator[tuple[dict[str, str], int | None, float]]:
     if kind == "sqlite":
         yield {}, None, 0.0
         return
-    from tests.postgres import postgres_server
+    from tests.support.postgres import postgres_server
 
     port, t0 = free_port(), time.monotonic()
     try:
         with postgres_server(port) as url:
             yield {"PREFECT_SERVER_DATABASE_CONNECTION_URL": url}, port, time.monotonic() - t0
     except BaseException as exc:
-        # tests/postgres.py skips (pytest's Skipped, a BaseException) without the binaries.
+        # tests/support/postgres.py skips (pytest's Skipped, a BaseException) without the binaries.
         if type(exc).__name__ in ("Skipped", "Failed"):
             raise SystemExit(f"PostgreSQL is not available: {exc}") from None
         raise
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.run import free_port, machine, process_tree_cpu
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
     from gptimg_flows.testing.config import EMULATOR_KEYS
-    from tests.prefect_cli import running_server
+    from tests.support.prefect_cli import running_server
 
     began = time.monotonic()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gptimg-capacity-")).resolve()

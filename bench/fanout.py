@@ -5,9 +5,9 @@
     python bench/fanout.py --n 40 --latency 2 --workers 2 --chunk-size 10 --concurrency 5 \
         --no-results                                                        # a quick look
 
-What runs, all on this machine (the cluster tests/test_distributed.py sets up):
-- a throwaway PostgreSQL 15 (tests/postgres.py) under `prefect server start`
-  (tests/prefect_cli.py);
+What runs, all on this machine (the cluster tests/support/cluster.py describes):
+- a throwaway PostgreSQL 15 (tests/support/postgres.py) under `prefect server start`
+  (tests/support/prefect_cli.py);
 - the process work pool `gptimg-process` and the deployments of deployments/prefect.yaml: the
   chunk deployment `batch-generate/batch-from-file` and `distributed-batch`;
 - W process workers (`prefect worker start --pool gptimg-process --limit <limit>`): each runs up
@@ -150,16 +150,16 @@ async def _run_on_worker(spec: dict[str, Any], params: dict[str, Any]) -> dict[s
     import os
     import re
 
-    from tests.test_distributed import Cluster, _report, _start_parent, _wait
+    from tests.support.cluster import Cluster, read_report, start_parent, wait_for_run
 
     cluster = Cluster(dict(os.environ), Path(spec["home"]), {})
-    run = _start_parent(cluster, params)
-    done = await _wait(cluster, run["id"], timeout=spec["timeout"])
+    run = start_parent(cluster, params)
+    done = await wait_for_run(cluster, run["id"], timeout=spec["timeout"])
     outcome: dict[str, Any] = {"state": done["state_type"], "run_id": run["id"]}
     if done["state_type"] != "COMPLETED":
         message = (done.get("state") or {}).get("message") or ""
         return {**outcome, "images": 0, "failures": -1, "failure_examples": [message[:300]]}
-    report = _report(cluster, run["id"])
+    report = read_report(cluster, run["id"])
     found = re.search(r"(\d+) image\(s\), (\d+) failed row\(s\)", report)
     images, failures = (int(found[1]), int(found[2])) if found else (0, -1)
     examples = [line[:300] for line in report.splitlines() if "Error" in line or "Rejected" in line]
@@ -195,7 +195,7 @@ def wait_for_workers(
 ) -> None:
     """Until every worker has reported to the server (else the first chunk runs would wait
     for workers still importing Prefect)."""
-    from tests.prefect_cli import api
+    from tests.support.prefect_cli import api
 
     deadline = time.monotonic() + WORKER_START_SECONDS
     while True:
@@ -281,7 +281,7 @@ def error_kinds(lines: list[str]) -> dict[str, int]:
 
 
 def flow_runs(env: dict[str, str], body: dict[str, Any]) -> list[dict[str, Any]]:
-    from tests.prefect_cli import api
+    from tests.support.prefect_cli import api
 
     out: list[dict[str, Any]] = []
     while True:
@@ -308,8 +308,8 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
 
 def server_view(env: dict[str, str]) -> dict[str, Any]:
     """The two parent runs and the chunk runs each started, from the server's records."""
-    from tests.prefect_cli import api
-    from tests.test_distributed import BATCH_DEPLOYMENT
+    from tests.support.cluster import BATCH_DEPLOYMENT
+    from tests.support.prefect_cli import api
 
     parents = flow_runs(env, {"flows": {"name": {"any_": [PARENT_FLOW]}}})
     parents.sort(key=lambda r: _ts(r["created"]) or 0.0)
@@ -389,8 +389,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     from bench.run import free_port, machine, process_tree_cpu
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
-    from tests.prefect_cli import deploy_all, running_server, start_worker, stop_workers
-    from tests.test_distributed import IMAGE, Cluster, _provider
+    from tests.support.cluster import IMAGE, Cluster, save_provider
+    from tests.support.prefect_cli import deploy_all, running_server, start_worker, stop_workers
 
     began = time.monotonic()
     shape = plan(args)
@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         deploy_all(env)
         cluster = Cluster(env, home, workers)
-        provider = asyncio.run(_provider(cluster, emu))
+        provider = asyncio.run(save_provider(cluster, emu))
         timings["deploy"] = time.monotonic() - t0
         t0 = time.monotonic()
         stack.callback(stop_workers, workers.values())

@@ -41,7 +41,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real `prefect server start` process (fresh SQLite home); its env for subprocesses."""
-    from .prefect_cli import running_server
+    from .support.prefect_cli import running_server
 
     with running_server(tmp_path_factory.mktemp("prefect-home"), free_port()) as env:
         yield env

@@ -18,7 +18,7 @@ from gptimg_flows import ImageArchive, batch_generate, generate_edit_archive, ge
 from gptimg_flows.artifacts import cell
 from gptimg_flows.thumbnails import THUMB_SIDE
 
-from .prefect_api import artifacts
+from .support.prefect_api import artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 DATA_URI = re.compile(r"\(data:image/webp;base64,([A-Za-z0-9+/=]+)\)")

@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from gptimg_flows import generate_edit_archive
 
-from .browser import (
+from .support.browser import (
     chromium_or_skip,
     click_resume_and_fill,
     images_loaded,
@@ -28,7 +28,7 @@ from .browser import (
     ui_url_of,
     wait_for_resume_form,
 )
-from .prefect_cli import api
+from .support.prefect_cli import api
 
 # Prefect 3.9 serves two UIs: V1 at `/runs/…` (where Prefect's own "View at" links open a run)
 # and V2 at `/v2/…` (where `/` redirects). Both must show the pictures and take the answer.

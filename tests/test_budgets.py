@@ -19,7 +19,7 @@ from gptimg_flows import (
 )
 from gptimg_flows.flows import BatchResult
 
-from .prefect_api import api_post
+from .support.prefect_api import api_post
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -19,7 +19,7 @@ from PIL import Image
 from gptimg_flows import batch_generate
 from gptimg_flows.testing.state import PRICE_PER_IMAGE
 
-from .prefect_api import api_post, artifacts
+from .support.prefect_api import api_post, artifacts
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 

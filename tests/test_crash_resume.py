@@ -37,11 +37,11 @@ def _wait_for(predicate: Any, timeout: float, what: str) -> None:
 
 
 def _kill_9_flow_process(spec: dict[str, Any], when: Callable[[], None]) -> None:
-    """Run one flow in its own process (tests/flow_process.py); SIGKILL it once `when()`
+    """Run one flow in its own process (tests/support/flow_process.py); SIGKILL it once `when()`
     returns, and check it died of that signal."""
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.flow_process", json.dumps(spec)],
+        [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

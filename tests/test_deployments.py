@@ -25,7 +25,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gptimg_flows import ImageArchive, OpenAIImageCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
-from .prefect_cli import ROOT, api, deploy_all
+from .support.prefect_cli import ROOT, api, deploy_all
 
 pytestmark = pytest.mark.slow
 

@@ -17,12 +17,9 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +29,26 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from gptimg_flows.blocks import RunwareCredentials
-from gptimg_flows.chunk_results import REPORT_KEY
 from gptimg_flows.chunks import plan_chunks
 from gptimg_flows.distributed import distributed_batch
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
-from gptimg_flows.testing.config import EMULATOR_KEYS
 
-from .postgres import postgres_server
-from .prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
+from .support.cluster import (
+    BATCH_DEPLOYMENT,
+    IMAGE,
+    PRICE,
+    Cluster,
+    read_report,
+    save_provider,
+    start_parent,
+    wait_for_run,
+)  # fmt: skip
+from .support.postgres import postgres_server
+from .support.prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
 
 pytestmark = pytest.mark.slow
 
 WORKERS = ("w1", "w2", "w3")
-PRICE = 0.04  # the emulator's Runware price per image, set on the block so budgets are exact
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-BATCH_DEPLOYMENT = "batch-generate/batch-from-file"
-#: Small, quick images: the tests measure orchestration, not rendering.
-IMAGE = {"size": "256x256", "output_format": "png"}
 #: A running chunk run with no heartbeat for this long is lost (Prefect beats every 30 s).
 LOST_AFTER = 45
 JOB_SECONDS = 20.0
@@ -58,16 +58,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Cluster:
-    env: dict[str, str]
-    home: Path
-    workers: dict[str, subprocess.Popen[bytes]]
-
-    def log(self, name: str) -> str:
-        return (self.home / f"{name}.log").read_text(errors="replace")[-4000:]
 
 
 @pytest.fixture(scope="module")
@@ -99,18 +89,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 stop_workers(workers.values())
 
 
-async def _provider(cluster: Cluster, emulator: Any) -> str:
-    name = f"dist-{uuid.uuid4().hex[:6]}"
-    block = RunwareCredentials(
-        api_key=str(EMULATOR_KEYS["runware"]),
-        base_url=emulator.base_url("runware"),
-        price_per_image=PRICE,
-    )
-    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
-        await block.asave(name)
-    return f"{RunwareCredentials.get_block_type_slug()}/{name}"
-
-
 def _runs(cluster: Cluster, archive: Path) -> list[dict[str, Any]]:
     """The chunk runs (runs of the batch deployment) writing into `archive`."""
     deployment = api(cluster.env, "GET", f"/deployments/name/{BATCH_DEPLOYMENT}")
@@ -140,7 +118,7 @@ def test_identical_requests_share_a_chunk_so_each_keeps_its_slot() -> None:
 async def test_refused_before_any_chunk_run(
     cluster: Cluster, emulator: Any, tmp_path: Path
 ) -> None:
-    provider = await _provider(cluster, emulator)
+    provider = await save_provider(cluster, emulator)
     archive = tmp_path / "archive"
     base: dict[str, Any] = dict(
         prompts=[f"refused {i}" for i in range(10)], provider=provider, archive=str(archive),
@@ -163,7 +141,7 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     cluster: Cluster, emulator: Any, tmp_path: Path
 ) -> None:
     emulator.configure(latency=0.5, render_mode="stamp")
-    provider = await _provider(cluster, emulator)
+    provider = await save_provider(cluster, emulator)
     archive = tmp_path / "archive"
     # 300 prompts (the last a repeat of the first: a second image, so it shares chunk 0 to
     # keep its own request key), one the provider's moderation refuses (a failure of its row
@@ -182,8 +160,8 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
 
     # The parent runs as a run of the `distributed-batch` deployment, on a worker.
     started = time.monotonic()
-    parent = _start_parent(cluster, params)
-    done = await _wait(cluster, parent["id"], timeout=240)
+    parent = start_parent(cluster, params)
+    done = await wait_for_run(cluster, parent["id"], timeout=240)
     first = time.monotonic() - started
     assert done["state_type"] == "COMPLETED", (done["state"], _logs(cluster))
     ledger = emulator.ledger()
@@ -198,7 +176,7 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     # rows with the repeat, the others 50), so no chunk ran out although it was all spent.
     caps = sorted(r["parameters"]["max_cost"] for r in runs)
     assert caps == pytest.approx([50 * PRICE] * 5 + [51 * PRICE]), caps
-    report = _report(cluster, parent["id"])
+    report = read_report(cluster, parent["id"])
     assert "300 image(s), 2 failed row(s). This run spent: 12 usd" in report, report
     assert "| 300 | a FORBIDDEN poster | - | ContentRejected:" in report, report
 
@@ -222,21 +200,6 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     assert again.cost == {"usd": 0.0} and again.images_cost == {"usd": pytest.approx(12.0)}
     assert [(f.index, f.error_type, f.extra) for f in again.failures] == failed
     print(f"300 prompts over 3 workers (parent on a worker): {first:.1f} s; re-run {rerun:.1f} s")
-
-
-def _start_parent(cluster: Cluster, params: dict[str, Any]) -> dict[str, Any]:
-    deployment = api(cluster.env, "GET", "/deployments/name/distributed-batch/distributed-batch")
-    path = f"/deployments/{deployment['id']}/create_flow_run"
-    run: dict[str, Any] = api(cluster.env, "POST", path, {"parameters": params})
-    return run
-
-
-def _report(cluster: Cluster, flow_run_id: str) -> str:
-    found = api(cluster.env, "POST", "/artifacts/filter",
-                {"artifacts": {"key": {"any_": [REPORT_KEY]}},
-                 "flow_runs": {"id": {"any_": [flow_run_id]}}})  # fmt: skip
-    assert found, f"no {REPORT_KEY} artifact for {flow_run_id}"
-    return str(found[0]["data"])
 
 
 def _logs(cluster: Cluster) -> dict[str, str]:
@@ -289,15 +252,6 @@ def _runs_by_worker(cluster: Cluster) -> dict[str, set[str]]:
     }
 
 
-async def _wait(cluster: Cluster, run_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        run: dict[str, Any] = api(cluster.env, "GET", f"/flow_runs/{run_id}")
-        if run["state_type"] in FINAL or time.monotonic() > deadline:
-            return run
-        await asyncio.sleep(1)
-
-
 async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_paid_twice(
     cluster: Cluster, emulator: Any, tmp_path: Path
 ) -> None:
@@ -306,7 +260,7 @@ async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_
     # Resumed jobs are polled at once (they neither wait for nor teach the learned duration):
     # the restarted chunks must collect them before the emulator's 300 s URLs expire.
     emulator.configure(latency=JOB_SECONDS, render_mode="stamp")
-    provider = await _provider(cluster, emulator)
+    provider = await save_provider(cluster, emulator)
     archive = tmp_path / "archive"
     prompts = [f"crash-test prompt {i}" for i in range(300)]
     params: dict[str, Any] = dict(

@@ -17,7 +17,7 @@ from PIL import Image
 from gptimg_flows import batch_generate, edit_image, generate_images
 from gptimg_flows.errors import InvalidOutput, JobFailed, JobTimeout
 
-from .prefect_api import artifacts
+from .support.prefect_api import artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -21,7 +21,7 @@ from gptimg_flows import (
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OfflineProvider
 
-from .prefect_api import artifacts, asset_events
+from .support.prefect_api import artifacts, asset_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -16,7 +16,7 @@ from prefect.client.orchestration import get_client
 from gptimg_flows import ImageArchive, generate_edit_archive, generate_images
 from gptimg_flows.errors import AuthError
 
-from .prefect_api import api_post
+from .support.prefect_api import api_post
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

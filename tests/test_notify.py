@@ -33,7 +33,7 @@ from gptimg_flows.notify import (
 )
 
 from .conftest import free_port
-from .prefect_cli import api
+from .support.prefect_cli import api
 
 pytestmark = pytest.mark.slow
 

@@ -196,7 +196,7 @@ async def test_two_flow_processes_on_one_account_lose_no_row(
                   "archive": str(tmp_path / f"archive-{p}"), "concurrency": 8}  # fmt: skip
         spec = {"flow": "batch_generate", "provider": "gptimage2ai",
                 "block": _block_fields(block), "kwargs": kwargs}  # fmt: skip
-        command = [sys.executable, "-m", "tests.flow_process", json.dumps(spec)]
+        command = [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)]
         procs.append(
             await asyncio.create_subprocess_exec(
                 *command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

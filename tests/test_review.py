@@ -23,7 +23,7 @@ from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OfflineProvider
 from gptimg_flows.results import BatchResult, PipelineResult
 
-from .prefect_api import api_post, artifacts
+from .support.prefect_api import api_post, artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 T = TypeVar("T")

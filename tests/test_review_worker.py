@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .prefect_cli import api, deploy_all, start_worker, stop_workers
+from .support.prefect_cli import api, deploy_all, start_worker, stop_workers
 from .test_deployments import _save_blocks
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from gptimg_flows.blocks import RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .conftest import free_port
-from .prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
+from .support.prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
 
 pytestmark = pytest.mark.slow
 

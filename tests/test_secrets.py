@@ -44,7 +44,7 @@ from gptimg_flows import (
 from gptimg_flows.blocks_env import SOURCES
 from gptimg_flows.errors import AuthError, JobFailed
 
-from .secret_scan import Place, needles, read_files, read_prefect_api_until, read_s3
+from .support.secret_scan import Place, needles, read_files, read_prefect_api_until, read_s3
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 from gptimg_flows import batch_generate, generate_edit_archive, generate_images
 from gptimg_flows.flows import BatchResult, PipelineResult
 
-from .prefect_api import artifacts
+from .support.prefect_api import artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -1,6 +1,6 @@
 """Runs one flow in its own process, so a test can kill -9 it mid-run.
 
-Usage: python -m tests.flow_process '<json>' with keys flow, provider, base_url, api_key,
+Usage: python -m tests.support.flow_process '<json>' with keys flow, provider, base_url, api_key,
 api_secret?, kwargs. Prints the archived URIs as JSON on success.
 """
 
