@@ -51,6 +51,10 @@ HOLD_ALL_INTERVALS = 8.0
 #: Retry-After from a bucket that refills 5 times a second), gentle after.
 GROWTH_FINDING = 0.2
 GROWTH_STEADY = 0.01
+#: After a decrease the pace also regains this share of its ceiling (or best pace) a second
+#: of sending, counted over at most RECOVERY_STEP_SECONDS between two sends.
+RECOVERY_PER_SECOND = 0.01
+RECOVERY_STEP_SECONDS = 5.0
 #: Images that got through, kept to measure the rate the account delivers (seconds).
 WINDOW_SECONDS = 20.0
 #: A measured rate needs at least this long a window and this many images to be believed.
@@ -105,6 +109,9 @@ class AccountLimiter:
     hold_until: float = 0.0
     epoch: int = 0
     decreases: int = 0
+    #: the fastest pace a 429 has cut (the best known to have been tried)
+    peak: float = 0.0
+    _grown_at: float = 0.0
     stats: TrafficStats = field(default_factory=TrafficStats)
     last_retry_after: float | None = None
     #: Reads (polls, downloads) answered 429 hold the account's reads, not its submits.
@@ -170,7 +177,15 @@ class AccountLimiter:
             self.next_at = start + me.n * interval
             if self._queue:  # others wait: the pace may be too slow; probe a little faster
                 growth = GROWTH_STEADY if self.decreases else GROWTH_FINDING
-                self._set_rate(self.rate * (1.0 + growth * me.n))
+                rate = self.rate * (1.0 + growth * me.n)
+                if self.decreases:
+                    # ... and, in time, a share of the best pace seen: a process starved by
+                    # another on the same key (or decreased by a burst) comes back in tens of
+                    # seconds, not after thousands of its own slow sends.
+                    since = min(now - self._grown_at, RECOVERY_STEP_SECONDS)
+                    rate += RECOVERY_PER_SECOND * (self.ceiling or self.peak) * since
+                self._grown_at = now
+                self._set_rate(rate)
         self._wake_head()
         return Ticket(at=now, epoch=self.epoch, n=me.n, paced=self.rate is not None)
 
@@ -191,6 +206,7 @@ class AccountLimiter:
                 # First sign of a limit: about one image per Retry-After, or what got through.
                 self._set_rate(max(1.0 / max(hold, 0.05), self._measured(now) or 0.0))
             elif ticket.epoch == self.epoch and ticket.paced:
+                self.peak = max(self.peak, self.rate)
                 floor = min(self.rate * FLOOR_OF_PACE, self._measured(now) or 0.0)
                 self._set_rate(max(self.rate * DECREASE, floor))
                 self.decreases += 1
