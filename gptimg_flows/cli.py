@@ -722,6 +722,12 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     summary.add_row("spent this run", _cost(result.cost))
     if result.images_cost != result.cost:
         summary.add_row("images originally cost", _cost(result.images_cost))
+    if result.refused_submits or result.rate_limit_wait_seconds >= 0.5:
+        summary.add_row(
+            "rate limits",
+            f"{result.refused_submits} submit(s) refused with 429 (nothing paid), "
+            f"{result.rate_limit_wait_seconds:.0f} s waited",
+        )
     summary.add_row("archived under", Text(where))
     console.print(summary)
     for img in result.images:  # one line per image, in input order: paths stay whole

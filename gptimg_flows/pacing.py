@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,7 +41,9 @@ class RunTraffic:
     waited_seconds: float = 0.0
 
 
-_RUNS: dict[UUID | None, RunTraffic] = {}
+#: Flow runs whose counts are kept: a worker serving runs for months must not grow for ever.
+KEPT_RUNS = 1000
+_RUNS: OrderedDict[UUID | None, RunTraffic] = OrderedDict()
 _ANNOUNCED: set[int] = set()
 _LOCK = threading.Lock()
 
@@ -70,6 +73,9 @@ def _count(refused: int = 0, waited: float = 0.0) -> None:
     run = _run_id()
     with _LOCK:
         traffic = _RUNS.setdefault(run, RunTraffic())
+        _RUNS.move_to_end(run)
+        while len(_RUNS) > KEPT_RUNS:
+            _RUNS.popitem(last=False)
         traffic.refused += refused
         traffic.waited_seconds += waited
 
