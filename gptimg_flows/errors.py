@@ -139,6 +139,13 @@ class MalformedResponse(ProviderError):
     """
 
 
+class SubmitUncertain(ProviderError):
+    """A submit for this key was sent but its answer never recorded: it may have been billed.
+
+    Not retried: re-submitting could pay twice. Re-run with `refresh=True` to pay for a new one.
+    """
+
+
 class BudgetExceeded(ProviderError):
     """Paying for this would pass a budget (`max_cost`, or a credentials block's daily spend
     limit), or the cost cannot be estimated for a budget: refused before the provider is

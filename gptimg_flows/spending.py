@@ -22,6 +22,7 @@ import httpx
 from .blocks import ProviderCredentials
 from .costs import Price
 from .errors import BudgetExceeded, InvalidRequest
+from .providers.base import parse_retry_after
 from .tasks import ProviderSpec
 
 
@@ -82,14 +83,7 @@ async def _increment(name: str, slots: int, wait_seconds: float) -> str:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return "full"
-                hint = _retry_after(exc.response.headers.get("Retry-After"))
-                await asyncio.sleep(min(left, hint))
+                hint = parse_retry_after(exc.response.headers)
+                await asyncio.sleep(min(left, 0.5 if hint is None else max(0.05, hint)))
                 continue
             return "taken" if response.json() else "missing"
-
-
-def _retry_after(value: str | None) -> float:
-    try:
-        return max(0.05, float(value)) if value else 0.5
-    except ValueError:
-        return 0.5

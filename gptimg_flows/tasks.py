@@ -49,6 +49,7 @@ from .errors import (
     ProviderError,
     RateLimited,
     RetryableError,
+    SubmitUncertain,
     TransportError,
     is_retryable,
 )
@@ -160,13 +161,6 @@ def job_rel(key: str) -> str:
 
 def _result_rel(key: str) -> str:
     return f"_results/{key}.json"
-
-
-class SubmitUncertain(ProviderError):
-    """A submit for this key was sent but its answer never recorded: it may have been billed.
-
-    Not retried: re-submitting could pay twice. Re-run with `refresh=True` to pay for a new one.
-    """
 
 
 async def job_recorded(archive: Archive, key: str) -> bool:
