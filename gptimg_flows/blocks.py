@@ -7,8 +7,9 @@ hands out a provider adapter (`get_provider`); nothing else ever reads the secre
 from __future__ import annotations
 
 import asyncio
+import importlib
 import weakref
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import Any, ClassVar
 
 from prefect.blocks.abstract import CredentialsBlock
@@ -107,8 +108,28 @@ class ProviderCredentials(CredentialsBlock, ABC):
         description="How long a submit waits for the spend limit's slots before it is refused.",
     )
 
-    @abstractmethod
-    def _build(self) -> Provider: ...
+    #: Where the adapter lives (imported on first use: a block loads without httpx clients).
+    adapter_path: ClassVar[str]
+    #: The secret fields, passed to the adapter in this order.
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
+    #: Block fields passed to the adapter as keyword arguments when set.
+    adapter_options: ClassVar[tuple[str, ...]] = ()
+
+    def _build(self) -> Provider:
+        """The adapter for these credentials: one rule for every provider's block."""
+        module, _, name = self.adapter_path.partition(":")
+        adapter_class = getattr(importlib.import_module(module), name)
+        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
+        if self.base_url:
+            kw["base_url"] = self.base_url
+        kw.update(
+            (option, value)
+            for option in self.adapter_options
+            if (value := getattr(self, option)) is not None
+        )
+        secrets = (getattr(self, field).get_secret_value() for field in self.secret_fields)
+        adapter: Provider = adapter_class(*secrets, **kw)
+        return adapter
 
     def get_provider(self) -> Provider:
         """The adapter for these credentials, shared per event loop (one connection pool)."""
@@ -134,6 +155,8 @@ class OpenAIImageCredentials(ProviderCredentials):
     _block_type_slug = "gptimg-openai-credentials"
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "openai"
+    adapter_path: ClassVar[str] = "gptimg_flows.providers.openai:OpenAIProvider"
+    adapter_options: ClassVar[tuple[str, ...]] = ("model", "organization", "token_prices")
 
     api_key: SecretStr = Field(description="OpenAI API key (what OPENAI_API_KEY holds).")
     organization: str | None = Field(default=None, description="Optional OpenAI organization id.")
@@ -148,18 +171,6 @@ class OpenAIImageCredentials(ProviderCredentials):
             "text in 5, cached text 1.25, image in 8, cached image 2, image out 30)."
         ),
     )
-
-    def _build(self) -> Provider:
-        kw: dict[str, Any] = {"model": self.model, "timeout": self.timeout_seconds}
-        if self.token_prices is not None:
-            kw["token_prices"] = self.token_prices
-        if self.base_url:
-            kw["base_url"] = self.base_url
-        if self.organization:
-            kw["organization"] = self.organization
-        from .providers.openai import OpenAIProvider
-
-        return OpenAIProvider(self.api_key.get_secret_value(), **kw)
 
 
 class ScenarioCredentials(ProviderCredentials):
@@ -176,21 +187,13 @@ class ScenarioCredentials(ProviderCredentials):
     _block_type_slug = "gptimg-scenario-credentials"
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "scenario"
+    adapter_path: ClassVar[str] = "gptimg_flows.providers.scenario:ScenarioProvider"
+    secret_fields: ClassVar[tuple[str, ...]] = ("api_key", "api_secret")
 
     api_key: SecretStr = Field(description="Scenario API key (what SCENARIO_SDK_API_KEY holds).")
     api_secret: SecretStr = Field(
         description="Scenario API secret (what SCENARIO_SDK_API_SECRET holds)."
     )
-
-    def _build(self) -> Provider:
-        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
-        if self.base_url:
-            kw["base_url"] = self.base_url
-        from .providers.scenario import ScenarioProvider
-
-        return ScenarioProvider(
-            self.api_key.get_secret_value(), self.api_secret.get_secret_value(), **kw
-        )
 
 
 class RunwareCredentials(ProviderCredentials):
@@ -207,16 +210,9 @@ class RunwareCredentials(ProviderCredentials):
     _block_type_slug = "gptimg-runware-credentials"
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "runware"
+    adapter_path: ClassVar[str] = "gptimg_flows.providers.runware:RunwareProvider"
 
     api_key: SecretStr = Field(description="Runware API key (what RUNWARE_API_KEY holds).")
-
-    def _build(self) -> Provider:
-        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
-        if self.base_url:
-            kw["base_url"] = self.base_url
-        from .providers.runware import RunwareProvider
-
-        return RunwareProvider(self.api_key.get_secret_value(), **kw)
 
 
 class SkillsVideoCredentials(ProviderCredentials):
@@ -233,18 +229,11 @@ class SkillsVideoCredentials(ProviderCredentials):
     _block_type_slug = "gptimg-skillsvideo-credentials"
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "skillsvideo"
+    adapter_path: ClassVar[str] = "gptimg_flows.providers.skillsvideo:SkillsVideoProvider"
 
     api_key: SecretStr = Field(
         description="skills.video API key (what SKILLS_VIDEO_API_KEY holds)."
     )
-
-    def _build(self) -> Provider:
-        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
-        if self.base_url:
-            kw["base_url"] = self.base_url
-        from .providers.skillsvideo import SkillsVideoProvider
-
-        return SkillsVideoProvider(self.api_key.get_secret_value(), **kw)
 
 
 class GptImage2AICredentials(ProviderCredentials):
@@ -261,16 +250,9 @@ class GptImage2AICredentials(ProviderCredentials):
     _block_type_slug = "gptimg-gptimage2ai-credentials"
     _documentation_url = _DOCS  # type: ignore[assignment]
     provider_name: ClassVar[str] = "gptimage2ai"
+    adapter_path: ClassVar[str] = "gptimg_flows.providers.gptimage2ai:GptImage2AIProvider"
 
     api_key: SecretStr = Field(description="gptimage2.ai API key (what GPTIMAGE2_API_KEY holds).")
-
-    def _build(self) -> Provider:
-        kw: dict[str, Any] = {"timeout": self.timeout_seconds}
-        if self.base_url:
-            kw["base_url"] = self.base_url
-        from .providers.gptimage2ai import GptImage2AIProvider
-
-        return GptImage2AIProvider(self.api_key.get_secret_value(), **kw)
 
 
 CREDENTIAL_BLOCKS: tuple[type[ProviderCredentials], ...] = (
