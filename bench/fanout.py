@@ -90,7 +90,7 @@ async def child(spec: dict[str, Any]) -> None:
     """Runs the parent twice (first, immediate re-run), here or as deployment runs on a worker,
     and reports each on stdout the way bench/capacity.py's flow process does."""
     from bench.capacity import _say, _status_kb
-    from gptimg_flows.distributed import distributed_batch  # imported before any run is timed
+    from gptimg_flows.distributed.flow import distributed_batch  # imported before any run is timed
     from gptimg_flows.testing import EmulatorClient
 
     emulator = EmulatorClient(spec["emulator"], timeout=120)

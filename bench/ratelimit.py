@@ -113,7 +113,7 @@ async def script(
 
 async def project(provider: str, block: Any, n: int, c: int, archive: Path) -> dict[str, Any]:
     from gptimg_flows import batch_generate
-    from gptimg_flows.rate_limiter import forget_limiters
+    from gptimg_flows.engine.rate_limiter import forget_limiters
 
     forget_limiters()  # a fresh process's view of the account
     started = time.monotonic()

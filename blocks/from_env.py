@@ -20,7 +20,7 @@ import sys
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from gptimg_flows.blocks_env import main
+from gptimg_flows.blocks.from_env import main
 
 if __name__ == "__main__":
     sys.exit(main())

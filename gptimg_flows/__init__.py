@@ -12,7 +12,7 @@ Public API (what users, deployments and docs rely on):
 
 from __future__ import annotations
 
-from .blocks import (
+from gptimg_flows.blocks.credentials import (
     GptImage2AICredentials,
     ImageArchive,
     OpenAIImageCredentials,
@@ -20,19 +20,19 @@ from .blocks import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
-from .distributed import distributed_batch
-from .errors import BudgetExceeded
-from .estimates import estimate_cost
-from .flows import (
+from gptimg_flows.distributed.flow import distributed_batch
+from gptimg_flows.errors import BudgetExceeded
+from gptimg_flows.estimates import estimate_cost
+from gptimg_flows.flows import (
     batch_generate,
     daily_content,
     edit_image,
     generate_edit_archive,
     generate_images,
 )
-from .models import ArchivedImage, EditRequest, ImageRequest, ReviewRecord
-from .results import BatchResult, PipelineResult, ReviewRound
-from .review import ReviewDecision, ReviewInput, review_images
+from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, ReviewRecord
+from gptimg_flows.results import BatchResult, PipelineResult, ReviewRound
+from gptimg_flows.review.pause import ReviewDecision, ReviewInput, review_images
 
 __version__ = "0.1.0"
 

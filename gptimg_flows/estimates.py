@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .costs import CostEstimate, Price
-from .errors import InvalidRequest, ProviderError
-from .models import ImageRequest, OutputFormat, Quality
-from .providers.base import Provider
-from .resolve import ProviderParam, resolve_provider
-from .rows import PromptsParam, check_columns, read_prompts, row_request
-from .tasks import provider_of
+from gptimg_flows.blocks.credentials import provider_of
+from gptimg_flows.blocks.resolve import ProviderParam, resolve_provider
+from gptimg_flows.errors import InvalidRequest, ProviderError
+from gptimg_flows.models import ImageRequest, OutputFormat, Quality
+from gptimg_flows.providers.base import Provider
+from gptimg_flows.rows import PromptsParam, check_columns, read_prompts, row_request
+from gptimg_flows.spend.prices import CostEstimate, Price
 
 
 async def estimate_cost(

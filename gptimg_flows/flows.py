@@ -7,41 +7,39 @@ can keep hundreds of provider jobs in flight.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Any
-from uuid import UUID
 
 from prefect import flow
-from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
-from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 
-from .archive import Archive
-from .artifacts import publish_images
-from .batch_api import BatchItem, run_through_batch_api
-from .costs import BATCH_DISCOUNT, Budget
-from .errors import BudgetExceeded, InvalidRequest, ProviderError
-from .models import (
+from gptimg_flows.blocks.credentials import provider_of
+from gptimg_flows.blocks.resolve import (
+    ArchiveParam,
+    ProviderParam,
+    resolve_archive,
+    resolve_provider,
+)
+from gptimg_flows.engine.artifacts import publish_images
+from gptimg_flows.engine.batch_api import batch_api_rows
+from gptimg_flows.engine.pacing import run_traffic, traffic_text
+from gptimg_flows.engine.progress import BatchProgress
+from gptimg_flows.engine.records import archived_result, request_key
+from gptimg_flows.errors import InvalidRequest, ProviderError
+from gptimg_flows.models import (
     ArchivedImage,
     Background,
     EditRequest,
     ExtraValue,
     ImageRequest,
     InputFidelity,
-    InputImage,
     Moderation,
     OutputFormat,
     Quality,
     Resolution,
     build_request,
-    canonical_json,
 )
-from .pacing import run_traffic, traffic_text
-from .providers.base import Provider
-from .resolve import ArchiveParam, ProviderParam, resolve_archive, resolve_provider
-from .results import (
+from gptimg_flows.produce import check_timeout, produce, refresh_stamp, run_budget
+from gptimg_flows.results import (
     BatchFailure,
     BatchResult,
     PipelineResult,
@@ -51,108 +49,30 @@ from .results import (
     spent_cost,
     total_cost,
 )
-from .review import (
+from gptimg_flows.review.pause import (
     DEFAULT_TIMEOUT_SECONDS,
     OnTimeout,
-    ReviewDecision,
-    ReviewLog,
     check_review_options,
     review_images,
 )
-from .rows import (
+from gptimg_flows.review.rounds import Rounds
+from gptimg_flows.rows import (
     PromptsParam,
-    Row,
     check_columns,
+    occurrence_slots,
+    on_row,
     read_prompts,
+    row_failure,
     row_metadata,
     row_prompt,
     row_request,
 )
-from .spending import take_spend
-from .tasks import (
-    ProviderSpec,
-    archived_result,
-    job_recorded,
-    load_edit_inputs,
-    make_images_for,
-    provider_of,
-    request_key,
-    upload_inputs,
-)
+from gptimg_flows.spend.prices import Budget
 
 # -- one request, end to end --------------------------------------------------------------------
 
 
-async def produce(
-    spec: ProviderSpec,
-    request: ImageRequest,
-    archive: Archive,
-    *,
-    slot: str = "0",
-    refresh: bool = False,
-    timeout_seconds: float = 900.0,
-    extra: dict[str, Any] | None = None,
-    row: int | None = None,
-    budget: Budget | None = None,
-) -> list[ArchivedImage]:
-    """Validate → (inputs) → archived already? → budget → submit → wait → download → archive.
-
-    A request that must be paid for reserves its estimate in the run's `budget` and takes it
-    from the block's shared spend limit first; either refusal is BudgetExceeded, before any
-    upload or submit. A job already on record (a resumed run) takes nothing again.
-    """
-    logger = get_run_logger()
-    adapter = provider_of(spec)
-    adapter.validate(request)  # before anything is read, uploaded or paid
-    digests: list[str] = []
-    parents: list[str] = []
-    loaded: list[InputImage] = []
-    mask: InputImage | None = None
-    if isinstance(request, EditRequest):
-        loaded, mask = await load_edit_inputs(request, archive)
-        digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
-        parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
-    if refresh:
-        slot = f"{slot}{refresh_stamp()}"
-    key = request_key(adapter, request, digests, slot)
-    if not refresh and (found := await archived_result(archive, key)):
-        logger.info(
-            "%d image(s) for this request are already archived: no provider call", len(found)
-        )
-        return [img.model_copy(update={"from_archive": True}) for img in found]
-    price = adapter.price(request)
-    held = budget.reserve(price) if budget is not None else 0.0
-    try:
-        if not await job_recorded(archive, key):
-            await take_spend(spec, price)
-        inputs = (
-            await upload_inputs(spec, request, loaded, mask, archive)
-            if isinstance(request, EditRequest)
-            else None
-        )
-        archived: list[ArchivedImage] = await make_images_for(spec)(
-            spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
-        )
-    except BaseException:
-        if budget is not None:
-            budget.settle(held, None)  # it may have been billed: keep the reservation
-        raise
-    if budget is not None:
-        costs = [i.cost for i in archived if i.cost is not None]
-        budget.settle(held, sum(costs) if costs else None)
-    return archived
-
-
 __all__ = ["BatchFailure", "BatchResult", "PipelineResult", "cost_summary", "review_images"]
-
-
-def refresh_stamp() -> str:
-    """What makes `refresh=True` pay for new images: new for each flow run, the same when a
-    suspended run starts again from the top or the run is retried (nothing paid twice)."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        return f":refresh:{context.flow_run.id}"
-    return f":refresh:{time.time_ns()}"
 
 
 # -- flows --------------------------------------------------------------------------------------
@@ -253,55 +173,6 @@ async def edit_image(
     return images
 
 
-class Rounds:
-    """Review rounds: show the candidates, and make a new round while a person asks for one.
-
-    Each round's candidates are paid under their own slot (`round-2`, …), so a suspended run
-    starting again from the top gets every earlier round back from the archive."""
-
-    def __init__(
-        self, archive: Archive, key: str, timeout_seconds: float, on_timeout: OnTimeout,
-        max_rounds: int,
-    ) -> None:  # fmt: skip
-        self.archive, self.log = archive, ReviewLog(key)
-        self.timeout_seconds, self.on_timeout, self.max_rounds = (
-            timeout_seconds, on_timeout, max_rounds,
-        )  # fmt: skip
-        self.decisions: list[ReviewDecision] = []
-
-    @property
-    def approved(self) -> list[ArchivedImage]:
-        return [i for d in self.decisions for i in d.approved]
-
-    @property
-    def records(self) -> list[ReviewRound]:
-        return [d.round for d in self.decisions]
-
-    async def run(
-        self,
-        candidates: list[ArchivedImage],
-        prompt: str,
-        again: Callable[[str, int], Awaitable[list[ArchivedImage]]],
-        check_prompt: Callable[[str], object] | None = None,
-    ) -> list[ArchivedImage]:
-        """Every round's candidates, each with its review recorded."""
-        shown: list[ArchivedImage] = []
-        for number in range(1, self.max_rounds + 1):
-            decision = await review_images(
-                candidates, self.archive, prompt=prompt, round_no=number,
-                max_rounds=self.max_rounds, timeout_seconds=self.timeout_seconds,
-                on_timeout=self.on_timeout, check_prompt=check_prompt,
-            )  # fmt: skip
-            self.decisions.append(decision)
-            shown += decision.candidates
-            await self.log.add(decision, self.archive)
-            if decision.new_prompt is None:
-                break
-            prompt = decision.new_prompt
-            candidates = await again(prompt, number + 1)
-        return shown
-
-
 async def _generate_then_edit(
     prompt: str, edit_prompt: str, provider: ProviderParam, mask: str | None,
     archive: ArchiveParam, size: str | None, quality: Quality | None,
@@ -397,68 +268,6 @@ async def generate_edit_archive(
     )  # fmt: skip
 
 
-class _Progress:
-    """A progress artifact for a batch, updated at most once a second (the API is shared)."""
-
-    def __init__(self, total: int, done: int = 0) -> None:
-        self.total, self.done = max(1, total), done
-        self.artifact_id: UUID | None = None
-        self._last = 0.0
-
-    async def start(self) -> None:
-        self.artifact_id = await acreate_progress_artifact(
-            progress=100.0 * self.done / self.total, description="batch progress"
-        )
-
-    async def advance(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.artifact_id is not None and now - self._last >= 1.0:
-            self._last = now
-            await aupdate_progress_artifact(self.artifact_id, 100.0 * self.done / self.total)
-
-    async def finish(self) -> None:
-        if self.artifact_id is not None:
-            await aupdate_progress_artifact(self.artifact_id, 100.0)
-
-
-def row_failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
-    return BatchFailure(
-        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
-        job_id=getattr(exc, "job_id", None), extra=row_metadata(row),
-    )  # fmt: skip
-
-
-def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
-    """This run's row and metadata on each image (an image answered from the archive carries
-    those of the run that paid for it in its sidecar)."""
-    return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]
-
-
-def check_timeout(timeout_seconds: float) -> None:
-    if not timeout_seconds > 0:
-        raise InvalidRequest(
-            f"timeout_seconds={timeout_seconds:g}; it must be a positive number of seconds",
-            field="timeout_seconds",
-        )
-
-
-def run_budget(
-    adapter: Provider, max_cost: float | None, requests: list[ImageRequest]
-) -> Budget | None:
-    """The run's `max_cost` budget; a price nobody can estimate is refused up front, with how
-    to set one."""
-    if max_cost is None:
-        return None
-    if not max_cost >= 0:
-        raise InvalidRequest(f"max_cost={max_cost:g}; it must be 0 or more", field="max_cost")
-    for request in requests:
-        price = adapter.price(request)
-        if price.amount is None:
-            raise BudgetExceeded(f"max_cost={max_cost:g} cannot be kept: {price.note}")
-    return Budget(max_cost, adapter.capabilities.cost_unit)
-
-
 @flow(name="batch-generate", log_prints=True)
 async def batch_generate(
     prompts: PromptsParam,
@@ -494,7 +303,7 @@ async def batch_generate(
     `batch_api=True` (an OpenAI block) sends the rows through OpenAI's Batch API at half
     price: done within 24 h, polled from `batch_poll_seconds` backing off to 5 minutes; a run
     that stops waiting after `batch_wait_seconds` reports its rows as BatchPending and a later
-    run collects them (see batch_api.py for how nothing is paid twice).
+    run collects them (see engine/batch_api.py for how nothing is paid twice).
 
     `review=True`: once every row is archived, the run pauses with the gallery numbered in row
     order (images of rows that failed are not shown). A `new_prompt` there is a prompt
@@ -527,7 +336,7 @@ async def batch_generate(
     budget = run_budget(adapter, max_cost, [r for r in requests if r is not None])
     gate = asyncio.Semaphore(max(1, concurrency))
     by_row: dict[int, list[ArchivedImage]] = {}
-    progress = _Progress(total=len(rows), done=len(failures))
+    progress = BatchProgress(total=len(rows), done=len(failures))
     await progress.start()
 
     async def one(i: int, req: ImageRequest, slot: str, into: dict[int, list[ArchivedImage]],
@@ -544,16 +353,10 @@ async def batch_generate(
                 failed.append(row_failure(i, rows[i], req.prompt, exc))
         await progress.advance()  # an API call: not while holding a slot
 
-    # A request's slot is its occurrence number among identical requests, so re-running an
-    # edited prompt file only pays for lines that are new, and a duplicate line is a new image.
-    seen: dict[str, int] = {}
-    slots: list[str] = []
-    for r in requests:
-        fp = canonical_json(r.fingerprint()) if r is not None else ""
-        slots.append(str(seen.get(fp, 0)))
-        seen[fp] = seen.get(fp, 0) + 1
+    slots = occurrence_slots(requests)
     if batch_api:
-        await _batch_api_rows(adapter, store, rows, requests, slots, refresh, budget,
+        await batch_api_rows(adapter, store, rows, requests, slots,
+                             refresh_stamp() if refresh else None, budget,
                               batch_wait_seconds, batch_poll_seconds, by_row, failures)  # fmt: skip
     else:
         await asyncio.gather(*(one(i, r, slots[i], by_row, failures)
@@ -598,44 +401,6 @@ async def batch_generate(
     await publish_images(images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate",
                          failures=failures)  # fmt: skip
     return result
-
-
-async def _batch_api_rows(
-    adapter: Provider,
-    store: Archive,
-    rows: list[Row],
-    requests: list[ImageRequest | None],
-    slots: list[str],
-    refresh: bool,
-    budget: Budget | None,
-    wait_seconds: float,
-    poll_seconds: float,
-    by_row: dict[int, list[ArchivedImage]],
-    failures: list[BatchFailure],
-) -> None:
-    """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
-    stamp = refresh_stamp() if refresh else ""
-    items = [
-        BatchItem(row=i, request=r, key=request_key(adapter, r, [], slots[i] + stamp),
-                  extra=row_metadata(rows[i]))
-        for i, r in enumerate(requests) if r is not None
-    ]  # fmt: skip
-    if budget is not None and budget.max_cost is not None:
-        half = sum((adapter.price(i.request).amount or 0.0) for i in items) * BATCH_DISCOUNT
-        if half > budget.max_cost + 1e-9:
-            raise BudgetExceeded(
-                f"max_cost={budget.max_cost:g} {budget.unit}: the batch is estimated at "
-                f"{half:g} {budget.unit} (half the token-table price) if nothing is archived"
-            )
-    images, errors = await run_through_batch_api(
-        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
-    )
-    for img in images:
-        if img.row is not None:
-            by_row.setdefault(img.row, []).append(img)
-    for row, (kind, message) in errors.items():
-        failures.append(BatchFailure(index=row, prompt=row_prompt(rows[row])[:200], error=message,
-                                     error_type=kind, extra=row_metadata(rows[row])))  # fmt: skip
 
 
 def fill_template(template: str, day: date, themes: list[str]) -> str:

@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import InvalidRequest
-from .sizes import TIER_LONG_SIDE, dims_for, normalise_ratio, parse_size
+from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.sizes import TIER_LONG_SIDE, dims_for, normalise_ratio, parse_size
 
 Quality = Literal["auto", "low", "medium", "high"]
 Background = Literal["auto", "transparent", "opaque"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .models import ArchivedImage
+from gptimg_flows.models import ArchivedImage
 
 
 class ReviewRound(BaseModel):

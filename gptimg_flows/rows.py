@@ -13,12 +13,14 @@ import difflib
 import io
 import json
 import string
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
 
-from .errors import InvalidRequest
-from .models import ImageRequest, build_request
+from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.models import ArchivedImage, ImageRequest, build_request, canonical_json
+from gptimg_flows.results import BatchFailure
 
 #: Columns that make the request; everything else is the row's metadata.
 REQUEST_FIELDS = frozenset(ImageRequest.model_fields)
@@ -179,3 +181,33 @@ def row_metadata(row: Row) -> dict[str, Any]:
 def row_prompt(row: Row) -> str:
     value = row.get("prompt")
     return "" if value is None else str(value)
+
+
+def occurrence_slots(requests: Sequence[ImageRequest | None]) -> list[str]:
+    """Each request's slot: its occurrence number among identical requests (None: ""), so
+    re-running an edited prompt file only pays for lines that are new, and a duplicate line is
+    a new image. batch_generate and distributed_batch must agree on it, or a chunk reads
+    another row's result."""
+    seen: dict[str, int] = {}
+    slots: list[str] = []
+    for request in requests:
+        if request is None:
+            slots.append("")
+            continue
+        fingerprint = canonical_json(request.fingerprint())
+        slots.append(str(seen.get(fingerprint, 0)))
+        seen[fingerprint] = seen.get(fingerprint, 0) + 1
+    return slots
+
+
+def row_failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
+    return BatchFailure(
+        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
+        job_id=getattr(exc, "job_id", None), extra=row_metadata(row),
+    )  # fmt: skip
+
+
+def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
+    """This run's row and metadata on each image (an image answered from the archive carries
+    those of the run that paid for it in its sidecar)."""
+    return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]

@@ -18,12 +18,10 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, SupportsIndex, overload
 
 import httpx
@@ -38,10 +36,29 @@ from prefect.logging import get_run_logger
 from prefect.states import Completed
 from prefect.tasks import MaterializingTask, Task
 
-from .archive import Archive
-from .blocks import ProviderCredentials, offline_provider
-from .download import DownloadedImage, download, save_inline, shared_client
-from .errors import (
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
+from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
+from gptimg_flows.engine.rate_limiter import gated_read
+from gptimg_flows.engine.records import (
+    KEY_VERSION,
+    archived_result,
+    claim,
+    job_recorded,
+    job_rel,
+    read_or_claim,
+    read_record,
+    record_job,
+    request_key,
+    write_images,
+)
+from gptimg_flows.engine.retry import (
+    READ_ATTEMPTS,
+    DurationEstimate,
+    backoff_delay,
+    read_with_retries,
+)
+from gptimg_flows.errors import (
     InvalidRequest,
     JobTimeout,
     MalformedResponse,
@@ -53,8 +70,9 @@ from .errors import (
     TransportError,
     is_retryable,
 )
-from .inputs import load_image, prepare_mask
-from .models import (
+from gptimg_flows.media.download import DownloadedImage, download, save_inline, shared_client
+from gptimg_flows.media.inputs import load_image, prepare_mask
+from gptimg_flows.models import (
     ArchivedImage,
     EditRequest,
     ImageRequest,
@@ -63,19 +81,34 @@ from .models import (
     JobState,
     JobStatus,
     OutputRef,
-    canonical_json,
 )
-from .pacing import account_limiter, paced_submit, reads_of, wait_bound
-from .providers.base import PreparedInputs, Provider, failure_error
-from .rate_limiter import gated_read
-from .retry import READ_ATTEMPTS, DurationEstimate, backoff_delay, read_with_retries
-from .thumbnails import store_thumbnail
+from gptimg_flows.providers.base import PreparedInputs, Provider, failure_error
 
-ProviderSpec = ProviderCredentials | str
+__all__ = [  # what users' own flows import from here (keys and records live in engine/)
+    "KEY_VERSION",
+    "RETRIES",
+    "RETRY_OPTIONS",
+    "ProviderSpec",
+    "SubmitUncertain",
+    "archive_images",
+    "archived_result",
+    "download_outputs",
+    "job_recorded",
+    "job_rel",
+    "load_edit_inputs",
+    "make_images",
+    "make_images_for",
+    "provider_of",
+    "request_key",
+    "run_job",
+    "submit_job",
+    "upload_inputs",
+    "wait_for_job",
+]
+
 #: Fresh URLs asked for one output before its expiry is final.
 URL_REFRESHES = 3
 RETRIES = 5
-KEY_VERSION = 1
 
 # -- retry policy -------------------------------------------------------------------------------
 
@@ -129,60 +162,6 @@ RETRY_OPTIONS: dict[str, Any] = {
 }
 
 # -- keys and records -----------------------------------------------------------------------------
-
-
-def provider_of(spec: ProviderSpec) -> Provider:
-    if isinstance(spec, ProviderCredentials):
-        return spec.get_provider()
-    if spec in ("offline", "offline-lenient"):
-        return offline_provider(spec)
-    raise InvalidRequest(f"unknown provider {spec!r}", field="provider")
-
-
-def request_key(
-    provider: Provider, request: ImageRequest, input_digests: Sequence[str], slot: str
-) -> str:
-    """The idempotency key of one paid submit. No credentials, no base URL: only what is asked."""
-    payload = {
-        "v": KEY_VERSION,
-        "provider": provider.name,
-        "model": provider.capabilities.model,
-        "request": request.fingerprint(),
-        "inputs": list(input_digests),
-        "slot": slot,
-    }
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def job_rel(key: str) -> str:
-    """Where one paid submit's job record lives (also the Batch API's row records)."""
-    return f"_jobs/{key}.json"
-
-
-def _result_rel(key: str) -> str:
-    return f"_results/{key}.json"
-
-
-async def job_recorded(archive: Archive, key: str) -> bool:
-    """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
-    record = await asyncio.to_thread(archive.read_json, job_rel(key))
-    return bool(record and record.get("job"))
-
-
-async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
-    """The images a finished request already produced, if they are all still in the archive."""
-    record = await asyncio.to_thread(archive.read_json, _result_rel(key))
-    if not record:
-        return None
-    images = [ArchivedImage.model_validate(i) for i in record.get("images", [])]
-    present = await asyncio.gather(
-        *(asyncio.to_thread(archive.fs.exists, _strip(archive, i.uri)) for i in images)
-    )
-    return images if images and all(present) else None
-
-
-def _strip(archive: Archive, uri: str) -> str:
-    return uri.split("://", 1)[1] if "://" in uri else uri
 
 
 # -- provider limits held by the Prefect server ---------------------------------------------------
@@ -318,7 +297,7 @@ async def submit_job(
     # Claim at once only when nothing will wait: a claim made before a long wait for the
     # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
     claim_now = limiter.rate is None and limiter.waiting == 0
-    reader = _read_or_claim if claim_now else _read_only
+    reader = read_or_claim if claim_now else read_record
     record = await asyncio.to_thread(reader, archive, key, submitting)
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
@@ -332,7 +311,7 @@ async def submit_job(
         found = await adapter.find_job(probe)
         if found is not None:
             job = probe.model_copy(update={"job_id": found.job_id})
-            await _record_job(archive, job)
+            await record_job(archive, job)
             logger.info("found job %s submitted earlier under this key", job.job_id)
             return job
         if not adapter.capabilities.can_find_job_by_key:
@@ -346,7 +325,7 @@ async def submit_job(
     async def send() -> Job:
         nonlocal claimed
         if not claimed:  # a fresh claim for each try, made just before the paid call
-            await asyncio.to_thread(_claim, archive, key, submitting)
+            await asyncio.to_thread(claim, archive, key, submitting)
         claimed = False  # whatever happens below, the next try claims again
         try:
             return await adapter.submit(request, inputs, key)
@@ -365,37 +344,11 @@ async def submit_job(
 
     job = await paced_submit(limiter, request.n, send, wait_bound(provider, timeout_seconds))
     job = await _stage_inline(archive, job)
-    await _record_job(archive, job)
+    await record_job(archive, job)
     # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
     # process formats and the server stores most of (bench/RESULTS.md).
     logger.debug("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
     return job
-
-
-def _read_only(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
-    return archive.read_json(job_rel(key))
-
-
-def _read_or_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
-    """The key's job record, or (none yet) None after writing a "submitting" one: read and
-    claim in one trip to a worker thread."""
-    record = archive.read_json(job_rel(key))
-    if record is None:
-        _claim(archive, key, submitting)
-    return record
-
-
-def _claim(archive: Archive, key: str, submitting: dict[str, Any]) -> None:
-    """Written before the paid call, so a lost answer is known to be possibly billed."""
-    archive.write_json(job_rel(key), {**submitting, "started_at": datetime.now(UTC).isoformat()})
-
-
-async def _record_job(archive: Archive, job: Job) -> None:
-    await asyncio.to_thread(
-        archive.write_json,
-        job_rel(job.key),
-        {"state": "submitted", "job": job.model_dump(mode="json")},
-    )
 
 
 async def _stage_inline(archive: Archive, job: Job) -> Job:
@@ -679,73 +632,14 @@ async def archive_images(
     `row` and `extra` (a batch row's position and metadata columns) go in the sidecar too.
     """
     logger = get_run_logger()
-    cost_each = (status.cost / len(images)) if status.cost is not None and images else None
-    out = [
-        ArchivedImage(
-            uri=archive.uri(Archive.image_rel(image.sha256, image.mime)),
-            sidecar_uri=archive.uri(Archive.sidecar_rel(image.sha256)),
-            sha256=image.sha256,
-            mime=image.mime,
-            width=image.width,
-            height=image.height,
-            size_bytes=image.size_bytes,
-            provider=job.provider,
-            model=job.model,
-            prompt=prompt,
-            job_id=job.job_id,
-            seed=image.seed,
-            cost=cost_each,
-            cost_unit=status.cost_unit,
-            request_key=key,
-            parents=list(parents or []),
-            row=row,
-            extra=dict(extra or {}),
-        )
-        for image in images
-    ]
-    staged = any(o.url and "/_staging/" in o.url for o in status.outputs)
-    # One trip to a worker thread for every write of the request: each trip costs the event
-    # loop a handoff, and a batch makes thousands of them (bench/RESULTS.md).
-    no_preview = await asyncio.to_thread(
-        _write_archive, archive, images, out, key, job.job_id, staged
+    out, no_preview = await write_images(
+        images, archive, key, job, status, prompt, parents, extra, row
     )
     for sha, why in no_preview:
         logger.warning("no preview for %s: %s", sha[:12], why)
     logger.info("archived %d image(s) of %s job %s under %s", len(out), job.provider, job.job_id,
                 archive.basepath)  # fmt: skip
     return out
-
-
-def _write_archive(
-    archive: Archive,
-    images: list[DownloadedImage],
-    out: list[ArchivedImage],
-    key: str,
-    job_id: str,
-    staged: bool,
-) -> list[tuple[str, str]]:
-    """Each image, its preview and sidecar, then the request's record: in that order, so a
-    record always points at images that are there. Returns the previews that failed: a
-    failure there costs a preview (made again when shown), never the paid image."""
-    no_preview: list[tuple[str, str]] = []
-    for image, meta in zip(images, out, strict=True):
-        archive.put_file(image.path, Archive.image_rel(image.sha256, image.mime), image.mime)
-        try:
-            store_thumbnail(archive, image.sha256, image.path)
-        except (OSError, ValueError) as exc:
-            no_preview.append((image.sha256, str(exc)))
-        archive.write_json(
-            Archive.sidecar_rel(image.sha256), meta.model_dump(mode="json"), overwrite=False
-        )
-    archive.write_json(
-        _result_rel(key),
-        {"key": key, "job_id": job_id, "images": [i.model_dump(mode="json") for i in out]},
-    )
-    for image in images:
-        Path(image.path).unlink(missing_ok=True)
-    if staged:
-        archive.delete(f"_staging/{key}")
-    return no_preview
 
 
 def asset_key(uri: str) -> str:

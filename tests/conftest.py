@@ -51,7 +51,7 @@ def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 def _fresh_rate_limiters() -> None:
     """Every test meets the emulator's accounts as a new process would: a pace learned from
     one test's 429s must not slow the next one's submits."""
-    from gptimg_flows.rate_limiter import forget_limiters
+    from gptimg_flows.engine.rate_limiter import forget_limiters
 
     forget_limiters()
 
@@ -97,7 +97,7 @@ def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
 @pytest.fixture
 def provider_block(emulator: Any) -> Any:
     """`provider_block("scenario")`: a credentials block pointed at the emulator."""
-    from gptimg_flows.blocks import CREDENTIAL_BLOCKS
+    from gptimg_flows.blocks.credentials import CREDENTIAL_BLOCKS
     from gptimg_flows.testing.config import EMULATOR_KEYS
 
     by_name = {cls.provider_name: cls for cls in CREDENTIAL_BLOCKS}

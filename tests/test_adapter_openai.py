@@ -228,7 +228,7 @@ async def test_an_answer_without_usage_is_priced_from_the_token_table_as_an_esti
 
 
 async def test_negotiated_token_prices_on_the_adapter(mock: respx.MockRouter) -> None:
-    from gptimg_flows.costs import TokenPrices
+    from gptimg_flows.spend.prices import TokenPrices
 
     prices = TokenPrices(text_input=2.5, image_output=15.0)
     oa = OpenAIProvider(KEY, transport=httpx.MockTransport(mock.async_handler), token_prices=prices)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gptimg_flows.archive import S3_PART_BYTES, Archive
+from gptimg_flows.archive.store import S3_PART_BYTES, Archive
 
 SIZE = 3 * S3_PART_BYTES + 123  # several multipart parts on S3
 

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from gptimg_flows import ImageArchive, batch_generate, generate_edit_archive, generate_images
-from gptimg_flows.artifacts import cell
-from gptimg_flows.thumbnails import THUMB_SIDE
+from gptimg_flows.archive.thumbnails import THUMB_SIDE
+from gptimg_flows.engine.artifacts import cell
 
 from .support.prefect_api import artifacts
 
@@ -93,7 +93,7 @@ async def test_a_public_base_url_gives_permanent_links(archive_dir: Path) -> Non
 async def test_a_large_batch_is_a_gallery_in_row_order_split_into_keyed_pages(
     archive_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gptimg_flows.artifacts as shown
+    import gptimg_flows.engine.artifacts as shown
 
     monkeypatch.setattr(shown, "PAGE_ROWS", 3)
     prompts = [f"gallery row {i}" for i in range(7)] + ["bad size row"]
@@ -123,7 +123,7 @@ def test_a_png_previews_without_reading_its_big_ancillary_chunks(tmp_path: Path)
     import struct
     import zlib
 
-    from gptimg_flows.thumbnails import _png_essentials, thumbnail_bytes
+    from gptimg_flows.archive.thumbnails import _png_essentials, thumbnail_bytes
 
     buf = io.BytesIO()
     Image.new("RGB", (400, 200), (200, 30, 30)).save(buf, "PNG")

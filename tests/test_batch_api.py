@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from gptimg_flows import batch_generate
-from gptimg_flows.costs import BATCH_DISCOUNT, usage_cost
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.flows import BatchResult
+from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
 from gptimg_flows.testing.routes_openai import usage_for
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

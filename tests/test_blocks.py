@@ -16,7 +16,7 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from gptimg_flows import ImageArchive, generate_images
-from gptimg_flows.blocks import CREDENTIAL_BLOCKS, ScenarioCredentials
+from gptimg_flows.blocks.credentials import CREDENTIAL_BLOCKS, ScenarioCredentials
 
 ALL_BLOCKS = [*CREDENTIAL_BLOCKS, ImageArchive]
 

@@ -11,13 +11,13 @@ import pytest
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 
-from gptimg_flows.blocks import (
+from gptimg_flows.blocks.credentials import (
     ImageArchive,
     OpenAIImageCredentials,
     RunwareCredentials,
     ScenarioCredentials,
 )
-from gptimg_flows.blocks_env import (
+from gptimg_flows.blocks.from_env import (
     SOURCES,
     IncompleteEnvironment,
     main,
@@ -111,7 +111,7 @@ async def test_a_second_run_changes_nothing_and_a_new_key_updates_in_place(
 
 
 def _cls(slug: str) -> type[Block]:
-    from gptimg_flows.blocks import CREDENTIAL_BLOCKS
+    from gptimg_flows.blocks.credentials import CREDENTIAL_BLOCKS
 
     classes: list[type[Block]] = [*CREDENTIAL_BLOCKS, ImageArchive]
     return {c.get_block_type_slug(): c for c in classes}[slug]

@@ -16,8 +16,8 @@ from PIL import Image
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
-from gptimg_flows.blocks_env import SOURCES
-from gptimg_flows.cli import app
+from gptimg_flows.blocks.from_env import SOURCES
+from gptimg_flows.cli.commands import app
 from gptimg_flows.providers import capability_table
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
@@ -33,7 +33,7 @@ def gptimg(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli", *args],
+        [sys.executable, "-m", "gptimg_flows.cli.commands", *args],
         cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 
@@ -191,7 +191,7 @@ async def test_the_progress_bar_follows_the_flow_as_items_finish(
 
     from rich.progress import Progress
 
-    from gptimg_flows.cli import _batch_with_progress
+    from gptimg_flows.cli.commands import _batch_with_progress
     from gptimg_flows.providers.offline import OfflineProvider
 
     original = OfflineProvider.submit

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gptimg_flows.costs import TokenPrices, output_tokens, token_estimate, usage_cost
 from gptimg_flows.models import EditRequest, ImageRequest
 from gptimg_flows.providers import GptImage2AIProvider, OfflineProvider, ScenarioProvider
 from gptimg_flows.providers.openai import OpenAIProvider
+from gptimg_flows.spend.prices import TokenPrices, output_tokens, token_estimate, usage_cost
 
 
 def test_the_issues_example_1024x1536_medium_is_about_0_048_usd() -> None:

@@ -28,9 +28,9 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows.blocks import RunwareCredentials
-from gptimg_flows.chunks import plan_chunks
-from gptimg_flows.distributed import distributed_batch
+from gptimg_flows.blocks.credentials import RunwareCredentials
+from gptimg_flows.distributed.flow import distributed_batch
+from gptimg_flows.distributed.plan import plan_chunks
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
 
 from .support.cluster import (

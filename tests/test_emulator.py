@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from gptimg_flows.costs import usage_cost
+from gptimg_flows.spend.prices import usage_cost
 from gptimg_flows.testing import EMULATOR_KEYS, EmulatorClient, EmulatorConfig, EmulatorProcess
 from gptimg_flows.testing.routes_openai import usage_for
 

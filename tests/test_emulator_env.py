@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from gptimg_flows import generate_images
-from gptimg_flows.blocks_env import save_blocks_from_env
+from gptimg_flows.blocks.from_env import save_blocks_from_env
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gptimg_flows.errors import InvalidRequest
-from gptimg_flows.inputs import load_image, prepare_mask
+from gptimg_flows.media.inputs import load_image, prepare_mask
 
 
 def _png(

@@ -26,7 +26,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.flow_runs import aresume_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows.notify import (
+from gptimg_flows.review.notify import (
     install_review_notification,
     remove_review_notification,
     review_payload,

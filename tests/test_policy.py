@@ -10,8 +10,13 @@ import httpx
 import pytest
 
 from gptimg_flows import tasks
-from gptimg_flows.blocks import RunwareCredentials
-from gptimg_flows.download import download
+from gptimg_flows.blocks.credentials import RunwareCredentials
+from gptimg_flows.engine.retry import (
+    DurationEstimate,
+    backoff_delay,
+    poll_delays,
+    read_with_retries,
+)
 from gptimg_flows.errors import (
     AuthError,
     InvalidOutput,
@@ -20,10 +25,10 @@ from gptimg_flows.errors import (
     TransportError,
     is_retryable,
 )
+from gptimg_flows.media.download import download
 from gptimg_flows.models import ImageRequest, Job, JobState, JobStatus, OutputRef
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.offline import OfflineProvider
-from gptimg_flows.retry import DurationEstimate, backoff_delay, poll_delays, read_with_retries
 
 
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
@@ -176,7 +181,7 @@ def test_large_downloads_are_checked_by_their_end_marker(
 
     from PIL import Image
 
-    from gptimg_flows import imageio
+    from gptimg_flows.media import sniff as imageio
 
     monkeypatch.setattr(imageio, "FULL_VERIFY_MAX_BYTES", 10)  # every file counts as large
     buf = _io.BytesIO()

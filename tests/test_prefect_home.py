@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gptimg_flows.server_check import database_problem, known_revisions
+from gptimg_flows.cli.server_check import database_problem, known_revisions
 
 ROOT = Path(__file__).resolve().parents[1]
 NEWER = "27d8f4e1a6c9"  # Prefect 3.9.1's "observed_state_covering_indexes"
@@ -41,7 +41,7 @@ def run_gptimg(
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")
     env.update(extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli", *args], cwd=ROOT, env=env,
+        [sys.executable, "-m", "gptimg_flows.cli.commands", *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 

@@ -24,8 +24,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from gptimg_flows.costs import usage_cost
-from gptimg_flows.download import DownloadedImage, download, save_inline
 from gptimg_flows.errors import (
     AuthError,
     ContentRejected,
@@ -40,7 +38,8 @@ from gptimg_flows.errors import (
     ServerError,
     TransportError,
 )
-from gptimg_flows.inputs import load_image
+from gptimg_flows.media.download import DownloadedImage, download, save_inline
+from gptimg_flows.media.inputs import load_image
 from gptimg_flows.models import (
     EditRequest,
     ImageRequest,
@@ -53,6 +52,7 @@ from gptimg_flows.models import (
 from gptimg_flows.providers import PROVIDERS, Provider
 from gptimg_flows.providers.base import failure_error
 from gptimg_flows.providers.runware import task_uuid_for
+from gptimg_flows.spend.prices import usage_cost
 from gptimg_flows.testing import EMULATOR_KEYS, EmulatorClient
 from gptimg_flows.testing.routes_openai import usage_for
 

@@ -10,9 +10,7 @@ import time
 import httpx
 import pytest
 
-from gptimg_flows.errors import RateLimited, is_retryable
-from gptimg_flows.providers.base import parse_duration, parse_rate_headers
-from gptimg_flows.rate_limiter import (
+from gptimg_flows.engine.rate_limiter import (
     DECREASE,
     AccountLimiter,
     Ticket,
@@ -21,6 +19,8 @@ from gptimg_flows.rate_limiter import (
     limiter_for,
     paced,
 )
+from gptimg_flows.errors import RateLimited, is_retryable
+from gptimg_flows.providers.base import parse_duration, parse_rate_headers
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from gptimg_flows.errors import TransportError
+from gptimg_flows.media.gate import _GATES, MAX_CONNECTIONS, RequestGate, gate_of
 from gptimg_flows.providers.base import ApiClient
-from gptimg_flows.request_gate import _GATES, MAX_CONNECTIONS, RequestGate, gate_of
 
 
 class _Server:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows.blocks import RunwareCredentials
+from gptimg_flows.blocks.credentials import RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .conftest import free_port

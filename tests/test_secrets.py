@@ -41,7 +41,7 @@ from gptimg_flows import (
     generate_edit_archive,
     generate_images,
 )
-from gptimg_flows.blocks_env import SOURCES
+from gptimg_flows.blocks.from_env import SOURCES
 from gptimg_flows.errors import AuthError, JobFailed
 
 from .support.secret_scan import Place, needles, read_files, read_prefect_api_until, read_s3
@@ -98,7 +98,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli", *args],
+        [sys.executable, "-m", "gptimg_flows.cli.commands", *args],
         cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

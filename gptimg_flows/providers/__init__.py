@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from .base import Capabilities, PreparedInputs, Provider
-from .gptimage2ai import GptImage2AIProvider
-from .offline import LenientOfflineProvider, OfflineProvider
-from .openai import OpenAIProvider
-from .runware import RunwareProvider
-from .scenario import ScenarioProvider
-from .skillsvideo import SkillsVideoProvider
+from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
+from gptimg_flows.providers.gptimage2ai import GptImage2AIProvider
+from gptimg_flows.providers.offline import LenientOfflineProvider, OfflineProvider
+from gptimg_flows.providers.openai import OpenAIProvider
+from gptimg_flows.providers.runware import RunwareProvider
+from gptimg_flows.providers.scenario import ScenarioProvider
+from gptimg_flows.providers.skillsvideo import SkillsVideoProvider
 
 #: Our provider names → adapter classes.
 PROVIDERS: dict[str, type[Provider]] = {

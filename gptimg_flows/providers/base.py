@@ -7,12 +7,10 @@ the task layer and act on the typed errors raised below.
 from __future__ import annotations
 
 import contextvars
-import email.utils
 import hashlib
 import json
 import logging
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +19,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costs import Price
-from ..errors import (
+from gptimg_flows.errors import (
     AuthError,
     ContentRejected,
     InsufficientCredits,
@@ -35,9 +32,19 @@ from ..errors import (
     ServerError,
     TransportError,
 )
-from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
-from ..request_gate import CLIENT_LIMITS, gate_of
-from ..sizes import ratio_of
+from gptimg_flows.media.gate import CLIENT_LIMITS, gate_of
+from gptimg_flows.media.headers import parse_retry_after
+from gptimg_flows.models import (
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.sizes import ratio_of
+from gptimg_flows.spend.prices import Price
 
 log = logging.getLogger("gptimg_flows.providers")
 
@@ -398,25 +405,6 @@ _MODERATION_WORDS = (
     "content_rejected",
     "contentrejected",
 )
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date)."""
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
-            return None
-        return max(0.0, parsed.timestamp() - time.time())
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,17 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ..costs import Price
-from ..errors import MalformedResponse
-from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
-from ..sizes import ratio_of
-from .base import (
+from gptimg_flows.errors import MalformedResponse
+from gptimg_flows.models import (
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.providers.base import (
     EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,
@@ -28,6 +34,8 @@ from .base import (
     require,
     status_table,
 )
+from gptimg_flows.sizes import ratio_of
+from gptimg_flows.spend.prices import Price
 
 API_KEY_ENV = "GPTIMAGE2_API_KEY"
 MODEL = "gpt-image-2"

@@ -14,11 +14,11 @@ from typing import ClassVar
 
 from PIL import Image
 
-from .. import render
-from ..costs import Price
-from ..models import EditRequest, ImageRequest, Job, JobState, JobStatus, OutputRef
-from .base import Capabilities, PreparedInputs, Provider
-from .openai import OpenAIProvider
+from gptimg_flows.media import render
+from gptimg_flows.models import EditRequest, ImageRequest, Job, JobState, JobStatus, OutputRef
+from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
+from gptimg_flows.providers.openai import OpenAIProvider
+from gptimg_flows.spend.prices import Price
 
 _MODEL = "offline-gpt-image-2"
 

@@ -21,18 +21,38 @@ from typing import Any, ClassVar
 import httpx
 from PIL import Image
 
-from ..costs import GPT_IMAGE_2_PRICES, Price, TokenPrices, token_estimate, usage_cost
-from ..errors import AuthError, InvalidRequest, JobFailed, MalformedResponse, ProviderError
-from ..imageio import magic_mime
-from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
-from ..sizes import parse_size
-from .base import (
+from gptimg_flows.errors import (
+    AuthError,
+    InvalidRequest,
+    JobFailed,
+    MalformedResponse,
+    ProviderError,
+)
+from gptimg_flows.media.sniff import magic_mime
+from gptimg_flows.models import (
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.providers.base import (
     ApiClient,
     Capabilities,
     PreparedInputs,
     Provider,
     default_timeout,
     require,
+)
+from gptimg_flows.sizes import parse_size
+from gptimg_flows.spend.prices import (
+    GPT_IMAGE_2_PRICES,
+    Price,
+    TokenPrices,
+    token_estimate,
+    usage_cost,
 )
 
 log = logging.getLogger("gptimg_flows.providers.openai")

@@ -3,7 +3,7 @@
 A batch is a JSONL file of requests (`custom_id`, `method`, `url`, `body`) uploaded with
 `POST /files` (purpose `batch`), then `POST /batches`; it finishes within 24 h and its output
 file holds one JSONL line per `custom_id` with the images response (b64_json + usage). The
-orchestration (records, polling, archiving) lives beside the tasks, in `batch_api.py`.
+orchestration (records, polling, archiving) lives in `engine/batch_api.py`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costs import BATCH_DISCOUNT, usage_cost
-from ..errors import MalformedResponse
-from ..models import ImageRequest
-from .openai import OpenAIProvider
+from gptimg_flows.errors import MalformedResponse
+from gptimg_flows.models import ImageRequest
+from gptimg_flows.providers.openai import OpenAIProvider
+from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
 
 ENDPOINT = "/v1/images/generations"
 #: OpenAI's limits for one batch input file.

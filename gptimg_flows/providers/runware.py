@@ -17,14 +17,14 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 
-from ..errors import (
+from gptimg_flows.errors import (
     ContentRejected,
     InsufficientCredits,
     InvalidRequest,
     MalformedResponse,
     ProviderError,
 )
-from ..models import (
+from gptimg_flows.models import (
     EditRequest,
     ImageRequest,
     InputImage,
@@ -33,7 +33,7 @@ from ..models import (
     JobStatus,
     OutputRef,
 )
-from .base import (
+from gptimg_flows.providers.base import (
     EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,

@@ -17,9 +17,17 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import AuthError, InvalidRequest, MalformedResponse, ProviderError
-from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
-from .base import (
+from gptimg_flows.errors import AuthError, InvalidRequest, MalformedResponse, ProviderError
+from gptimg_flows.models import (
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.providers.base import (
     ApiClient,
     Capabilities,
     PreparedInputs,
@@ -30,7 +38,7 @@ from .base import (
     require,
     status_table,
 )
-from .openai import Secrets, check_mask, first_image_as_png, redact
+from gptimg_flows.providers.openai import Secrets, check_mask, first_image_as_png, redact
 
 log = logging.getLogger("gptimg_flows.providers.scenario")
 

@@ -13,9 +13,16 @@ from urllib.parse import quote
 
 import httpx
 
-from ..models import EditRequest, ImageRequest, InputImage, Job, JobState, JobStatus, OutputRef
-from ..sizes import TIER_LONG_SIDE, ratio_of, tier_for
-from .base import (
+from gptimg_flows.models import (
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.providers.base import (
     EXPIRED_URL_NOTE,
     Capabilities,
     PreparedInputs,
@@ -25,6 +32,7 @@ from .base import (
     require,
     status_table,
 )
+from gptimg_flows.sizes import TIER_LONG_SIDE, ratio_of, tier_for
 
 API_KEY_ENV = "SKILLS_VIDEO_API_KEY"
 MODEL = "openai/gpt-image-2"

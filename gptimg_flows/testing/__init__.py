@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .client import EmulatorClient, EmulatorProcess, free_port
-from .config import (
+from gptimg_flows.testing.client import EmulatorClient, EmulatorProcess, free_port
+from gptimg_flows.testing.config import (
     EMULATOR_KEYS,
     FAULT_KINDS,
     PREFIXES,
@@ -20,7 +20,7 @@ from .config import (
 )
 
 if TYPE_CHECKING:
-    from .emulator import create_app, run_emulator
+    from gptimg_flows.testing.emulator import create_app, run_emulator
 
 __all__ = [
     "EMULATOR_KEYS",
@@ -40,7 +40,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("create_app", "run_emulator"):
-        from . import emulator
+        from gptimg_flows.testing import emulator
 
         return getattr(emulator, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from .config import PREFIXES, EmulatorConfig
+from gptimg_flows.testing.config import PREFIXES, EmulatorConfig
 
 
 class EmulatorClient:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import (
+from gptimg_flows.testing import (
     routes_gptimage2,
     routes_openai,
     routes_openai_batch,
@@ -30,16 +30,16 @@ from . import (
     routes_scenario,
     routes_skillsvideo,
 )
-from .config import EMULATOR_KEYS, PREFIXES, EmulatorConfig, ForcedFault
-from .faults import (
+from gptimg_flows.testing.config import EMULATOR_KEYS, PREFIXES, EmulatorConfig, ForcedFault
+from gptimg_flows.testing.faults import (
     RAW_SEND,
     DroppedConnection,
     expired_response,
     not_found_response,
     not_image_response,
 )
-from .images import pad_length, padded_size, stream
-from .state import Emulator, emulator_of, json_body
+from gptimg_flows.testing.images import pad_length, padded_size, stream
+from gptimg_flows.testing.state import Emulator, emulator_of, json_body
 
 __all__ = ["EMULATOR_KEYS", "EmulatorApp", "EmulatorConfig", "create_app", "main", "run_emulator"]
 
@@ -216,7 +216,7 @@ def run_emulator(
 def credentials_env(root: str) -> str:
     """`export VAR=value` lines: the emulator's default keys and each provider's base URL,
     named as `gptimg blocks create` (blocks/from_env.py) reads them."""
-    from ..blocks_env import SOURCES
+    from gptimg_flows.blocks.from_env import SOURCES
 
     lines = []
     for source in SOURCES:

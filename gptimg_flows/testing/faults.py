@@ -17,7 +17,7 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .config import EmulatorConfig, ForcedFault
+from gptimg_flows.testing.config import EmulatorConfig, ForcedFault
 
 #: Fault kinds by the stage that can produce them, in the order rates are drawn.
 STAGES: dict[str, tuple[str, ...]] = {

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from .client import EmulatorClient, EmulatorProcess
-from .config import EmulatorConfig
+from gptimg_flows.testing.client import EmulatorClient, EmulatorProcess
+from gptimg_flows.testing.config import EmulatorConfig
 
 #: Session defaults: quick jobs so tests stay fast; tests raise latency where they need it.
 TEST_CONFIG = EmulatorConfig(latency=0.1, url_ttl=60.0, retry_after=0.1)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image
 
-from .. import render
-from ..imageio import EXTENSIONS, sniff
+from gptimg_flows.media import render
+from gptimg_flows.media.sniff import EXTENSIONS, sniff
 
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)

@@ -18,13 +18,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import render
-from ..costs import usage_cost
-from ..sizes import parse_size
-from . import shapes
-from .faults import DroppedConnection, malformed_json_response
-from .images import OutputSpec, StoredInput, pad_length, padded_bytes
-from .state import (
+from gptimg_flows.media import render
+from gptimg_flows.sizes import parse_size
+from gptimg_flows.spend.prices import usage_cost
+from gptimg_flows.testing import shapes
+from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.images import OutputSpec, StoredInput, pad_length, padded_bytes
+from gptimg_flows.testing.state import (
     Emulator,
     body_digest,
     endpoint,

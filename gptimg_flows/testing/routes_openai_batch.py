@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..costs import BATCH_DISCOUNT, usage_cost
-from . import shapes
-from .faults import DroppedConnection
-from .images import OutputSpec
-from .routes_openai import Invalid, P, _b64, _params, usage_for
-from .state import Emulator, endpoint, new_id, output_seed
+from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
+from gptimg_flows.testing import shapes
+from gptimg_flows.testing.faults import DroppedConnection
+from gptimg_flows.testing.images import OutputSpec
+from gptimg_flows.testing.routes_openai import Invalid, P, _b64, _params, usage_for
+from gptimg_flows.testing.state import Emulator, endpoint, new_id, output_seed
 
 ENDPOINT = "/v1/images/generations"
 

@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import shapes
-from .faults import DroppedConnection, malformed_json_response
-from .images import OutputSpec, StoredInput, decode_data_uri
-from .state import (
+from gptimg_flows.testing import shapes
+from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.images import OutputSpec, StoredInput, decode_data_uri
+from gptimg_flows.testing.state import (
     PRICE_PER_IMAGE,
     Asset,
     Emulator,

@@ -13,12 +13,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import render
-from ..sizes import dims_for
-from . import shapes
-from .faults import DroppedConnection, malformed_json_response
-from .images import OutputSpec, StoredInput, decode_data_uri, fetch_url
-from .state import (
+from gptimg_flows.media import render
+from gptimg_flows.sizes import dims_for
+from gptimg_flows.testing import shapes
+from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.images import OutputSpec, StoredInput, decode_data_uri, fetch_url
+from gptimg_flows.testing.state import (
     PRICE_PER_IMAGE,
     Emulator,
     Job,

@@ -21,12 +21,12 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..models import canonical_json
-from . import shapes
-from .config import PROVIDERS, EmulatorConfig, ForcedFault
-from .faults import DroppedConnection, FaultPicker, html_error_response
-from .images import InputStore, OutputSpec, Renderer
-from .ledger import Ledger
+from gptimg_flows.models import canonical_json
+from gptimg_flows.testing import shapes
+from gptimg_flows.testing.config import PROVIDERS, EmulatorConfig, ForcedFault
+from gptimg_flows.testing.faults import DroppedConnection, FaultPicker, html_error_response
+from gptimg_flows.testing.images import InputStore, OutputSpec, Renderer
+from gptimg_flows.testing.ledger import Ledger
 
 State = Literal["queued", "running", "succeeded", "failed", "canceled"]
 

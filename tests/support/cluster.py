@@ -14,8 +14,8 @@ from typing import Any
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows.blocks import RunwareCredentials
-from gptimg_flows.chunk_results import REPORT_KEY
+from gptimg_flows.blocks.credentials import RunwareCredentials
+from gptimg_flows.distributed.gather import REPORT_KEY
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
 from .prefect_cli import api

@@ -14,7 +14,7 @@ from typing import Any
 
 async def main(spec: dict[str, Any]) -> None:
     import gptimg_flows
-    from gptimg_flows.blocks import CREDENTIAL_BLOCKS
+    from gptimg_flows.blocks.credentials import CREDENTIAL_BLOCKS
 
     cls = next(c for c in CREDENTIAL_BLOCKS if c.provider_name == spec["provider"])
     block = cls(**spec["block"])

@@ -1,0 +1,181 @@
+"""What a flow's `provider` and `archive` parameters name, resolved before anything is paid.
+
+The archive is where job records live (what stops a re-run from paying again), so a flow run
+of a deployment refuses a local archive that will not outlive it: a relative path (it lands in
+the worker's working directory, which a process worker creates in the temporary directory and
+deletes when the run ends), no archive at all (the same place), or a folder under the system's
+temporary directory. Interactive runs (scripts, the CLI, notebooks) keep `./gptimg-archive`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
+from gptimg_flows.blocks.credentials import (
+    CREDENTIAL_BLOCKS,
+    GptImage2AICredentials,
+    ImageArchive,
+    OpenAIImageCredentials,
+    ProviderCredentials,
+    ProviderSpec,
+    RunwareCredentials,
+    ScenarioCredentials,
+    SkillsVideoCredentials,
+)
+from gptimg_flows.errors import InvalidRequest
+
+ProviderParam = (
+    OpenAIImageCredentials
+    | ScenarioCredentials
+    | RunwareCredentials
+    | SkillsVideoCredentials
+    | GptImage2AICredentials
+    | str
+)
+ArchiveParam = ImageArchive | str | None
+
+_ARCHIVE_FIX = (
+    "set the deployment's `archive` parameter to a saved ImageArchive block, an absolute "
+    f"persistent path or an s3:// URL (or {DEFAULT_ARCHIVE_ENV} on the worker)"
+)
+
+
+async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
+    """A block object, `"offline"`, a saved block's name, or `"<block-type-slug>/<name>"`."""
+    if isinstance(provider, ProviderCredentials):
+        return provider
+    name = provider.strip()
+    if name in ("offline", "offline-lenient"):
+        return name
+    if "/" in name:
+        slug, _, block_name = name.partition("/")
+        for cls in CREDENTIAL_BLOCKS:
+            if cls.get_block_type_slug() == slug:
+                return await _load_block(cls, block_name, name)
+        raise InvalidRequest(f"provider: unknown block type {slug!r}", field="provider")
+    for cls in CREDENTIAL_BLOCKS:
+        try:
+            return await _load_block(cls, name, name)
+        except InvalidRequest:
+            continue
+    raise InvalidRequest(
+        f"provider: no saved credentials block named {name!r} (nor is it 'offline'); save one with "
+        "e.g. ScenarioCredentials(...).save(name) or blocks/from_env.py",
+        field="provider",
+    )
+
+
+async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: str) -> ProviderSpec:
+    try:
+        block = await cls.aload(block_name)
+    except ValueError:
+        raise InvalidRequest(f"provider: no block {shown!r}", field="provider") from None
+    assert isinstance(block, ProviderCredentials)
+    return block
+
+
+def looks_like_path(text: str) -> bool:
+    """A path or URL rather than a block name (block names have no `/`, `.` or `~` prefix)."""
+    return "://" in text or "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+async def resolve_archive(archive: ArchiveParam) -> Archive:
+    """An ImageArchive block, a saved block's name, a path or fsspec URL, or None (default).
+
+    Under a deployment, one that would not outlive the run is refused (module docstring).
+    """
+    deployed = _in_deployment_run()
+    if archive is None:
+        configured = os.environ.get(DEFAULT_ARCHIVE_ENV)
+        if deployed and not configured:
+            raise InvalidRequest(
+                "archive: not set, and a deployment's run would archive into the worker's "
+                f"working directory ({os.getcwd()}), which a process worker deletes when the "
+                f"run ends, taking the images and the job records with it; {_ARCHIVE_FIX}",
+                field="archive",
+            )
+        store = Archive(configured) if configured else Archive()
+        given = configured
+    elif isinstance(archive, ImageArchive):
+        store, given = _open(archive.basepath, archive.get_archive), archive.basepath
+    else:
+        text = archive.strip()
+        if not text:
+            raise InvalidRequest("archive: empty path or URL", field="archive")
+        if looks_like_path(text):
+            store, given = open_archive(text), text
+        else:
+            block = await _load_archive_block(text)
+            store, given = _open(block.basepath, block.get_archive), block.basepath
+    if deployed and given is not None:
+        problem = vanishing_reason(store, given)
+        if problem:
+            raise InvalidRequest(f"archive: {problem}; {_ARCHIVE_FIX}", field="archive")
+    return store
+
+
+async def _load_archive_block(name: str) -> ImageArchive:
+    try:
+        block: ImageArchive = await ImageArchive.aload(name)
+    except ValueError:
+        raise InvalidRequest(
+            f"archive: {name!r} is neither a saved ImageArchive block nor a path/URL (save one "
+            f"with ImageArchive(basepath='s3://bucket/prefix').save({name!r}), or "
+            f"`gptimg blocks create --archive URL`, which saves one named 'archive')",
+            field="archive",
+        ) from None
+    return block
+
+
+def open_archive(basepath: str) -> Archive:
+    """An archive at a path or fsspec URL; an unknown protocol is `InvalidRequest`."""
+    return _open(basepath, lambda: Archive(basepath))
+
+
+def _open(basepath: str, make: Callable[[], Archive]) -> Archive:
+    """Open the archive; an fsspec protocol nobody installed is bad input, named as such."""
+    try:
+        store = make()
+    except (ValueError, ImportError) as exc:
+        scheme = basepath.split("://", 1)[0] if "://" in basepath else basepath
+        raise InvalidRequest(
+            f"archive: cannot open {basepath!r} ({' '.join(str(exc).split())}); use a local "
+            f"folder or an fsspec URL whose protocol is installed (s3:// comes with s3fs; "
+            f"{scheme!r} is not known)",
+            field="archive",
+        ) from None
+    return store
+
+
+def vanishing_reason(store: Archive, given: str) -> str | None:
+    """Why a deployment's local archive would not outlive its run, or None if it would."""
+    if not store.local:
+        return None
+    raw = given.removeprefix("file://").removeprefix("local://")
+    if not Path(raw).expanduser().is_absolute():
+        return (
+            f"{given!r} is a relative path, so it would be resolved against the worker's "
+            f"working directory ({os.getcwd()}), which a process worker deletes when the run ends"
+        )
+    root = Path(store.root).resolve()
+    temp = Path(tempfile.gettempdir()).resolve()
+    if root == temp or temp in root.parents:
+        return (
+            f"{store.basepath} is under the temporary directory {temp}, which is cleared "
+            "(a process worker's working directory is deleted when its run ends; /tmp at reboot)"
+        )
+    return None
+
+
+def _in_deployment_run() -> bool:
+    """True inside a flow run created from a deployment (a worker, `serve`, or a schedule)."""
+    from prefect.runtime import deployment
+
+    try:
+        return bool(deployment.id)
+    except Exception:  # no run context, no API: not a deployment's run
+        return False

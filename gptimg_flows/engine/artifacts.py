@@ -1,0 +1,248 @@
+"""What a person sees of a run in the Prefect UI: the images themselves, not their hashes.
+
+Each image is shown as an embedded thumbnail (`data:` URI: works for a local folder or a
+private bucket, where the browser has no URL to open), with its prompt, provider, size and
+cost, and a link where the archive can give one (a public/CDN base URL, or a presigned S3 URL
+that says when it expires). An edit is shown beside its source. Artifacts are keyed (listed on
+the UI's Artifacts page); a large batch is split into pages of at most PAGE_BYTES of markdown
+each, so no single artifact grows past what the API and the UI handle comfortably.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prefect.artifacts import acreate_markdown_artifact
+
+from gptimg_flows.archive.store import Archive, Link
+from gptimg_flows.archive.thumbnails import load_thumbnail, recent_thumbnail
+from gptimg_flows.engine.pacing import run_traffic, traffic_text
+from gptimg_flows.models import ArchivedImage
+from gptimg_flows.results import BatchFailure, ReviewRound, cost_summary
+
+#: Markdown per artifact. Measured (bench/NOTES.md): the server takes far larger bodies, but the
+#: UI re-renders the whole page's markdown; ~1 MB (about 100 thumbnails) stays quick.
+PAGE_BYTES = 1_000_000
+PAGE_ROWS = 100
+#: Thumbnails made or read at once (each in a worker thread).
+THUMB_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Shown:
+    """One image ready to show: its preview, its link, and its source's preview (edits)."""
+
+    image: ArchivedImage
+    thumb: str | None
+    link: Link | None
+    source_thumb: str | None = None
+
+
+def cell(text: str, limit: int = 160) -> str:
+    """Text safe inside a markdown table cell (no pipes, no newlines, no raw HTML)."""
+    flat = " ".join(text.split())
+    short = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return html.escape(short, quote=False).replace("|", "\\|")
+
+
+def _sha_of(uri: str) -> str:
+    """Archived images are named by their sha256 (archive.image_rel)."""
+    return posixpath.basename(uri.replace("\\", "/")).split(".", 1)[0]
+
+
+async def _thumb(archive: Archive, sha256: str, uri: str, gate: asyncio.Semaphore) -> str | None:
+    if (recent := recent_thumbnail(archive, sha256)) is not None:
+        return recent
+    async with gate:
+        try:
+            return await asyncio.to_thread(load_thumbnail, archive, sha256, uri)
+        except OSError:  # unreadable or not an image any more: shown as text
+            return None
+
+
+async def show(images: Sequence[ArchivedImage], archive: Archive) -> list[Shown]:
+    """Previews and links for each image (and its first input's preview, for edits)."""
+
+    gate = asyncio.Semaphore(THUMB_WORKERS)
+
+    async def one(img: ArchivedImage) -> Shown:
+        thumb = await _thumb(archive, img.sha256, img.uri, gate)
+        parent = img.parents[0] if img.parents else None
+        source = await _thumb(archive, _sha_of(parent), parent, gate) if parent else None
+        return Shown(img, thumb, archive.link(img.uri), source)
+
+    return list(await asyncio.gather(*(one(i) for i in images)))
+
+
+def picture(data_uri: str | None, alt: str) -> str:
+    return f"![{cell(alt, 60)}]({data_uri})" if data_uri else f"*({cell(alt, 60)}: not readable)*"
+
+
+def link_text(shown: Shown) -> str:
+    img = shown.image
+    if shown.link is None:
+        return f"`{cell(img.uri, 200)}`"
+    if shown.link.expires_at is None:
+        return f"[open]({shown.link.url})"
+    when = shown.link.expires_at.strftime("%Y-%m-%d %H:%M UTC")
+    return f"[open]({shown.link.url}) (link expires {when})"
+
+
+def cost_cell(img: ArchivedImage) -> str:
+    if img.cost is None:
+        return "-"
+    text = f"{img.cost:g} {img.cost_unit}"
+    return text + " (earlier; 0 this run)" if img.from_archive else text
+
+
+def review_cell(img: ArchivedImage) -> str:
+    if img.review is None:
+        return ""
+    mark = "✅ approved" if img.review.status == "approved" else "❌ rejected"
+    return f"{mark}{' (timed out)' if img.review.timed_out else ''}"
+
+
+HEADER = (
+    "| # | from | image | prompt | provider | size | cost | review | link |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(number: int | str, shown: Shown) -> str:
+    img = shown.image
+    source = picture(shown.source_thumb, "source") + " →" if img.parents else ""
+    label = f"row {img.row}" if img.row is not None else f"image {number}"
+    extra = "".join(f"<br>{cell(f'{k}={v}', 60)}" for k, v in sorted(img.extra.items()))
+    extra = "" if img.parents else extra  # an edit's extra is its lineage, shown as `from`
+    return (
+        f"| {number} | {source} | {picture(shown.thumb, label)} | {cell(img.prompt)}{extra} "
+        f"| {cell(img.provider)} | {img.width}x{img.height} | {cost_cell(img)} "
+        f"| {review_cell(img)} | {link_text(shown)} |"
+    )
+
+
+def failure_table(failures: Sequence[BatchFailure], limit: int = 500) -> str:
+    lines = [
+        f"### Failures ({len(failures)})",
+        "",
+        "| # | prompt | job | error |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f.index} | {cell(f.prompt, 80)} | {cell(f.job_id or '-')} "
+        f"| {cell(f.error_type)}: {cell(f.error, 200)} |"
+        for f in failures[:limit]
+    ]
+    if len(failures) > limit:
+        lines.append(f"\n…and {len(failures) - limit} more (see the flow's result)")
+    return "\n".join(lines)
+
+
+def paginate(rows: list[str], first_overhead: int) -> list[list[str]]:
+    """Rows packed into pages of at most PAGE_ROWS rows and PAGE_BYTES bytes (one row, however
+    large, always gets a page)."""
+    pages: list[list[str]] = [[]]
+    size = first_overhead
+    for line in rows:
+        grow = len(line.encode()) + 1
+        if pages[-1] and (size + grow > PAGE_BYTES or len(pages[-1]) >= PAGE_ROWS):
+            pages.append([])
+            size = 0
+        pages[-1].append(line)
+        size += grow
+    return pages
+
+
+async def publish_images(
+    images: list[ArchivedImage],
+    archive: Archive,
+    title: str,
+    key: str,
+    failures: Sequence[BatchFailure] = (),
+) -> list[str]:
+    """The run's images as keyed markdown artifacts (one, or pages `key`, `key-page-2`, …).
+
+    Returns the markdown of each page (what the UI renders)."""
+    shown = await show(images, archive)
+    rows = [row(i + 1, s) for i, s in enumerate(shown)]
+    summary = f"{cost_summary(images)}\n\n"
+    if traffic := traffic_text(run_traffic()):
+        summary += f"{traffic}\n\n"
+    tail = f"\n\n{failure_table(failures)}" if failures else ""
+    pages = paginate(rows, len((summary + tail).encode()) + 200)
+    bodies: list[str] = []
+    for n, page in enumerate(pages, start=1):
+        of = f" (page {n} of {len(pages)})" if len(pages) > 1 else ""
+        table = (HEADER + "\n" + "\n".join(page)) if page else "*No images.*"
+        body = f"## {cell(title, 120)}{of}\n\n" + (summary if n == 1 else "") + table
+        body += tail if n == 1 else ""
+        page_key = key if n == 1 else f"{key}-page-{n}"
+        await acreate_markdown_artifact(markdown=body, key=page_key, description=f"{title}{of}")
+        bodies.append(body)
+    return bodies
+
+
+def review_form_markdown(
+    shown: Sequence[Shown],
+    prompt: str,
+    round_no: int,
+    max_rounds: int,
+    problem: str = "",
+    total: int = 0,
+) -> str:
+    """What the Resume form shows above its fields: the candidates, numbered from 1."""
+    lines = [
+        f"### Review round {round_no} of at most {max_rounds}",
+        "",
+        f"**Prompt:** {cell(prompt, 400)}",
+        "",
+    ]
+    if problem:
+        lines += [f"**Your last answer could not be used:** {cell(problem, 300)}", ""]
+    if total > len(shown):
+        lines += [f"The first {len(shown)} of {total} candidates are shown; all of them are in "
+                  "the run's gallery artifacts, numbered the same way.", ""]  # fmt: skip
+    lines += ["| # | candidate | size | cost |", "|---|---|---|---|"]
+    for n, s in enumerate(shown, start=1):
+        img = s.image
+        lines.append(
+            f"| **{n}** | {picture(s.thumb, f'candidate {n}')} | {img.width}x{img.height} "
+            f"| {cost_cell(img)} |"
+        )
+    lines += [
+        "",
+        "**approved**: the numbers to keep (empty rejects all). **new_prompt**: make a new "
+        "round from this prompt instead. **note**: recorded with the decision.",
+    ]
+    return "\n".join(lines)
+
+
+async def publish_review(
+    rounds: Sequence[ReviewRound], shown_by_round: Sequence[Sequence[Shown]], key: str
+) -> str:
+    """One artifact recording each round's candidates and decision."""
+    parts = ["## Review", ""]
+    for rnd, shown in zip(rounds, shown_by_round, strict=True):
+        decided = rnd.decided_at.strftime("%Y-%m-%d %H:%M:%S UTC")
+        who = "timed out: nobody answered" if rnd.timed_out else "answered"
+        kept = ", ".join(str(n) for n in rnd.approved) or "none"
+        parts += [
+            f"### Round {rnd.round}: {cell(rnd.prompt, 200)}",
+            "",
+            f"Approved: **{kept}** of {rnd.candidates} · {who} at {decided}"
+            + (f" · new prompt: {cell(rnd.new_prompt, 200)}" if rnd.new_prompt else "")
+            + (f" · note: {cell(rnd.note, 300)}" if rnd.note else ""),
+            "",
+            "| # | candidate | decision |",
+            "|---|---|---|",
+        ]
+        for n, s in enumerate(shown, start=1):
+            parts.append(f"| {n} | {picture(s.thumb, f'candidate {n}')} | {review_cell(s.image)} |")
+        parts.append("")
+    body = "\n".join(parts)
+    await acreate_markdown_artifact(markdown=body, key=key, description="review decisions")
+    return body

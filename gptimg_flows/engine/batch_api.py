@@ -1,0 +1,312 @@
+"""A batch sent through OpenAI's Batch API (half price, done within 24 h), with resume.
+
+Never pay twice:
+- each row keeps its request key (the `custom_id` of its line, the same key a synchronous
+  run uses, so either way finds the other's images in the archive);
+- a batch record `_batches/<id>.json` is written before the create call ("creating") and
+  after it ("created", with OpenAI's batch id), and each row's job record names its batch;
+- a retry, crash or re-run polls the recorded batch; a record left at "creating" (the answer
+  was lost) is looked up by our metadata in `GET /batches` before anything is sent again;
+- rows already archived are not sent.
+A run may end before the batch does (`batch_wait_seconds`): its rows are reported as
+`BatchPending`, and a later run collects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.engine.records import archived_result, job_rel, request_key, write_images
+from gptimg_flows.errors import BudgetExceeded, InvalidRequest, MalformedResponse, TransportError
+from gptimg_flows.media.download import save_inline
+from gptimg_flows.media.sniff import magic_mime
+from gptimg_flows.models import ArchivedImage, ImageRequest, Job, JobState, JobStatus, OutputRef
+from gptimg_flows.providers.base import Provider
+from gptimg_flows.providers.openai import OpenAIProvider
+from gptimg_flows.providers.openai_batch import (
+    METADATA_KEY,
+    BatchStatus,
+    LineResult,
+    OpenAIBatchAPI,
+    request_line,
+    split_lines,
+)
+from gptimg_flows.results import BatchFailure
+from gptimg_flows.rows import Row, row_metadata, row_prompt
+from gptimg_flows.spend.prices import BATCH_DISCOUNT, Budget
+
+
+@dataclass
+class BatchItem:
+    """One row going through the Batch API."""
+
+    row: int
+    request: ImageRequest
+    key: str
+    extra: dict[str, Any]
+
+
+def _batch_rel(record: str) -> str:
+    return f"_batches/{record}.json"
+
+
+def record_id(keys: Sequence[str]) -> str:
+    """A batch record's id: the hash of its rows' keys (the same rows, the same record)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
+
+
+def batch_api_of(adapter: object) -> OpenAIBatchAPI:
+    if not isinstance(adapter, OpenAIProvider):
+        name = getattr(adapter, "display_name", "this provider")
+        raise InvalidRequest(
+            f"batch_api: {name} has no batch API; use an OpenAI credentials block, or "
+            "batch_api=False",
+            field="batch_api",
+        )
+    return OpenAIBatchAPI(adapter)
+
+
+@task(name="submit-openai-batch", task_run_name="openai-batch-{record:.12}", cache_policy=NO_CACHE)
+async def submit_openai_batch(
+    api: OpenAIBatchAPI, items: list[BatchItem], record: str, archive: Archive
+) -> str:
+    """Upload the rows' JSONL and create the batch once; returns OpenAI's batch id.
+
+    Not retried by Prefect: a lost create answer is looked up on the next run instead.
+    """
+    logger = get_run_logger()
+    found = await asyncio.to_thread(archive.read_json, _batch_rel(record))
+    if found and found.get("batch_id"):
+        return str(found["batch_id"])
+    if found and found.get("state") == "creating":
+        existing = await api.find(record)
+        if existing is not None:
+            await _write_created(archive, record, found, existing)
+            logger.info("found batch %s created earlier for these rows", existing.id)
+            return existing.id
+    state = {"state": "creating", "record": record, "keys": [i.key for i in items],
+             "started_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    for item in items:
+        await asyncio.to_thread(
+            archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
+        )
+    await asyncio.to_thread(archive.write_json, _batch_rel(record), state)
+    with tempfile.TemporaryDirectory(prefix="gptimg-batch-") as tmp:
+        path = Path(tmp) / f"{record}.jsonl"
+        with path.open("wb") as fh:  # streamed to disk, then streamed up: flat memory
+            for item in items:
+                fh.write(request_line(api.provider, item.key, item.request))
+        file_id = await api.upload(path)
+    state["file_id"] = file_id
+    await asyncio.to_thread(archive.write_json, _batch_rel(record), state)
+    try:
+        created = await api.create(file_id, {METADATA_KEY: record})
+    except (TransportError, MalformedResponse) as exc:
+        if isinstance(exc, TransportError) and not exc.request_sent:
+            await asyncio.to_thread(archive.delete, _batch_rel(record))
+        raise  # "creating" stays: the next run looks the batch up before creating one
+    await _write_created(archive, record, state, created)
+    logger.info("created OpenAI batch %s with %d line(s)", created.id, len(items))
+    return created.id
+
+
+async def _write_created(
+    archive: Archive, record: str, state: dict[str, Any], batch: BatchStatus
+) -> None:
+    done = {**state, "state": "created", "batch_id": batch.id}
+    await asyncio.to_thread(archive.write_json, _batch_rel(record), done)
+
+
+@task(name="collect-openai-batch", task_run_name="collect-{batch_id}", cache_policy=NO_CACHE,
+      retries=3, retry_delay_seconds=[5, 30, 120])  # fmt: skip
+async def collect_openai_batch(
+    api: OpenAIBatchAPI,
+    batch_id: str,
+    items: list[BatchItem],
+    archive: Archive,
+    wait_seconds: float,
+    first_poll_seconds: float = 2.0,
+    max_poll_seconds: float = 300.0,
+) -> tuple[list[ArchivedImage], dict[str, str]]:
+    """Wait for the batch (polls spaced out as its hours deserve), then archive each line.
+
+    Returns the archived images and, per key, why a row has none.
+    """
+    logger = get_run_logger()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    gap = first_poll_seconds
+    status = await api.get(batch_id)
+    while not status.terminal:
+        left = deadline - loop.time()
+        if left <= 0:
+            why = f"batch {batch_id} is still {status.status}; re-run to collect it"
+            return [], {i.key: "BatchPending: " + why for i in items}
+        await asyncio.sleep(min(gap, left))
+        gap = min(max_poll_seconds, gap * 1.5)
+        status = await api.get(batch_id)
+    by_key = {i.key: i for i in items}
+    images: list[ArchivedImage] = []
+    errors: dict[str, str] = {}
+    seen: set[str] = set()
+    if status.output_file_id:
+        async for line in api.results(status.output_file_id):
+            item = by_key.get(line.custom_id)
+            if item is None or line.custom_id in seen:
+                continue
+            seen.add(line.custom_id)
+            if line.error:
+                errors[item.key] = f"JobFailed: {line.error}"
+                continue
+            images += await _archive_line(api, batch_id, item, line, archive)
+    if status.error_file_id:
+        async for line in api.results(status.error_file_id):
+            if line.custom_id in by_key and line.custom_id not in seen:
+                seen.add(line.custom_id)
+                errors[line.custom_id] = f"JobFailed: {line.error}"
+    for key in by_key.keys() - seen:
+        errors[key] = f"JobFailed: batch {batch_id} ended {status.status} without this row"
+    logger.info("batch %s %s: %d image(s) archived, %d row(s) without", batch_id,
+                status.status, len(images), len(errors))  # fmt: skip
+    return images, errors
+
+
+async def _archive_line(
+    api: OpenAIBatchAPI, batch_id: str, item: BatchItem, line: LineResult, archive: Archive
+) -> list[ArchivedImage]:
+    refs = [OutputRef(index=i, data=d, mime=magic_mime(d[:16])) for i, d in enumerate(line.images)]
+    spooled = [await save_inline(r) for r in refs]
+    job = Job(provider="openai", model=api.provider.model, job_id=batch_id, key=item.key,
+              n=len(refs), handle={"batch": batch_id})  # fmt: skip
+    status = JobStatus(job_id=batch_id, state=JobState.SUCCEEDED, cost=line.cost,
+                       cost_unit="usd")  # fmt: skip
+    archived, no_preview = await write_images(
+        spooled, archive, item.key, job, status, item.request.prompt, [], item.extra, item.row
+    )
+    for sha, why in no_preview:
+        get_run_logger().warning("no preview for %s: %s", sha[:12], why)
+    return archived
+
+
+async def recorded_batches(archive: Archive, items: list[BatchItem]) -> dict[str, list[BatchItem]]:
+    """Rows whose job record names a batch already on record, grouped by that batch."""
+    grouped: dict[str, list[BatchItem]] = {}
+    for item in items:
+        job = await asyncio.to_thread(archive.read_json, job_rel(item.key))
+        record = (
+            job.get("batch") if isinstance(job, dict) and job.get("state") == "batched" else None
+        )
+        if record and await asyncio.to_thread(archive.read_json, _batch_rel(str(record))):
+            grouped.setdefault(str(record), []).append(item)
+    return grouped
+
+
+def new_batches(api: OpenAIBatchAPI, items: list[BatchItem]) -> dict[str, list[BatchItem]]:
+    """Rows not yet in any batch, split at OpenAI's limits, each chunk under its record id."""
+    by_key = {i.key: i for i in items}
+    lines = ((i.key, request_line(api.provider, i.key, i.request)) for i in items)
+    out: dict[str, list[BatchItem]] = {}
+    for chunk in split_lines(lines):
+        keys = [k for k, _ in chunk]
+        out[record_id(keys)] = [by_key[k] for k in keys]
+    return out
+
+
+async def run_through_batch_api(
+    adapter: object,
+    archive: Archive,
+    items: list[BatchItem],
+    *,
+    wait_seconds: float,
+    first_poll_seconds: float,
+) -> tuple[list[ArchivedImage], dict[int, tuple[str, str]]]:
+    """Every row through the Batch API: archived rows answered from the archive, rows in a
+    recorded batch collected from it, the rest sent as new batches. Returns the images (with
+    their rows) and, per row, (error type, message) for rows without images."""
+    api = batch_api_of(adapter)
+    images: list[ArchivedImage] = []
+    pending: list[BatchItem] = []
+    for item in items:
+        found = await archived_result(archive, item.key)
+        if found:
+            images += [
+                i.model_copy(update={"from_archive": True, "row": item.row,
+                                     "extra": {**i.extra, **item.extra}})
+                for i in found
+            ]  # fmt: skip
+        else:
+            pending.append(item)
+    groups = await recorded_batches(archive, pending)
+    grouped = {i.key for members in groups.values() for i in members}
+    groups.update(new_batches(api, [i for i in pending if i.key not in grouped]))
+    errors: dict[int, tuple[str, str]] = {}
+
+    async def one(record: str, members: list[BatchItem]) -> None:
+        rows = {i.key: i.row for i in members}
+        try:
+            batch_id = await submit_openai_batch(api, members, record, archive)
+            got, why = await collect_openai_batch(
+                api, batch_id, members, archive, wait_seconds, first_poll_seconds
+            )
+        except Exception as exc:  # the whole batch's rows fail alike; records keep the rest
+            for row in rows.values():
+                errors[row] = (type(exc).__name__, str(exc))
+            return
+        images.extend(got)
+        for key, text in why.items():
+            kind, _, message = text.partition(": ")
+            errors[rows[key]] = (kind, message)
+
+    await asyncio.gather(*(one(record, members) for record, members in groups.items()))
+    images.sort(key=lambda i: i.row if i.row is not None else -1)
+    return images, errors
+
+
+async def batch_api_rows(
+    adapter: Provider,
+    store: Archive,
+    rows: list[Row],
+    requests: list[ImageRequest | None],
+    slots: list[str],
+    refresh_stamp: str | None,
+    budget: Budget | None,
+    wait_seconds: float,
+    poll_seconds: float,
+    by_row: dict[int, list[ArchivedImage]],
+    failures: list[BatchFailure],
+) -> None:
+    """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
+    stamp = refresh_stamp or ""
+    items = [
+        BatchItem(row=i, request=r, key=request_key(adapter, r, [], slots[i] + stamp),
+                  extra=row_metadata(rows[i]))
+        for i, r in enumerate(requests) if r is not None
+    ]  # fmt: skip
+    if budget is not None and budget.max_cost is not None:
+        half = sum((adapter.price(i.request).amount or 0.0) for i in items) * BATCH_DISCOUNT
+        if half > budget.max_cost + 1e-9:
+            raise BudgetExceeded(
+                f"max_cost={budget.max_cost:g} {budget.unit}: the batch is estimated at "
+                f"{half:g} {budget.unit} (half the token-table price) if nothing is archived"
+            )
+    images, errors = await run_through_batch_api(
+        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+    )
+    for img in images:
+        if img.row is not None:
+            by_row.setdefault(img.row, []).append(img)
+    for row, (kind, message) in errors.items():
+        failures.append(BatchFailure(index=row, prompt=row_prompt(rows[row])[:200], error=message,
+                                     error_type=kind, extra=row_metadata(rows[row])))  # fmt: skip

@@ -1,0 +1,172 @@
+"""The Prefect side of the per-account rate limiter: which limiter a paid submit waits for, how
+long it may wait, the log lines a user sees when pacing starts and stops, and what each flow
+run counted (refused submits, time spent waiting) for its artifact and result.
+
+The limiter itself (rate_limiter.py) knows no Prefect and no provider; adapters hand their
+answers' x-ratelimit figures up through `RATE_HEADERS_SINK` without knowing who listens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import UUID
+
+from prefect.context import FlowRunContext
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_run_logger
+
+from gptimg_flows.blocks.credentials import ProviderCredentials
+from gptimg_flows.engine.rate_limiter import AccountLimiter, limiter_for, paced
+from gptimg_flows.errors import RateLimited
+from gptimg_flows.providers.base import RATE_HEADERS_SINK, Provider, RateHeaders
+
+T = TypeVar("T")
+
+#: How long a paid submit waits for the account's limit when its block does not say: a
+#: 1,000-row file on OpenAI's tier 1 (5 images a minute) takes 200 minutes.
+DEFAULT_WAIT_SECONDS = 4 * 3600.0
+
+
+@dataclass
+class RunTraffic:
+    """What one flow run met at its providers' rate limits."""
+
+    refused: int = 0
+    waited_seconds: float = 0.0
+
+
+#: Flow runs whose counts are kept: a worker serving runs for months must not grow for ever.
+KEPT_RUNS = 1000
+_RUNS: OrderedDict[UUID | None, RunTraffic] = OrderedDict()
+_ANNOUNCED: set[int] = set()
+_LOCK = threading.Lock()
+
+
+def _run_id() -> UUID | None:
+    context = FlowRunContext.get()
+    return context.flow_run.id if context is not None and context.flow_run is not None else None
+
+
+def run_traffic(run_id: UUID | None = None) -> RunTraffic:
+    """This flow run's counts (a fresh zero record if it met no limit)."""
+    with _LOCK:
+        return _RUNS.get(run_id if run_id is not None else _run_id(), RunTraffic())
+
+
+def traffic_text(traffic: RunTraffic) -> str:
+    """One line for an artifact or a log: empty when the run met no limit."""
+    if not traffic.refused and traffic.waited_seconds < 0.5:
+        return ""
+    return (
+        f"Rate limits: {traffic.refused} submit(s) refused with 429 (nothing paid, tried "
+        f"again), {traffic.waited_seconds:.1f} s spent waiting for the account's limit"
+    )
+
+
+def _count(refused: int = 0, waited: float = 0.0) -> None:
+    run = _run_id()
+    with _LOCK:
+        traffic = _RUNS.setdefault(run, RunTraffic())
+        _RUNS.move_to_end(run)
+        while len(_RUNS) > KEPT_RUNS:
+            _RUNS.popitem(last=False)
+        traffic.refused += refused
+        traffic.waited_seconds += waited
+
+
+def wait_bound(spec: Any, timeout_seconds: float | None) -> float:
+    """The longest a submit waits for the limit: the block's, or the run's timeout if shorter."""
+    bound = (
+        spec.rate_limit_wait_seconds
+        if isinstance(spec, ProviderCredentials)
+        else DEFAULT_WAIT_SECONDS
+    )
+    return min(bound, timeout_seconds) if timeout_seconds else bound
+
+
+def account_limiter(spec: Any, adapter: Provider) -> AccountLimiter:
+    ipm = spec.images_per_minute if isinstance(spec, ProviderCredentials) else None
+    return limiter_for(adapter.account, adapter.name, ipm)
+
+
+def reads_of(adapter: Provider) -> AccountLimiter:
+    """The limiter whose read hold an adapter's polls and downloads respect."""
+    return limiter_for(adapter.account, adapter.name, None)
+
+
+def _log(message: str, *args: object) -> None:
+    try:
+        logger: Any = get_run_logger()
+    except MissingContextError:
+        import logging
+
+        logger = logging.getLogger("gptimg_flows.engine.pacing")
+    logger.info(message, *args)
+
+
+@contextlib.contextmanager
+def _headers_to(limiter: AccountLimiter) -> Iterator[None]:
+    def observe(figures: RateHeaders) -> None:
+        if figures.limit_requests:
+            limiter.told(figures.limit_requests, time.monotonic())
+
+    token = RATE_HEADERS_SINK.set(observe)
+    try:
+        yield
+    finally:
+        RATE_HEADERS_SINK.reset(token)
+
+
+async def paced_submit(
+    limiter: AccountLimiter, n: int, send: Callable[[], Awaitable[T]], bound: float
+) -> T:
+    """`send()` (the paid call) when the account allows; 429s wait and try again (counted for
+    this run's artifact), and the pacing is logged once per account when it starts and ends."""
+
+    def refused(exc: RateLimited) -> None:
+        _count(refused=1)
+        _announce(limiter, exc)
+
+    async def send_with_headers() -> T:
+        with _headers_to(limiter):
+            return await send()
+
+    def waited(seconds: float) -> None:
+        if seconds > 0:
+            _count(waited=seconds)
+        if seconds >= 1.0 and limiter.rate is not None:
+            _announce(limiter, None)
+
+    try:
+        return await paced(limiter, n, send_with_headers, bound=bound, on_refused=refused,
+                           on_waited=waited)  # fmt: skip
+    finally:
+        if limiter.waiting == 0:
+            _done(limiter)
+
+
+def _announce(limiter: AccountLimiter, exc: RateLimited | None) -> None:
+    with _LOCK:
+        if id(limiter) in _ANNOUNCED:
+            return
+        _ANNOUNCED.add(id(limiter))
+    why = "429s" if exc is not None or limiter.stats.refused else "its known limit"
+    _log("%s: %s, pacing at %s", limiter.name, why, limiter.describe())
+
+
+def _done(limiter: AccountLimiter) -> None:
+    with _LOCK:
+        if id(limiter) not in _ANNOUNCED:
+            return
+        _ANNOUNCED.discard(id(limiter))
+    _log(
+        "%s: pacing stopped, nothing waiting (at %s; %d refused submit(s) and %.0f s of "
+        "waiting in this process so far)",
+        limiter.name, limiter.describe(), limiter.stats.refused, limiter.stats.waited_seconds,
+    )  # fmt: skip

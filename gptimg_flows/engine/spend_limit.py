@@ -1,0 +1,88 @@
+"""A spend limit shared by every worker: a Prefect global concurrency limit used as a bucket.
+
+The credentials block names the limit (`spend_limit`) and the size of one slot in the
+provider's cost unit (`spend_limit_unit`, e.g. 0.01 USD). Create it with the daily budget as
+its limit and that budget per day as its decay, e.g. for 50 USD a day in cents:
+
+    prefect gcl create openai-daily-spend --limit 5000 --slot-decay-per-second 0.0578704
+
+Before each paid submit the run takes the estimate's slots from the bucket; the server holds
+the count, so two workers cannot overspend together. A submit whose slots are not free within
+`spend_limit_wait_seconds` is refused with BudgetExceeded (slots come back as the day passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import httpx
+
+from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec
+from gptimg_flows.errors import BudgetExceeded, InvalidRequest
+from gptimg_flows.media.headers import parse_retry_after
+from gptimg_flows.spend.prices import Price
+
+
+def spend_slots(price: Price, unit: float) -> int:
+    """How many slots of `unit` the estimate takes (rounded up: never under-count)."""
+    assert price.amount is not None
+    return max(1, math.ceil(round(price.amount / unit, 9))) if price.amount > 0 else 0
+
+
+async def take_spend(spec: ProviderSpec, price: Price) -> None:
+    """Take this submit's estimate from the block's shared spend limit, if it names one."""
+    if not isinstance(spec, ProviderCredentials) or not spec.spend_limit:
+        return
+    name = spec.spend_limit
+    if price.amount is None:
+        raise BudgetExceeded(
+            f"spend limit {name!r} cannot be kept: {price.note or 'the cost is unknown'}"
+        )
+    slots = spend_slots(price, spec.spend_limit_unit)
+    if slots == 0:
+        return
+    outcome = await _increment(name, slots, spec.spend_limit_wait_seconds)
+    if outcome == "missing":
+        raise InvalidRequest(
+            f"spend limit {name!r} does not exist; create it with `prefect gcl create {name} "
+            "--limit BUDGET_IN_UNITS --slot-decay-per-second BUDGET_PER_SECOND`",
+            field="spend_limit",
+        )
+    if outcome != "taken":
+        raise BudgetExceeded(
+            f"spend limit {name!r} is used up: this request needs {slots} slot(s) of "
+            f"{spec.spend_limit_unit:g} {price.unit} ({price.amount:g} {price.unit}, "
+            f"{price.basis}) and they were not free within {spec.spend_limit_wait_seconds:g} s"
+            + (" (more than the whole limit)" if outcome == "too-big" else "")
+        )
+
+
+async def _increment(name: str, slots: int, wait_seconds: float) -> str:
+    """One server-side take of `slots`, retried while the server says "locked" (423) within
+    `wait_seconds`: "taken", "missing", "too-big" or "full".
+
+    Prefect's `rate_limit()` queues every acquisition through one client-side service, so a
+    take that cannot fit holds up the others; a spend bucket needs a quick yes or no.
+    """
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + wait_seconds
+    async with get_client() as client:
+        while True:
+            try:
+                response = await client.increment_concurrency_slots([name], slots, "rate_limit")
+            except httpx.HTTPStatusError as exc:
+                code = exc.response.status_code
+                if code == 422:
+                    return "too-big"
+                if code != 423:
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return "full"
+                hint = parse_retry_after(exc.response.headers)
+                await asyncio.sleep(min(left, 0.5 if hint is None else max(0.05, hint)))
+                continue
+            return "taken" if response.json() else "missing"

@@ -1,0 +1,115 @@
+"""One request end to end, as the flows run it: validate, load and check inputs, answer from
+the archive, reserve the budget, then make_images (submit, wait, download, archive) as one
+task run. Plus the checks of a run's parameters every flow shares (timeout, max_cost).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
+from gptimg_flows.engine.records import archived_result, job_recorded, request_key
+from gptimg_flows.engine.spend_limit import take_spend
+from gptimg_flows.errors import BudgetExceeded, InvalidRequest
+from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, InputImage
+from gptimg_flows.providers.base import Provider
+from gptimg_flows.spend.prices import Budget
+from gptimg_flows.tasks import load_edit_inputs, make_images_for, upload_inputs
+
+
+async def produce(
+    spec: ProviderSpec,
+    request: ImageRequest,
+    archive: Archive,
+    *,
+    slot: str = "0",
+    refresh: bool = False,
+    timeout_seconds: float = 900.0,
+    extra: dict[str, Any] | None = None,
+    row: int | None = None,
+    budget: Budget | None = None,
+) -> list[ArchivedImage]:
+    """Validate → (inputs) → archived already? → budget → submit → wait → download → archive.
+
+    A request that must be paid for reserves its estimate in the run's `budget` and takes it
+    from the block's shared spend limit first; either refusal is BudgetExceeded, before any
+    upload or submit. A job already on record (a resumed run) takes nothing again.
+    """
+    logger = get_run_logger()
+    adapter = provider_of(spec)
+    adapter.validate(request)  # before anything is read, uploaded or paid
+    digests: list[str] = []
+    parents: list[str] = []
+    loaded: list[InputImage] = []
+    mask: InputImage | None = None
+    if isinstance(request, EditRequest):
+        loaded, mask = await load_edit_inputs(request, archive)
+        digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
+        parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
+    if refresh:
+        slot = f"{slot}{refresh_stamp()}"
+    key = request_key(adapter, request, digests, slot)
+    if not refresh and (found := await archived_result(archive, key)):
+        logger.info(
+            "%d image(s) for this request are already archived: no provider call", len(found)
+        )
+        return [img.model_copy(update={"from_archive": True}) for img in found]
+    price = adapter.price(request)
+    held = budget.reserve(price) if budget is not None else 0.0
+    try:
+        if not await job_recorded(archive, key):
+            await take_spend(spec, price)
+        inputs = (
+            await upload_inputs(spec, request, loaded, mask, archive)
+            if isinstance(request, EditRequest)
+            else None
+        )
+        archived: list[ArchivedImage] = await make_images_for(spec)(
+            spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
+        )
+    except BaseException:
+        if budget is not None:
+            budget.settle(held, None)  # it may have been billed: keep the reservation
+        raise
+    if budget is not None:
+        costs = [i.cost for i in archived if i.cost is not None]
+        budget.settle(held, sum(costs) if costs else None)
+    return archived
+
+
+def refresh_stamp() -> str:
+    """What makes `refresh=True` pay for new images: new for each flow run, the same when a
+    suspended run starts again from the top or the run is retried (nothing paid twice)."""
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        return f":refresh:{context.flow_run.id}"
+    return f":refresh:{time.time_ns()}"
+
+
+def check_timeout(timeout_seconds: float) -> None:
+    if not timeout_seconds > 0:
+        raise InvalidRequest(
+            f"timeout_seconds={timeout_seconds:g}; it must be a positive number of seconds",
+            field="timeout_seconds",
+        )
+
+
+def run_budget(
+    adapter: Provider, max_cost: float | None, requests: list[ImageRequest]
+) -> Budget | None:
+    """The run's `max_cost` budget; a price nobody can estimate is refused up front, with how
+    to set one."""
+    if max_cost is None:
+        return None
+    if not max_cost >= 0:
+        raise InvalidRequest(f"max_cost={max_cost:g}; it must be 0 or more", field="max_cost")
+    for request in requests:
+        price = adapter.price(request)
+        if price.amount is None:
+            raise BudgetExceeded(f"max_cost={max_cost:g} cannot be kept: {price.note}")
+    return Budget(max_cost, adapter.capabilities.cost_unit)

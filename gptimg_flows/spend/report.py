@@ -1,0 +1,71 @@
+"""What was paid, read back from an archive's sidecars: one sidecar per paid image, with its
+cost, unit, provider and time. No Prefect here."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from gptimg_flows.archive.store import Archive
+
+GroupBy = Literal["provider", "day"]
+
+
+class SpendRow(BaseModel):
+    """Spend of one group (a provider, or a day) in one cost unit."""
+
+    group: str
+    unit: str
+    images: int
+    amount: float
+    unpriced: int = 0
+
+
+def sidecars(archive: Archive) -> Iterator[dict[str, Any]]:
+    """Every image sidecar in the archive (inputs carry none)."""
+    pattern = archive.path("images/*/*.json")
+    for path in sorted(archive.fs.glob(pattern)):
+        with archive.fs.open(path, "rb") as fh:
+            try:
+                record = json.loads(fh.read())
+            except ValueError:
+                continue
+        if isinstance(record, dict) and "sha256" in record:
+            yield record
+
+
+def spend_report(
+    archive: Archive, since: date | None = None, by: GroupBy = "provider"
+) -> list[SpendRow]:
+    """Totals per group and unit, for images archived on or after `since` (UTC days)."""
+    rows: dict[tuple[str, str], SpendRow] = {}
+    for record in sidecars(archive):
+        made = _created(record)
+        if since is not None and (made is None or made.date() < since):
+            continue
+        group = (
+            str(record.get("provider", "?"))
+            if by == "provider"
+            else (made.date().isoformat() if made else "unknown")
+        )
+        unit = str(record.get("cost_unit") or "?")
+        row = rows.setdefault((group, unit), SpendRow(group=group, unit=unit, images=0, amount=0))
+        row.images += 1
+        cost = record.get("cost")
+        if isinstance(cost, int | float):
+            row.amount = round(row.amount + float(cost), 6)
+        else:
+            row.unpriced += 1
+    return [rows[k] for k in sorted(rows)]
+
+
+def _created(record: dict[str, Any]) -> datetime | None:
+    try:
+        made = datetime.fromisoformat(str(record.get("created_at")))
+    except ValueError:
+        return None
+    return made if made.tzinfo else made.replace(tzinfo=UTC)
