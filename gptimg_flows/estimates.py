@@ -12,7 +12,7 @@ from gptimg_flows.blocks.resolve import ProviderParam, resolve_provider
 from gptimg_flows.errors import InvalidRequest, ProviderError
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
 from gptimg_flows.providers.base import Provider
-from gptimg_flows.rows import PromptsParam, check_columns, read_prompts, row_request
+from gptimg_flows.rows import PromptsParam, check_columns, plan_rows, read_prompts
 from gptimg_flows.spend.prices import CostEstimate, Price
 
 
@@ -47,11 +47,9 @@ async def estimate_cost(
         rows = read_prompts(prompts)
         check_columns(rows, prompt_template)
         defaults = {"size": size, "quality": quality, "output_format": output_format}
-        for i, row in enumerate(rows):
-            try:
-                listed.append(row_request(row, defaults, prompt_template))
-            except (ValueError, ProviderError) as exc:
-                notes.append(f"row {i} left out: {exc}")
+        planned, refused = plan_rows(rows, defaults, prompt_template, lambda _: None)
+        listed.extend(r for r in planned if r is not None)
+        notes.extend(f"row {f.index} left out: {f.error}" for f in refused)
     else:
         raise InvalidRequest("estimate_cost: pass requests or prompts", field="prompts")
     estimate = CostEstimate.of([(price_of(adapter, r, notes), r.n) for r in listed])

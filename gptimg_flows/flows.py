@@ -24,7 +24,7 @@ from gptimg_flows.engine.batch_api import batch_api_rows
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.records import archived_result, request_key
-from gptimg_flows.errors import InvalidRequest, ProviderError
+from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.models import (
     ArchivedImage,
     Background,
@@ -61,11 +61,10 @@ from gptimg_flows.rows import (
     check_columns,
     occurrence_slots,
     on_row,
+    plan_rows,
     read_prompts,
     row_failure,
     row_metadata,
-    row_prompt,
-    row_request,
 )
 from gptimg_flows.spend.prices import Budget
 
@@ -320,16 +319,7 @@ async def batch_generate(
     store = await resolve_archive(archive)
     adapter = provider_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
-    requests: list[ImageRequest | None] = []
-    failures: list[BatchFailure] = []
-    for i, row in enumerate(rows):
-        try:
-            req = row_request(row, defaults, prompt_template)
-            adapter.validate(req)
-            requests.append(req)
-        except (ValueError, ProviderError) as exc:
-            requests.append(None)
-            failures.append(row_failure(i, row, row_prompt(row), exc))
+    requests, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)
     metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
     if metadata:
         logger.info("columns kept as each image's metadata (not sent): %s", ", ".join(metadata))
@@ -370,16 +360,10 @@ async def batch_generate(
         async def again(template: str, number: int) -> list[ArchivedImage]:
             """A new round of every row from the reviewer's template (its own slots)."""
             made: dict[int, list[ArchivedImage]] = {}
-            todo: list[tuple[int, ImageRequest]] = []
-            for i, row in enumerate(rows):
-                try:
-                    req = row_request(row, defaults, template)
-                    adapter.validate(req)
-                    todo.append((i, req))
-                except (ValueError, ProviderError) as exc:
-                    failures.append(row_failure(i, row, row_prompt(row), exc))
+            again, refused = plan_rows(rows, defaults, template, adapter.validate)
+            failures.extend(refused)
             await asyncio.gather(*(one(i, req, f"{slots[i]}:round-{number}", made, failures)
-                                   for i, req in todo))  # fmt: skip
+                                   for i, req in enumerate(again) if req is not None))  # fmt: skip
             return [img for i in sorted(made) for img in made[i]]
 
         rounds = Rounds(store, "batch-generate-review", review_timeout_seconds,

@@ -13,12 +13,12 @@ import difflib
 import io
 import json
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import fsspec
 
-from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.errors import InvalidRequest, ProviderError
 from gptimg_flows.models import ArchivedImage, ImageRequest, build_request, canonical_json
 from gptimg_flows.results import BatchFailure
 
@@ -211,3 +211,26 @@ def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> li
     """This run's row and metadata on each image (an image answered from the archive carries
     those of the run that paid for it in its sidecar)."""
     return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]
+
+
+def plan_rows(
+    rows: Sequence[Row],
+    defaults: dict[str, Any],
+    template: str | None,
+    validate: Callable[[ImageRequest], object],
+) -> tuple[list[ImageRequest | None], list[BatchFailure]]:
+    """Each row's request, checked by `validate` (the provider's rules) before anything is
+    paid: a row that cannot be made is a failure of its own (None in its place), the others
+    go on. Every batch (batch_generate, its review rounds, distributed_batch, estimates)
+    plans its rows here."""
+    requests: list[ImageRequest | None] = []
+    failures: list[BatchFailure] = []
+    for i, row in enumerate(rows):
+        try:
+            request = row_request(row, defaults, template)
+            validate(request)
+            requests.append(request)
+        except (ValueError, ProviderError) as exc:
+            requests.append(None)
+            failures.append(row_failure(i, row, row_prompt(row), exc))
+    return requests, failures

@@ -34,8 +34,9 @@ from prefect.context import AssetContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.states import Completed
-from prefect.tasks import MaterializingTask, Task
+from prefect.tasks import Task
 
+from gptimg_flows.archive.layout import job_rel, staging_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
 from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
@@ -45,7 +46,6 @@ from gptimg_flows.engine.records import (
     archived_result,
     claim,
     job_recorded,
-    job_rel,
     read_or_claim,
     read_record,
     record_job,
@@ -361,7 +361,7 @@ async def _stage_inline(archive: Archive, job: Job) -> Job:
             staged.append(ref)
             continue
         ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(ref.mime or "", "png")
-        rel = f"_staging/{job.key}/{ref.index}.{ext}"
+        rel = staging_rel(job.key, ref.index, ext)
         uri = await asyncio.to_thread(archive.put_bytes, ref.data, rel)
         staged.append(ref.model_copy(update={"data": None, "url": uri}))
     return job.model_copy(update={"status": job.status.model_copy(update={"outputs": staged})})
@@ -645,25 +645,3 @@ async def archive_images(
 def asset_key(uri: str) -> str:
     """Prefect asset keys are URIs: archive paths on a local disk become `file://` URIs."""
     return uri if "://" in uri else "file://" + uri
-
-
-def materializing_archive(
-    images: list[DownloadedImage], archive: Archive, parents: Sequence[str]
-) -> Task[..., Any]:
-    """`archive_images` declared as materializing each image's archive URI, depending on its
-    inputs' URIs: the Prefect UI then draws lineage from input to generated to edited image.
-
-    Content-addressed names are known before the write (the sha256 is), which is what lets the
-    assets be declared up front.
-    """
-    assets = [
-        image_asset(archive.uri(Archive.image_rel(i.sha256, i.mime)), i.sha256, i.width, i.height)
-        for i in images
-    ]
-    return MaterializingTask(
-        fn=archive_images.fn,
-        assets=assets,
-        asset_deps=[asset_key(p) for p in parents] or None,
-        name="archive-images",
-        **RETRY_OPTIONS,
-    )

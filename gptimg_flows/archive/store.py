@@ -1,11 +1,6 @@
 """Where images are kept: any fsspec URL, written once, atomically, content-addressed.
 
-Layout under the base path:
-    images/<sha[:2]>/<sha256>.<ext>   the image, named by its content
-    images/<sha[:2]>/<sha256>.json    its sidecar (prompt, provider, job, cost, …)
-    _jobs/<key>.json                  the job record for one paid submit (resume after a crash)
-    _results/<key>.json               what one request produced (the cache a re-run reads)
-    _staging/<key>/<n>.<ext>          inline outputs kept the moment they arrive
+What lives where under the base path is layout.py's.
 
 Object stores make a PUT visible only when complete; on a local disk we write a hidden temp
 file and rename it, so no reader ever sees half an image. Calls are blocking (fsspec's sync API)
@@ -28,7 +23,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from gptimg_flows.media.sniff import EXTENSIONS
+from gptimg_flows.archive import layout
 
 DEFAULT_ARCHIVE_ENV = "GPTIMG_ARCHIVE"
 S3_PART_BYTES = 5 * 2**20  # S3's smallest multipart part
@@ -87,13 +82,8 @@ class Archive:
         """A URI a user can open: a plain path for local archives, `proto://…` otherwise."""
         return self.path(rel) if self.local else f"{self.protocol}://{self.path(rel)}"
 
-    @staticmethod
-    def image_rel(sha256: str, mime: str) -> str:
-        return f"images/{sha256[:2]}/{sha256}.{EXTENSIONS.get(mime, 'bin')}"
-
-    @staticmethod
-    def sidecar_rel(sha256: str) -> str:
-        return f"images/{sha256[:2]}/{sha256}.json"
+    image_rel = staticmethod(layout.image_rel)
+    sidecar_rel = staticmethod(layout.sidecar_rel)
 
     # -- writes ------------------------------------------------------------------------------
 

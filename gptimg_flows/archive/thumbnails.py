@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
+from gptimg_flows.archive.layout import thumb_rel
 from gptimg_flows.archive.store import Archive
 
 #: The longest side of a preview, in pixels: legible in a gallery, a few KB as WebP.
@@ -92,10 +93,6 @@ def _preview(opened: Image.Image, side: int) -> bytes:
 
 def data_uri(webp: bytes) -> str:
     return "data:image/webp;base64," + base64.b64encode(webp).decode("ascii")
-
-
-def thumb_rel(sha256: str) -> str:
-    return f"_thumbs/{sha256[:2]}/{sha256}.webp"
 
 
 #: Previews made by this process, kept for the artifact the run ends with: reading 500 back

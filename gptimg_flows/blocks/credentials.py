@@ -19,7 +19,7 @@ from pydantic import Field, SecretStr
 from gptimg_flows.archive.store import LINK_EXPIRY_SECONDS, Archive, default_basepath
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.base import Provider
-from gptimg_flows.providers.offline import LenientOfflineProvider, OfflineProvider
+from gptimg_flows.providers.offline import OFFLINE_NAMES, LenientOfflineProvider, OfflineProvider
 from gptimg_flows.spend.prices import TokenPrices
 
 _DOCS = "https://github.com/gptimg-flows/gptimg-flows#providers"
@@ -351,7 +351,7 @@ def _cached_provider(block: ProviderCredentials) -> Provider:
 
 def offline_provider(name: str = "offline") -> Provider:
     """`offline` (strict: OpenAI's rules) or `offline-lenient` (any size, seed)."""
-    return LenientOfflineProvider() if name == "offline-lenient" else OfflineProvider()
+    return LenientOfflineProvider() if name == LenientOfflineProvider.name else OfflineProvider()
 
 
 #: What a flow's `provider` is once resolved: a credentials block, or "offline".
@@ -361,6 +361,6 @@ ProviderSpec = ProviderCredentials | str
 def provider_of(spec: ProviderSpec) -> Provider:
     if isinstance(spec, ProviderCredentials):
         return spec.get_provider()
-    if spec in ("offline", "offline-lenient"):
+    if spec in OFFLINE_NAMES:
         return offline_provider(spec)
     raise InvalidRequest(f"unknown provider {spec!r}", field="provider")

@@ -27,6 +27,7 @@ from gptimg_flows.blocks.credentials import (
     SkillsVideoCredentials,
 )
 from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.providers.offline import OFFLINE_NAMES
 
 ProviderParam = (
     OpenAIImageCredentials
@@ -49,7 +50,7 @@ async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
     if isinstance(provider, ProviderCredentials):
         return provider
     name = provider.strip()
-    if name in ("offline", "offline-lenient"):
+    if name in OFFLINE_NAMES:
         return name
     if "/" in name:
         slug, _, block_name = name.partition("/")

@@ -320,11 +320,12 @@ def _precheck(
     from gptimg_flows.blocks.credentials import provider_of
     from gptimg_flows.blocks.resolve import looks_like_path, open_archive
     from gptimg_flows.produce import check_timeout
+    from gptimg_flows.providers.offline import OFFLINE_NAMES
 
     check_timeout(timeout)
     if archive is not None and looks_like_path(archive):
         open_archive(archive)
-    if request is not None and provider.strip() in ("offline", "offline-lenient"):
+    if request is not None and provider.strip() in OFFLINE_NAMES:
         provider_of(provider.strip()).validate(request)
 
 

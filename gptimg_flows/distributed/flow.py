@@ -44,18 +44,16 @@ from gptimg_flows.blocks.resolve import (
 from gptimg_flows.distributed.gather import archived_rows, gather_results, publish_report
 from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_groups, make_chunks
 from gptimg_flows.distributed.watch import Watcher
-from gptimg_flows.errors import InvalidRequest, ProviderError
+from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
 from gptimg_flows.produce import check_timeout, run_budget
-from gptimg_flows.results import BatchFailure, BatchResult, cost_summary, spent_cost, total_cost
+from gptimg_flows.results import BatchResult, cost_summary, spent_cost, total_cost
 from gptimg_flows.rows import (
     PromptsParam,
     Row,
     check_columns,
+    plan_rows,
     read_prompts,
-    row_failure,
-    row_prompt,
-    row_request,
 )
 
 DEFAULT_DEPLOYMENT = "batch-generate/batch-from-file"
@@ -122,14 +120,8 @@ async def distributed_batch(
     adapter = provider_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests: dict[int, ImageRequest] = {}
-    failures: list[BatchFailure] = []
-    for i, row in enumerate(rows):
-        try:
-            requests[i] = row_request(row, defaults, prompt_template)
-            adapter.validate(requests[i])
-        except (ValueError, ProviderError) as exc:
-            requests.pop(i, None)
-            failures.append(row_failure(i, row, row_prompt(row), exc))
+    planned, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)
+    requests.update((i, r) for i, r in enumerate(planned) if r is not None)
     run_budget(adapter, max_cost, list(requests.values()))  # an unknown price is refused here
     async with get_client() as client:
         settable = await _check_deployment(client, deployment)

@@ -21,10 +21,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.logging import get_run_logger
 
+from gptimg_flows.archive.layout import job_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.distributed.plan import Chunk
 from gptimg_flows.engine.artifacts import cell, failure_table
-from gptimg_flows.engine.records import archived_result, job_rel
+from gptimg_flows.engine.records import archived_result
 from gptimg_flows.models import ArchivedImage
 from gptimg_flows.results import BatchFailure, BatchResult, cost_summary
 from gptimg_flows.rows import Row, on_row, row_metadata, row_prompt

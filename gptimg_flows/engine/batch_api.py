@@ -27,8 +27,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from gptimg_flows.archive.layout import batch_rel, job_rel
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.engine.records import archived_result, job_rel, request_key, write_images
+from gptimg_flows.engine.records import archived_result, request_key, write_images
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest, MalformedResponse, TransportError
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
@@ -58,10 +59,6 @@ class BatchItem:
     extra: dict[str, Any]
 
 
-def _batch_rel(record: str) -> str:
-    return f"_batches/{record}.json"
-
-
 def record_id(keys: Sequence[str]) -> str:
     """A batch record's id: the hash of its rows' keys (the same rows, the same record)."""
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
@@ -87,7 +84,7 @@ async def submit_openai_batch(
     Not retried by Prefect: a lost create answer is looked up on the next run instead.
     """
     logger = get_run_logger()
-    found = await asyncio.to_thread(archive.read_json, _batch_rel(record))
+    found = await asyncio.to_thread(archive.read_json, batch_rel(record))
     if found and found.get("batch_id"):
         return str(found["batch_id"])
     if found and found.get("state") == "creating":
@@ -102,7 +99,7 @@ async def submit_openai_batch(
         await asyncio.to_thread(
             archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
         )
-    await asyncio.to_thread(archive.write_json, _batch_rel(record), state)
+    await asyncio.to_thread(archive.write_json, batch_rel(record), state)
     with tempfile.TemporaryDirectory(prefix="gptimg-batch-") as tmp:
         path = Path(tmp) / f"{record}.jsonl"
         with path.open("wb") as fh:  # streamed to disk, then streamed up: flat memory
@@ -110,12 +107,12 @@ async def submit_openai_batch(
                 fh.write(request_line(api.provider, item.key, item.request))
         file_id = await api.upload(path)
     state["file_id"] = file_id
-    await asyncio.to_thread(archive.write_json, _batch_rel(record), state)
+    await asyncio.to_thread(archive.write_json, batch_rel(record), state)
     try:
         created = await api.create(file_id, {METADATA_KEY: record})
     except (TransportError, MalformedResponse) as exc:
         if isinstance(exc, TransportError) and not exc.request_sent:
-            await asyncio.to_thread(archive.delete, _batch_rel(record))
+            await asyncio.to_thread(archive.delete, batch_rel(record))
         raise  # "creating" stays: the next run looks the batch up before creating one
     await _write_created(archive, record, state, created)
     logger.info("created OpenAI batch %s with %d line(s)", created.id, len(items))
@@ -126,7 +123,7 @@ async def _write_created(
     archive: Archive, record: str, state: dict[str, Any], batch: BatchStatus
 ) -> None:
     done = {**state, "state": "created", "batch_id": batch.id}
-    await asyncio.to_thread(archive.write_json, _batch_rel(record), done)
+    await asyncio.to_thread(archive.write_json, batch_rel(record), done)
 
 
 @task(name="collect-openai-batch", task_run_name="collect-{batch_id}", cache_policy=NO_CACHE,
@@ -208,7 +205,7 @@ async def recorded_batches(archive: Archive, items: list[BatchItem]) -> dict[str
         record = (
             job.get("batch") if isinstance(job, dict) and job.get("state") == "batched" else None
         )
-        if record and await asyncio.to_thread(archive.read_json, _batch_rel(str(record))):
+        if record and await asyncio.to_thread(archive.read_json, batch_rel(str(record))):
             grouped.setdefault(str(record), []).append(item)
     return grouped
 

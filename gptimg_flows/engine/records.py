@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gptimg_flows.archive.layout import STAGING_MARK, job_rel, result_rel, staging_dir
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.archive.thumbnails import store_thumbnail
 from gptimg_flows.media.download import DownloadedImage
@@ -40,15 +41,6 @@ def request_key(
         "slot": slot,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def job_rel(key: str) -> str:
-    """Where one paid submit's job record lives (also the Batch API's row records)."""
-    return f"_jobs/{key}.json"
-
-
-def result_rel(key: str) -> str:
-    return f"_results/{key}.json"
 
 
 async def job_recorded(archive: Archive, key: str) -> bool:
@@ -136,7 +128,7 @@ async def write_images(
         )
         for image in images
     ]
-    staged = any(o.url and "/_staging/" in o.url for o in status.outputs)
+    staged = any(o.url and STAGING_MARK in o.url for o in status.outputs)
     # One trip to a worker thread for every write of the request: each trip costs the event
     # loop a handoff, and a batch makes thousands of them (bench/RESULTS.md).
     no_preview = await asyncio.to_thread(
@@ -173,5 +165,5 @@ def _write_archive(
     for image in images:
         Path(image.path).unlink(missing_ok=True)
     if staged:
-        archive.delete(f"_staging/{key}")
+        archive.delete(staging_dir(key))
     return no_preview

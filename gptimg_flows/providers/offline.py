@@ -133,3 +133,7 @@ class LenientOfflineProvider(OfflineProvider):
         compression_formats=(),
         notes=("draws locally; costs nothing; checks only sides of 16-4096 px",),
     )
+
+
+#: The names that mean "no provider, draw here", for `provider=` and the CLI's `-p`.
+OFFLINE_NAMES: tuple[str, ...] = (OfflineProvider.name, LenientOfflineProvider.name)

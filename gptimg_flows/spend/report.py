@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from gptimg_flows.archive.layout import SIDECARS
 from gptimg_flows.archive.store import Archive
 
 GroupBy = Literal["provider", "day"]
@@ -27,7 +28,7 @@ class SpendRow(BaseModel):
 
 def sidecars(archive: Archive) -> Iterator[dict[str, Any]]:
     """Every image sidecar in the archive (inputs carry none)."""
-    pattern = archive.path("images/*/*.json")
+    pattern = archive.path(SIDECARS)
     for path in sorted(archive.fs.glob(pattern)):
         with archive.fs.open(path, "rb") as fh:
             try:

@@ -1,0 +1,53 @@
+"""Where everything lives under an archive's base path: every path rule, once. The layout is
+public (scripts and other tools read it), so a rule changes here or nowhere.
+
+    images/<sha[:2]>/<sha256>.<ext>   the image, named by its content
+    images/<sha[:2]>/<sha256>.json    its sidecar (prompt, provider, job, cost, …)
+    _thumbs/<sha[:2]>/<sha256>.webp   its preview for the Prefect UI
+    _jobs/<key>.json                  the job record of one paid submit (resume after a crash)
+    _results/<key>.json               what one request produced (the cache a re-run reads)
+    _batches/<id>.json                an OpenAI Batch API batch (created once, polled on re-runs)
+    _staging/<key>/<n>.<ext>          inline outputs kept the moment they arrive
+"""
+
+from __future__ import annotations
+
+from gptimg_flows.media.sniff import EXTENSIONS
+
+#: Every sidecar, as a glob under the base path.
+SIDECARS = "images/*/*.json"
+#: What an output URL of a staged (inline) image contains.
+STAGING_MARK = "/_staging/"
+
+
+def image_rel(sha256: str, mime: str) -> str:
+    return f"images/{sha256[:2]}/{sha256}.{EXTENSIONS.get(mime, 'bin')}"
+
+
+def sidecar_rel(sha256: str) -> str:
+    return f"images/{sha256[:2]}/{sha256}.json"
+
+
+def thumb_rel(sha256: str) -> str:
+    return f"_thumbs/{sha256[:2]}/{sha256}.webp"
+
+
+def job_rel(key: str) -> str:
+    """One paid submit's job record (also the Batch API's row records)."""
+    return f"_jobs/{key}.json"
+
+
+def result_rel(key: str) -> str:
+    return f"_results/{key}.json"
+
+
+def batch_rel(record: str) -> str:
+    return f"_batches/{record}.json"
+
+
+def staging_dir(key: str) -> str:
+    return f"_staging/{key}"
+
+
+def staging_rel(key: str, index: int, ext: str) -> str:
+    return f"{staging_dir(key)}/{index}.{ext}"
