@@ -173,12 +173,25 @@ async def edit_image(
 
 
 async def _generate_then_edit(
-    prompt: str, edit_prompt: str, provider: ProviderParam, mask: str | None,
-    archive: ArchiveParam, size: str | None, quality: Quality | None,
-    output_format: OutputFormat | None, refresh: bool, timeout_seconds: float,
-    max_cost: float | None, n: int, review: bool, review_timeout_seconds: float,
-    on_review_timeout: OnTimeout, max_review_rounds: int, key: str,
-) -> PipelineResult:  # fmt: skip
+    *,
+    prompt: str,
+    edit_prompt: str,
+    provider: ProviderParam,
+    mask: str | None,
+    archive: ArchiveParam,
+    size: str | None,
+    quality: Quality | None,
+    output_format: OutputFormat | None,
+    refresh: bool,
+    timeout_seconds: float,
+    max_cost: float | None,
+    n: int,
+    review: bool,
+    review_timeout_seconds: float,
+    on_review_timeout: OnTimeout,
+    max_review_rounds: int,
+    key: str,
+) -> PipelineResult:
     """generate_edit_archive's steps, also run by daily_content in its own flow run (so a
     deployment's review suspends the deployment's run, not a subflow)."""
     first = build_request(
@@ -261,9 +274,11 @@ async def generate_edit_archive(
     editing every candidate are estimated together and refused before the first provider call
     if they would pass it."""
     return await _generate_then_edit(
-        prompt, edit_prompt, provider, mask, archive, size, quality, output_format, refresh,
-        timeout_seconds, max_cost, n, review, review_timeout_seconds, on_review_timeout,
-        max_review_rounds, key="generate-edit-archive",
+        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
+        size=size, quality=quality, output_format=output_format, refresh=refresh,
+        timeout_seconds=timeout_seconds, max_cost=max_cost, n=n, review=review,
+        review_timeout_seconds=review_timeout_seconds, on_review_timeout=on_review_timeout,
+        max_review_rounds=max_review_rounds, key="generate-edit-archive",
     )  # fmt: skip
 
 
@@ -429,7 +444,9 @@ async def daily_content(
     prompt = fill_template(prompt_template, day, chosen)
     get_run_logger().info("prompt for %s: %s", day.isoformat(), prompt)
     return await _generate_then_edit(
-        prompt, edit_prompt, provider, mask, archive, size, quality, None, False,
-        timeout_seconds, max_cost, n, review, review_timeout_seconds, on_review_timeout,
-        max_review_rounds, key="daily-content",
+        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
+        size=size, quality=quality, output_format=None, refresh=False,
+        timeout_seconds=timeout_seconds, max_cost=max_cost, n=n, review=review,
+        review_timeout_seconds=review_timeout_seconds, on_review_timeout=on_review_timeout,
+        max_review_rounds=max_review_rounds, key="daily-content",
     )  # fmt: skip

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import click
 import typer
 
+from gptimg_flows.results import cost_text
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -348,10 +350,6 @@ def _dry_run(
     )
     for note in estimate.notes:
         typer.echo(f"note: {note}")
-
-
-def _cost(costs: dict[str, float]) -> str:
-    return ", ".join(f"{v:g} {k}" for k, v in costs.items()) or "0"
 
 
 def _print_images(images: list[ArchivedImage], as_json: bool) -> None:
@@ -720,9 +718,9 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     summary.add_row("items", str(total))
     summary.add_row("images", str(len(result.images)))
     summary.add_row("failures", str(len(result.failures)))
-    summary.add_row("spent this run", _cost(result.cost))
+    summary.add_row("spent this run", cost_text(result.cost))
     if result.images_cost != result.cost:
-        summary.add_row("images originally cost", _cost(result.images_cost))
+        summary.add_row("images originally cost", cost_text(result.images_cost))
     if result.refused_submits or result.rate_limit_wait_seconds >= 0.5:
         summary.add_row(
             "rate limits",

@@ -14,10 +14,10 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from gptimg_flows.engine.records import request_key
-from gptimg_flows.errors import BudgetExceeded
 from gptimg_flows.models import ArchivedImage, ImageRequest, canonical_json
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.rows import Row, occurrence_slots
+from gptimg_flows.spend.prices import must_fit
 
 KEY_VERSION = 1
 #: A chunk run in one of these states has ended.
@@ -124,11 +124,10 @@ def check_budget(
     """The rows still to pay for must fit in `max_cost` as a whole: chunk runs cannot share
     one running budget, so each gets a fixed share (its rows' estimate)."""
     todo = [r for i, r in requests.items() if i not in done]
-    estimate = sum(adapter.price(r).amount or 0.0 for r in todo)
-    if estimate > max_cost + 1e-9:
-        unit = adapter.capabilities.cost_unit
-        raise BudgetExceeded(
-            f"max_cost={max_cost:g} {unit}: the {len(todo)} row(s) not yet archived are "
-            f"estimated at {estimate:g} {unit}; a distributed batch is refused as a whole "
-            "(chunk runs cannot share one running budget). Raise max_cost, or send fewer rows"
-        )
+    must_fit(
+        max_cost, adapter.capabilities.cost_unit,
+        sum(adapter.price(r).amount or 0.0 for r in todo),
+        f"the {len(todo)} row(s) not yet archived are",
+        "; a distributed batch is refused as a whole (chunk runs cannot share one running "
+        "budget). Raise max_cost, or send fewer rows",
+    )  # fmt: skip

@@ -30,7 +30,7 @@ from prefect.logging import get_run_logger
 from gptimg_flows.archive.layout import batch_rel, job_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.engine.records import archived_result, request_key, write_images
-from gptimg_flows.errors import BudgetExceeded, InvalidRequest, MalformedResponse, TransportError
+from gptimg_flows.errors import InvalidRequest, MalformedResponse, TransportError
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
 from gptimg_flows.models import ArchivedImage, ImageRequest, Job, JobState, JobStatus, OutputRef
@@ -46,7 +46,7 @@ from gptimg_flows.providers.openai_batch import (
 )
 from gptimg_flows.results import BatchFailure
 from gptimg_flows.rows import Row, row_metadata, row_prompt
-from gptimg_flows.spend.prices import BATCH_DISCOUNT, Budget
+from gptimg_flows.spend.prices import BATCH_DISCOUNT, Budget, must_fit
 
 
 @dataclass
@@ -293,11 +293,8 @@ async def batch_api_rows(
     ]  # fmt: skip
     if budget is not None and budget.max_cost is not None:
         half = sum((adapter.price(i.request).amount or 0.0) for i in items) * BATCH_DISCOUNT
-        if half > budget.max_cost + 1e-9:
-            raise BudgetExceeded(
-                f"max_cost={budget.max_cost:g} {budget.unit}: the batch is estimated at "
-                f"{half:g} {budget.unit} (half the token-table price) if nothing is archived"
-            )
+        must_fit(budget.max_cost, budget.unit, half, "the batch is",
+                 " (half the token-table price) if nothing is archived")  # fmt: skip
     images, errors = await run_through_batch_api(
         adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
     )

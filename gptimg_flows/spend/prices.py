@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gptimg_flows.errors import BudgetExceeded
+from gptimg_flows.results import cost_text
+
 #: OpenAI's output tokens for one 1024x1024 image by quality (gpt-image models' table);
 #: other sizes scale with pixels. `auto` is billed as high.
 OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}
@@ -147,10 +150,19 @@ class CostEstimate(BaseModel):
         )  # fmt: skip
 
     def text(self) -> str:
-        amounts = ", ".join(f"{v:g} {k}" for k, v in self.total.items()) or "0"
+        amounts = cost_text(self.total)
         if self.unknown:
             amounts += f" + {self.unknown} request(s) of unknown cost"
         return f"{amounts} ({'; '.join(self.basis)})"
+
+
+def must_fit(max_cost: float, unit: str, estimate: float, what: str, advice: str = "") -> None:
+    """A purchase made as a whole (a distributed batch, a Batch API batch) is refused before
+    its first credit when its estimate passes `max_cost`: nothing can stop it half way."""
+    if estimate > max_cost + 1e-9:
+        raise BudgetExceeded(
+            f"max_cost={max_cost:g} {unit}: {what} estimated at {estimate:g} {unit}{advice}"
+        )
 
 
 class Budget:
@@ -171,7 +183,6 @@ class Budget:
 
     def reserve(self, price: Price) -> float:
         """Hold `price` (raises BudgetExceeded if it does not fit); returns what was held."""
-        from gptimg_flows.errors import BudgetExceeded
 
         if self.max_cost is None:
             return 0.0
