@@ -33,7 +33,7 @@ def gptimg(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     base = {k: v for k, v in os.environ.items() if k not in _OURS}
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli.commands", *args],
+        [sys.executable, "-m", "gptimg_flows.cli", *args],
         cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

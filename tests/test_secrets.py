@@ -98,7 +98,7 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli.commands", *args],
+        [sys.executable, "-m", "gptimg_flows.cli", *args],
         cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 

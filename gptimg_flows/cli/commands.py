@@ -22,21 +22,28 @@ import contextlib
 import inspect
 import json
 import logging
-import re
 import sys
-import traceback
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import click
 import typer
 
+from gptimg_flows.cli.console import (
+    OPTIONS,
+    require_prefect_api,
+    run_command,
+    stderr_console,
+    stdout_console,
+)
+from gptimg_flows.cli.errors import (
+    exit_on_error,
+    redact,
+    short_error,
+)
 from gptimg_flows.results import cost_text
 
 if TYPE_CHECKING:
-    from rich.console import Console
     from rich.progress import Progress, TaskID
 
     from gptimg_flows.flows import BatchResult
@@ -56,14 +63,6 @@ blocks_app = typer.Typer(help="Prefect blocks: register the types, create them f
 app.add_typer(blocks_app, name="blocks", no_args_is_help=True)
 
 log = logging.getLogger("gptimg_flows.cli.commands")
-
-
-class _Options:
-    debug = False
-    owns_process = False  # set by main(): nothing runs after the command but exit
-
-
-OPTIONS = _Options()
 
 
 @app.callback()
@@ -95,186 +94,6 @@ def _env_defaults_applied() -> contextlib.AbstractContextManager[Any]:
             PREFECT_SERVER_ANALYTICS_ENABLED: os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"],
         }
     )
-
-
-# -- errors -------------------------------------------------------------------------------------
-
-_SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD)$")
-
-
-def _redact(text: str) -> str:
-    """Defence in depth: errors are built without credentials, but scrub any value of a
-    `*_KEY` / `*_SECRET` / `*_TOKEN` / `*_PASSWORD` variable before it is printed."""
-    for name, value in os.environ.items():
-        if _SECRET_NAME.search(name) and len(value) >= 6 and value in text:
-            text = text.replace(value, "***")
-    return text
-
-
-def _bad_input(exc: BaseException) -> bool:
-    """Exit 2: the user can fix it by changing what they typed (or the file they named)."""
-    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
-    from pydantic import ValidationError
-
-    from gptimg_flows.errors import InvalidRequest
-
-    bad = (InvalidRequest, ValidationError, ParameterTypeError, SignatureMismatchError)
-    return isinstance(exc, (*bad, FileNotFoundError, IsADirectoryError))
-
-
-def _as_invalid(exc: Exception) -> Exception:
-    """Pydantic's multi-line message as one InvalidRequest line, without its input echo."""
-    from pydantic import ValidationError
-
-    from gptimg_flows.models import invalid_request
-
-    return invalid_request(exc) if isinstance(exc, ValidationError) else exc
-
-
-def _short_error(error_type: str, text: str) -> str:
-    """A batch item's error on one line; pydantic's block (header, `loc` line, indented
-    message, docs link) becomes `loc: message`."""
-    if error_type != "ValidationError":
-        return " ".join(text.split())
-    parts: list[str] = []
-    loc = ""
-    for line in text.splitlines()[1:]:
-        if not line.strip() or "For further information" in line:
-            continue
-        if not line.startswith(" "):
-            loc = line.strip()
-            continue
-        msg = re.sub(r"\s*\[type=[^\]]*\]$", "", line.strip()).removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc and not msg.startswith(loc) else msg)
-    return "; ".join(parts) or " ".join(text.split())
-
-
-def _fail(exc: BaseException, original: BaseException | None = None) -> NoReturn:
-    if OPTIONS.debug:
-        tb = "".join(traceback.format_exception(original or exc))
-        sys.stderr.write(_redact(tb))
-    message = " ".join(str(exc).split())
-    line = f"error: {type(exc).__name__}: {message}" if message else f"error: {type(exc).__name__}"
-    typer.echo(_redact(line), err=True)
-    raise typer.Exit(2 if _bad_input(exc) else 1)
-
-
-@contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Every command body runs in here: one line per error, exit 2 or 1."""
-    try:
-        yield
-    except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
-        raise
-    except Exception as exc:
-        from gptimg_flows.cli.server_check import explain_timeout
-
-        _fail(explain_timeout(exc) or _as_invalid(exc), exc)
-
-
-def _check_prefect_api() -> None:
-    """Before a command needs Prefect's API: name why it cannot be had, in one line, instead
-    of waiting out the embedded server's startup timeout. With --debug, an embedded server
-    that cannot start is started anyway for a few seconds, so its own log shows."""
-    from gptimg_flows.cli.server_check import PrefectServerUnavailable, check_prefect_api
-
-    try:
-        check_prefect_api()
-    except PrefectServerUnavailable:
-        if OPTIONS.debug and not os.environ.get("PREFECT_API_URL"):
-            _show_embedded_server_log()
-        raise
-
-
-def _show_embedded_server_log(seconds: int = 15) -> None:
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    try:
-        server.start(timeout=seconds)
-    except Exception as exc:
-        sys.stderr.write(f"(the embedded server did not start: {' '.join(str(exc).split())})\n")
-    finally:
-        server.stop()
-
-
-class _UserWarningsOnly(logging.Filter):
-    """Console filter outside --debug: warnings from our code and from runs (a converted mask)
-    reach the terminal; Prefect's progress chatter and error tracebacks do not: the command
-    reports errors itself, and every log is still sent to the Prefect API (see the UI)."""
-
-    _SOURCES = ("gptimg_flows", "prefect.flow_runs", "prefect.task_runs")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return (
-            record.levelno == logging.WARNING
-            and not record.exc_info
-            and record.name.startswith(self._SOURCES)
-        )
-
-
-@contextlib.contextmanager
-def _console_logs() -> Iterator[None]:
-    """Outside --debug, filter Prefect's console handlers and silence a temporary server's own
-    log (it prints shutdown races as tracebacks). When the process is ours (`main()`), the
-    quiet stays until exit, which is when Prefect logs "Stopping temporary server"; embedded
-    (tests, other programs) everything is put back."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
-
-    handlers: list[logging.Handler] = []
-    set_env = False
-    if not OPTIONS.debug:
-        loggers = [logging.getLogger()] + [
-            lg
-            for lg in logging.Logger.manager.loggerDict.values()
-            if isinstance(lg, logging.Logger)
-        ]
-        for lg in loggers:
-            handlers += [
-                h for h in lg.handlers if isinstance(h, PrefectConsoleHandler) and h not in handlers
-            ]
-        if "PREFECT_SERVER_LOGGING_LEVEL" not in os.environ:
-            os.environ["PREFECT_SERVER_LOGGING_LEVEL"] = "CRITICAL"
-            set_env = True
-    quiet = _UserWarningsOnly()
-    for h in handlers:
-        h.addFilter(quiet)
-    try:
-        yield
-    finally:
-        # Send queued logs and events now, while the filter holds: left to interpreter exit,
-        # Prefect warns "Still processing items" on the console.
-        EventsWorker.drain_all(timeout=10, at_exit=False)
-        APILogWorker.drain_all(timeout=10, at_exit=False)
-        if not OPTIONS.owns_process:
-            for h in handlers:
-                h.removeFilter(quiet)
-            if set_env:
-                os.environ.pop("PREFECT_SERVER_LOGGING_LEVEL", None)
-
-
-def _stderr_console() -> Console:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _stdout_console() -> Console:
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    # Piped or captured: do not wrap table cells at 80 columns (paths must stay whole).
-    return console if console.is_terminal else Console(highlight=False, width=200)
-
-
-def _run(work: Callable[[], Coroutine[Any, Any, T]], status: str | None = None) -> T:
-    """Run a coroutine with Prefect's console quieted and, on a terminal, a spinner."""
-    _check_prefect_api()
-    show = status is not None and not OPTIONS.debug and sys.stderr.isatty()
-    spinner = _stderr_console().status(status or "") if show else contextlib.nullcontext()
-    with _console_logs(), spinner:
-        return asyncio.run(work())
 
 
 # -- argument helpers ---------------------------------------------------------------------------
@@ -340,7 +159,7 @@ def _dry_run(
     async def work() -> CostEstimate:
         return await estimate_cost(requests, provider=provider, **batch)
 
-    estimate = _run(work, status="estimating…")
+    estimate = run_command(work, status="estimating…")
     if as_json:
         typer.echo(estimate.model_dump_json(indent=2))
         return
@@ -395,8 +214,8 @@ def demo(
     """Generate → edit with a mask → archive, on the offline provider (no key needed)."""
     from gptimg_flows.cli.demo import run_demo
 
-    with _errors():
-        _check_prefect_api()
+    with exit_on_error():
+        require_prefect_api()
         result = asyncio.run(run_demo(archive, prompt, edit_prompt))
     for label, images in (("generated", result.generated), ("edited", result.edited)):
         for img in images:
@@ -447,7 +266,7 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Text → images, archived; prints each image's URI. A re-run returns the archived ones."""
-    with _errors():
+    with exit_on_error():
         from gptimg_flows.models import ImageRequest
 
         fields: dict[str, Any] = dict(
@@ -472,7 +291,7 @@ def generate(
             )  # fmt: skip
             return images
 
-        images = _run(work, status=f"generating with {provider}…")
+        images = run_command(work, status=f"generating with {provider}…")
         _print_images(images, as_json)
 
 
@@ -506,7 +325,7 @@ def edit(
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Image (+ mask) → images, archived with the input as parent; prints each image's URI."""
-    with _errors():
+    with exit_on_error():
         from gptimg_flows.models import EditRequest
 
         images_in = [_source(image), *(_source(m) for m in more or [])]
@@ -531,7 +350,7 @@ def edit(
             )  # fmt: skip
             return images
 
-        images = _run(work, status=f"editing with {provider}…")
+        images = run_command(work, status=f"editing with {provider}…")
         _print_images(images, as_json)
 
 
@@ -555,7 +374,7 @@ def estimate(
 ) -> None:
     """The expected cost of one request or a whole prompt file, per unit, with its basis
     (documented price, token table, block-set price, unknown). Nothing is run or paid."""
-    with _errors():
+    with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import EditRequest, ImageRequest
         from gptimg_flows.rows import check_columns, read_prompts
@@ -607,7 +426,7 @@ def batch(
     for and archived; re-running retries only what is missing): the exit code is 0 unless every
     item failed (1).
     """
-    with _errors():
+    with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import ImageRequest
         from gptimg_flows.rows import check_columns, read_prompts
@@ -629,7 +448,7 @@ def batch(
             prompt_template=template, refresh=refresh, timeout_seconds=timeout,
             max_cost=max_cost,
         )  # fmt: skip
-        result, where = _run(lambda: _batch_with_progress(kwargs, len(rows)))
+        result, where = run_command(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
             typer.echo(result.model_dump_json(indent=2))
         else:
@@ -638,7 +457,7 @@ def batch(
             first = result.failures[0]
             raise BatchFailed(
                 f"all {len(rows)} item(s) failed (first: {first.error_type}: "
-                f"{_short_error(first.error_type, first.error)})"
+                f"{short_error(first.error_type, first.error)})"
             )
 
 
@@ -664,7 +483,7 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
     flow_run = batch_generate.with_options(flow_run_name=run_name)
     progress = Progress(
         "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=_stderr_console(), disable=OPTIONS.debug,
+        TimeElapsedColumn(), console=stderr_console(), disable=OPTIONS.debug,
     )  # fmt: skip
     task_id = progress.add_task("batch", total=total)
     running: asyncio.Task[BatchResult] = asyncio.ensure_future(flow_run(**kwargs))
@@ -711,7 +530,7 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console = _stdout_console()
+    console = stdout_console()
     summary = Table(title="batch summary", show_header=False)
     summary.add_column("what")
     summary.add_column("value")
@@ -738,7 +557,7 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
             failures.add_row(
                 str(f.index),
                 Text(f.prompt[:60]),
-                Text(f"{f.error_type}: {_redact(_short_error(f.error_type, f.error))}"),
+                Text(f"{f.error_type}: {redact(short_error(f.error_type, f.error))}"),
             )
         console.print(failures)
 
@@ -757,8 +576,8 @@ def notify_review(
     """Tell a team when a run pauses for review: a Prefect automation on the server that POSTs
     JSON (`text` with the run's name and UI link) to URL whenever a flow run pauses or
     suspends. Run it once per server; it updates itself when run again."""
-    with _errors():
-        _check_prefect_api()
+    with exit_on_error():
+        require_prefect_api()
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.review.notify import (
             install_review_notification,
@@ -766,12 +585,12 @@ def notify_review(
         )
 
         if remove:
-            _run(lambda: remove_review_notification(name))
+            run_command(lambda: remove_review_notification(name))
             typer.echo(f"removed the review notification {name!r}")
             return
         if not url or not url.startswith(("http://", "https://")):
             raise InvalidRequest("url: give the http(s) URL to POST to", field="url")
-        automation = _run(lambda: install_review_notification(url, name=name, ui_url=ui_url))
+        automation = run_command(lambda: install_review_notification(url, name=name, ui_url=ui_url))
         typer.echo(f"runs awaiting review now POST to the URL (automation {name!r}, {automation})")
 
 
@@ -785,7 +604,7 @@ def spend(
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """What was paid for the images in an archive, read from their sidecars."""
-    with _errors():
+    with exit_on_error():
         from datetime import date
 
         from gptimg_flows.archive.store import Archive
@@ -801,7 +620,7 @@ def spend(
             raise InvalidRequest(f"since: {since!r} is not YYYY-MM-DD", field="since") from None
         target = _archive(archive)
         if target is not None and not looks_like_path(target):
-            store = _run(lambda: resolve_archive(target))  # a saved block: ask the API
+            store = run_command(lambda: resolve_archive(target))  # a saved block: ask the API
         else:
             store = open_archive(target) if target else Archive()
         rows = spend_report(store, day, "day" if by == "day" else "provider")
@@ -826,7 +645,7 @@ def blocks_register() -> None:
 
     The same as `prefect block register -m gptimg_flows`, in-process.
     """
-    with _errors():
+    with exit_on_error():
         from prefect.blocks.core import Block
 
         import gptimg_flows
@@ -837,7 +656,7 @@ def blocks_register() -> None:
             for cls in found:
                 await cls.aregister_type_and_schema()
 
-        _run(work, status="registering block types…")
+        run_command(work, status="registering block types…")
         typer.echo(f"registered {len(found)} block type(s):")
         for cls in found:
             typer.echo(f"  {cls.get_block_type_name()}  ({cls.get_block_type_slug()})")
@@ -859,15 +678,15 @@ def blocks_create(
     SCENARIO_SDK_BASE_URL, RUNWARE_BASE_URL, SKILLS_VIDEO_BASE_URL, GPTIMAGE2_BASE_URL.
     Idempotent (unchanged blocks are not rewritten); never prints a key.
     """
-    with _errors():
+    with exit_on_error():
         from gptimg_flows.blocks.from_env import save_blocks_from_env
 
-        report = _run(
+        report = run_command(
             lambda: save_blocks_from_env(os.environ, prefix=prefix, archive=archive),
             status="saving blocks…",
         )
         for line in report.lines():
-            typer.echo(_redact(line))
+            typer.echo(redact(line))
 
 
 def main() -> None:

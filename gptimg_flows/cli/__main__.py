@@ -1,0 +1,5 @@
+"""`python -m gptimg_flows.cli`: the `gptimg` command."""
+
+from gptimg_flows.cli.commands import main
+
+main()
