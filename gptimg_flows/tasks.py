@@ -15,31 +15,21 @@ Retry, idempotency and cache policy live here, once:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import functools
-import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
-from typing import Any, SupportsIndex, overload
+from typing import Any
 
 import httpx
 from prefect import task
-from prefect.assets import Asset, AssetProperties
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
-from prefect.context import AssetContext, TaskRunContext
-from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from prefect.states import Completed
 from prefect.tasks import Task
 
 from gptimg_flows.archive.layout import job_rel, staging_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
+from gptimg_flows.engine.assets import emit_materializations
+from gptimg_flows.engine.limits import provider_slot, submit_allowance
 from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
+from gptimg_flows.engine.polling import poll_until_done
 from gptimg_flows.engine.rate_limiter import gated_read
 from gptimg_flows.engine.records import (
     KEY_VERSION,
@@ -53,22 +43,21 @@ from gptimg_flows.engine.records import (
     write_images,
 )
 from gptimg_flows.engine.retry import (
-    READ_ATTEMPTS,
-    DurationEstimate,
-    backoff_delay,
     read_with_retries,
+)
+from gptimg_flows.engine.retry_policy import (
+    RETRIES,
+    RETRY_OPTIONS,
+    log_read_retry,
+    retry_delays,
 )
 from gptimg_flows.errors import (
     InvalidRequest,
-    JobTimeout,
     MalformedResponse,
     OutputExpired,
     ProviderError,
-    RateLimited,
-    RetryableError,
     SubmitUncertain,
     TransportError,
-    is_retryable,
 )
 from gptimg_flows.media.download import DownloadedImage, download, save_inline, shared_client
 from gptimg_flows.media.inputs import load_image, prepare_mask
@@ -78,7 +67,6 @@ from gptimg_flows.models import (
     ImageRequest,
     InputImage,
     Job,
-    JobState,
     JobStatus,
     OutputRef,
 )
@@ -108,101 +96,6 @@ __all__ = [  # what users' own flows import from here (keys and records live in 
 
 #: Fresh URLs asked for one output before its expiry is final.
 URL_REFRESHES = 3
-RETRIES = 5
-
-# -- retry policy -------------------------------------------------------------------------------
-
-_retry_after_hint: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "gptimg_retry_after", default=None
-)
-
-
-def retry_on_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Prefect `retry_condition_fn`: retry only transient errors; remember any Retry-After."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            state.result(raise_on_failure=True)
-        except BaseException as raised:
-            exc = raised
-    retry = exc is not None and is_retryable(exc)
-    _retry_after_hint.set(exc.retry_after if isinstance(exc, RateLimited) else None)
-    return retry
-
-
-class _Backoff(list[float]):
-    """The delays Prefect indexes by attempt; each read adds jitter and honours Retry-After.
-
-    Prefect reads `retry_delay_seconds[attempt]` right after calling the retry condition in
-    the same context, which is where the Retry-After hint was left.
-    """
-
-    @overload
-    def __getitem__(self, i: SupportsIndex) -> float: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[float]: ...
-    def __getitem__(self, i: SupportsIndex | slice) -> float | list[float]:
-        if isinstance(i, slice):
-            return list(self)[i]
-        hint = _retry_after_hint.get()
-        _retry_after_hint.set(None)
-        return backoff_delay(int(i), retry_after=hint)
-
-
-def retry_delays(retries: int) -> list[float]:
-    """`retry_delay_seconds` callable form: Prefect calls it with the retry count."""
-    return _Backoff([0.0] * max(1, retries))
-
-
-RETRY_OPTIONS: dict[str, Any] = {
-    "retries": RETRIES,
-    "retry_delay_seconds": retry_delays,
-    "retry_condition_fn": retry_on_retryable,
-    "cache_policy": NO_CACHE,
-}
-
-# -- keys and records -----------------------------------------------------------------------------
-
-
-# -- provider limits held by the Prefect server ---------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def provider_slot(spec: ProviderSpec) -> AsyncIterator[None]:
-    """Hold one slot of the block's global concurrency limit while a job runs.
-
-    The limit lives on the Prefect server, so it holds across every worker and machine. A
-    named limit that does not exist is an error, not a silent "unlimited".
-    """
-    name = spec.concurrency_limit if isinstance(spec, ProviderCredentials) else None
-    if not name:
-        yield
-        return
-    try:
-        async with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
-            yield
-    except ConcurrencySlotAcquisitionError as exc:
-        raise InvalidRequest(
-            f"concurrency limit {name!r} cannot be used ({exc}); create it with "
-            f"`prefect gcl create {name} --limit K`",
-            field="concurrency_limit",
-        ) from None
-
-
-async def submit_allowance(spec: ProviderSpec) -> None:
-    """Wait for the block's rate limit (a decaying global limit) before a paid submit."""
-    name = spec.rate_limit if isinstance(spec, ProviderCredentials) else None
-    if not name:
-        return
-    try:
-        await rate_limit(name, occupy=1, strict=True)
-    except ConcurrencySlotAcquisitionError as exc:
-        raise InvalidRequest(
-            f"rate limit {name!r} cannot be used ({exc}); create it with "
-            f"`prefect gcl create {name} --limit N --slot-decay-per-second R`",
-            field="rate_limit",
-        ) from None
-
 
 # -- tasks --------------------------------------------------------------------------------------
 
@@ -380,95 +273,11 @@ async def wait_for_job(
     if job.status is not None and job.status.state.terminal:
         status = job.status
     else:
-        status = await _poll_until_done(adapter, job, timeout_seconds)
+        status = await poll_until_done(adapter, job, timeout_seconds)
     if status.state.value != "succeeded":
         raise failure_error(adapter.name, job, status)
     logger.debug("job %s finished with %d output(s)", job.job_id, len(status.outputs) or job.n)
     return status
-
-
-#: A job whose polling starts later than this after its submit is a resumed one.
-FRESH_JOB_SECONDS = 5.0
-#: Learned job durations per provider, shared by every poll loop in this process.
-_DURATIONS: dict[str, DurationEstimate] = {}
-
-
-async def _poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) -> JobStatus:
-    deadline = time.monotonic() + timeout_seconds
-    estimate = _DURATIONS.setdefault(adapter.name, DurationEstimate())
-
-    def elapsed() -> float:
-        return (datetime.now(UTC) - job.submitted_at).total_seconds()
-
-    # A resumed job submitted long ago (a crash, a re-run) found done at its first poll says
-    # nothing about how long jobs take: learning its age would delay every later first poll.
-    fresh = elapsed() < FRESH_JOB_SECONDS
-    scout = fresh and estimate.wants_scout()
-    if scout:
-        estimate.scouting += 1
-    try:
-        # Enough peers are finding out how long jobs take: wait for the first to finish (a
-        # scout that leaves without teaching, its job failed, wakes one to take its place).
-        # Resumed jobs never wait: they teach nothing and may be long done. Bounded anyway.
-        waited_until = time.monotonic() + estimate.SCOUT_WAIT_MAX
-        while fresh and estimate.seconds is None and not scout:
-            now = time.monotonic()
-            if now >= min(deadline, waited_until):
-                break
-            if estimate.wants_scout():
-                scout = True
-                estimate.scouting += 1
-                break
-            await estimate.sleep(min(estimate.SCOUT_WAIT, deadline - now, waited_until - now))
-        return await _poll_loop(adapter, job, estimate, deadline, timeout_seconds, fresh)
-    finally:
-        if scout:
-            estimate.release_scout()
-
-
-async def _poll_loop(
-    adapter: Provider, job: Job, estimate: DurationEstimate, deadline: float,
-    timeout_seconds: float, fresh: bool,
-) -> JobStatus:  # fmt: skip
-    def elapsed() -> float:
-        return (datetime.now(UTC) - job.submitted_at).total_seconds()
-
-    reads = reads_of(adapter)
-    first = min(estimate.first_wait(elapsed()), max(0.0, deadline - time.monotonic()))
-    # Nothing learned yet: the first wait was the default rhythm's first step.
-    attempt, running_at = (0 if estimate.seconds is not None else 1), None
-    if first > 0 and await estimate.sleep(first):
-        await asyncio.sleep(min(estimate.first_wait(elapsed()), timeout_seconds))
-    on_retry = _log_read_retry(f"poll of job {job.job_id}")
-    while True:
-        # The provider decided the state after we asked, not when its answer reached a busy
-        # loop: learning from send times keeps the estimate from drifting late by the RTT.
-        asked_at = elapsed()
-        status = await read_with_retries(
-            lambda: gated_read(reads, lambda: adapter.poll(job)),
-            budget=deadline - time.monotonic(),
-            on_retry=on_retry,
-        )
-        if status.state.terminal:
-            if status.state is JobState.SUCCEEDED and (fresh or running_at is not None):
-                estimate.observe(asked_at, running_at)
-            return status
-        running_at = asked_at
-        now = time.monotonic()
-        if now >= deadline:
-            await adapter.cancel(job)
-            raise JobTimeout(
-                f"still {status.raw_status or status.state.value} after {timeout_seconds:.0f} s",
-                provider=adapter.name,
-                job_id=job.job_id,
-            )
-        gap = status.poll_after or estimate.next_delay(attempt, running_at)
-        attempt += 1
-        if status.poll_after:
-            await asyncio.sleep(min(gap, max(0.0, deadline - now)))
-        elif await estimate.sleep(min(gap, max(0.0, deadline - now))):
-            # a peer just taught us how long jobs take: look when this one should be done
-            await asyncio.sleep(min(estimate.first_wait(elapsed()), max(0.0, deadline - now)))
 
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
@@ -479,7 +288,7 @@ async def download_outputs(
     adapter = provider_of(provider)
     refs = await read_with_retries(
         lambda: adapter.resolve_outputs(job, status),
-        on_retry=_log_read_retry(f"resolving the outputs of job {job.job_id}"),
+        on_retry=log_read_retry(f"resolving the outputs of job {job.job_id}"),
     )
     client = shared_client()
     return list(await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs)))
@@ -509,23 +318,11 @@ async def _fetch(
 
     try:
         return await read_with_retries(
-            once, on_retry=_log_read_retry(f"download of output {ref.index} of job {job.job_id}")
+            once, on_retry=log_read_retry(f"download of output {ref.index} of job {job.job_id}")
         )
     except ProviderError as exc:
         exc.about(provider=adapter.name, job_id=job.job_id)
         raise
-
-
-def _log_read_retry(what: str) -> Callable[[RetryableError, float, int], None]:
-    def log(exc: RetryableError, delay: float, attempt: int) -> None:
-        try:
-            logger: Any = get_run_logger()
-        except MissingContextError:  # the step functions called outside a task run
-            logger = logging.getLogger(__name__)
-        logger.warning("%s failed (%s: %s); trying again in %.1f s (%d/%d)", what,
-                       type(exc).__name__, exc, delay, attempt, READ_ATTEMPTS - 1)  # fmt: skip
-
-    return log
 
 
 @task(name="run-job", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
@@ -580,29 +377,6 @@ async def make_images(
     return archived
 
 
-def emit_materializations(archived: list[ArchivedImage], parents: Sequence[str]) -> None:
-    """The events `MaterializingTask` emits on success, from inside the current task run.
-
-    Prefect's own `AssetContext` builds them, so they are the same events (resource, related
-    upstream assets, the run's flow and task run) the UI reads for asset lineage.
-    """
-    run = TaskRunContext.get()
-    context = AssetContext(
-        downstream_assets={image_asset(i.uri, i.sha256, i.width, i.height) for i in archived},
-        direct_asset_dependencies={Asset(key=asset_key(p)) for p in parents},
-        task_run_id=run.task_run.id if run else None,
-    )
-    context.emit_events(Completed())
-    context.update_tracked_assets()
-
-
-def image_asset(uri: str, sha256: str, width: int, height: int) -> Asset:
-    """An archived image as a Prefect asset: keyed by its URI, named by digest and size."""
-    return Asset(
-        key=asset_key(uri), properties=AssetProperties(name=f"{sha256[:12]} ({width}x{height})")
-    )
-
-
 def make_images_for(spec: ProviderSpec) -> Task[Any, Any]:
     """`make_images` with as many retries as the provider's block asks for."""
     return _make_images_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
@@ -640,8 +414,3 @@ async def archive_images(
     logger.info("archived %d image(s) of %s job %s under %s", len(out), job.provider, job.job_id,
                 archive.basepath)  # fmt: skip
     return out
-
-
-def asset_key(uri: str) -> str:
-    """Prefect asset keys are URIs: archive paths on a local disk become `file://` URIs."""
-    return uri if "://" in uri else "file://" + uri

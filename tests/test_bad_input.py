@@ -791,7 +791,7 @@ async def test_bad_input_fails_clearly_without_spending_or_half_writing(
     if case.setup:
         case.setup(ctx)
     if case.fast_retries:  # the retries still happen (the ledger counts them), just not slowly
-        monkeypatch.setattr("gptimg_flows.tasks.backoff_delay", lambda *a, **k: 0.0)
+        monkeypatch.setattr("gptimg_flows.engine.retry_policy.backoff_delay", lambda *a, **k: 0.0)
 
     got = await outcome(case, ctx)
 

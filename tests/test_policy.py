@@ -11,6 +11,7 @@ import pytest
 
 from gptimg_flows import tasks
 from gptimg_flows.blocks.credentials import RunwareCredentials
+from gptimg_flows.engine import polling, retry_policy
 from gptimg_flows.engine.retry import (
     DurationEstimate,
     backoff_delay,
@@ -56,12 +57,14 @@ def test_only_transient_errors_are_retried(exc: Exception, retry: bool) -> None:
 def test_prefect_delay_list_honours_the_retry_after_of_the_failure() -> None:
     from prefect.states import Failed
 
-    delays = tasks.retry_delays(5)
+    delays = retry_policy.retry_delays(5)
     assert isinstance(delays, list) and len(delays) == 5
-    assert tasks.retry_on_retryable(None, None, Failed(data=RateLimited("slow", retry_after=9)))  # type: ignore[arg-type]
+    assert retry_policy.retry_on_retryable(
+        None, None, Failed(data=RateLimited("slow", retry_after=9))
+    )  # type: ignore[arg-type]
     assert delays[0] >= 9
     assert delays[0] <= 1.25, "the hint is used once, then plain backoff resumes"
-    assert not tasks.retry_on_retryable(None, None, Failed(data=AuthError("no")))  # type: ignore[arg-type]
+    assert not retry(None, None, Failed(data=AuthError("no")))  # type: ignore[arg-type]
 
 
 def test_request_key_ignores_credentials_and_base_url_but_not_what_is_asked() -> None:
@@ -110,16 +113,16 @@ async def test_polling_follows_the_providers_hint(monkeypatch: pytest.MonkeyPatc
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(tasks.asyncio, "sleep", fake_sleep)
-    monkeypatch.setattr(tasks, "_DURATIONS", {"scripted": DurationEstimate()})
+    monkeypatch.setattr(polling.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(polling, "_DURATIONS", {"scripted": DurationEstimate()})
     job = Job(provider="scripted", model="m", job_id="j1", key="k")
-    status = await tasks._poll_until_done(_Scripted(4, hint=0.2), job, 60)
+    status = await polling.poll_until_done(_Scripted(4, hint=0.2), job, 60)
     # The first look waits the default rhythm's first step; then the provider's hint rules.
     assert status.state is JobState.SUCCEEDED and slept[1:] == [0.2, 0.2, 0.2]
     assert slept[0] == pytest.approx(poll_delays()[0], abs=0.05)
     slept.clear()
-    tasks._DURATIONS["scripted"] = DurationEstimate()  # nothing learned: the default rhythm
-    await tasks._poll_until_done(_Scripted(4, hint=None), job, 60)
+    polling._DURATIONS["scripted"] = DurationEstimate()  # nothing learned: the default rhythm
+    await polling.poll_until_done(_Scripted(4, hint=None), job, 60)
     # (the faked sleep stops the clock: a job this young is polled every first step)
     assert slept == pytest.approx([poll_delays()[0]] * 4, abs=0.05)
 
@@ -281,17 +284,17 @@ async def test_a_first_round_of_many_jobs_sends_scouts_and_the_rest_wait_for_the
 ) -> None:
     import asyncio
 
-    monkeypatch.setattr(tasks, "_DURATIONS", {"timed": DurationEstimate()})
+    monkeypatch.setattr(polling, "_DURATIONS", {"timed": DurationEstimate()})
     provider, n = _Timed(1.2), 60
     jobs = [Job(provider="timed", model="m", job_id=f"j{i}", key=f"k{i}") for i in range(n)]
     started = asyncio.get_running_loop().time()
-    done = await asyncio.gather(*(tasks._poll_until_done(provider, j, 60) for j in jobs))
+    done = await asyncio.gather(*(polling.poll_until_done(provider, j, 60) for j in jobs))
     took = asyncio.get_running_loop().time() - started
     assert all(s.state is JobState.SUCCEEDED for s in done)
     # Without scouts every job walks the default rhythm (0.5, 1.25, 2.4 s: 3 polls each).
     assert provider.polls <= n + 16, provider.polls  # 4 scouts, a few polls each
     assert took < 3.0, f"the waiting jobs were noticed late: {took:.1f} s"
-    assert tasks._DURATIONS["timed"].scouting == 0
+    assert polling._DURATIONS["timed"].scouting == 0
 
 
 async def test_resumed_jobs_never_wait_for_scouts_and_a_failed_scout_is_replaced_at_once(
@@ -300,16 +303,16 @@ async def test_resumed_jobs_never_wait_for_scouts_and_a_failed_scout_is_replaced
     import asyncio
     from datetime import UTC, datetime, timedelta
 
-    monkeypatch.setattr(tasks, "_DURATIONS", {"timed": DurationEstimate()})
+    monkeypatch.setattr(polling, "_DURATIONS", {"timed": DurationEstimate()})
     provider = _Timed(0.0)
     long_ago = datetime.now(UTC) - timedelta(minutes=10)  # a crash's jobs, resumed by a re-run
     resumed = [Job(provider="timed", model="m", job_id=f"r{i}", key=f"r{i}",
                    submitted_at=long_ago) for i in range(30)]  # fmt: skip
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.gather(*(tasks._poll_until_done(provider, j, 60) for j in resumed))
+    await asyncio.gather(*(polling.poll_until_done(provider, j, 60) for j in resumed))
     assert loop.time() - started < 2.0, "resumed jobs waited for scouts"
-    assert provider.polls == 30 and tasks._DURATIONS["timed"].seconds is None
+    assert provider.polls == 30 and polling._DURATIONS["timed"].seconds is None
 
     class _FirstFail(_Timed):
         async def poll(self, job: Job) -> JobStatus:
@@ -321,7 +324,7 @@ async def test_resumed_jobs_never_wait_for_scouts_and_a_failed_scout_is_replaced
     failing = _FirstFail(0.6)
     jobs = [Job(provider="timed", model="m", job_id=f"f{i}", key=f"f{i}") for i in range(12)]
     started = loop.time()
-    done = await asyncio.gather(*(tasks._poll_until_done(failing, j, 60) for j in jobs))
+    done = await asyncio.gather(*(polling.poll_until_done(failing, j, 60) for j in jobs))
     assert [s.state for s in done].count(JobState.SUCCEEDED) == 8
     assert loop.time() - started < 5.0, "waiting jobs slept on although the scouts had failed"
-    assert tasks._DURATIONS["timed"].scouting == 0
+    assert polling._DURATIONS["timed"].scouting == 0
