@@ -59,12 +59,11 @@ def test_prefect_delay_list_honours_the_retry_after_of_the_failure() -> None:
 
     delays = retry_policy.retry_delays(5)
     assert isinstance(delays, list) and len(delays) == 5
-    assert retry_policy.retry_on_retryable(
-        None, None, Failed(data=RateLimited("slow", retry_after=9))
-    )  # type: ignore[arg-type]
+    retry: Any = retry_policy.retry_on_retryable
+    assert retry(None, None, Failed(data=RateLimited("slow", retry_after=9)))
     assert delays[0] >= 9
     assert delays[0] <= 1.25, "the hint is used once, then plain backoff resumes"
-    assert not retry(None, None, Failed(data=AuthError("no")))  # type: ignore[arg-type]
+    assert not retry(None, None, Failed(data=AuthError("no")))
 
 
 def test_request_key_ignores_credentials_and_base_url_but_not_what_is_asked() -> None:
