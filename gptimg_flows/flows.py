@@ -109,28 +109,49 @@ async def generate_images(
     approves candidates in the Resume form, or asks for a new round from a new prompt. Every
     candidate of every round is returned with its `review`."""
     request = build_request(
-        ImageRequest, prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
-        background=background, output_format=output_format,
-        output_compression=output_compression, moderation=moderation, seed=seed,
+        ImageRequest,
+        prompt=prompt,
+        n=n,
+        size=size,
+        resolution=resolution,
+        quality=quality,
+        background=background,
+        output_format=output_format,
+        output_compression=output_compression,
+        moderation=moderation,
+        seed=seed,
         extras=extras or {},
-    )  # fmt: skip
+    )
     check_timeout(timeout_seconds)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(provider_of(spec), max_cost, [request])
-    images = await produce(spec, request, store, refresh=refresh,
-                           timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+    images = await produce(
+        spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+    )
     if review:
-        rounds = Rounds(store, "generate-images-review", review_timeout_seconds,
-                        on_review_timeout, max_review_rounds)  # fmt: skip
+        rounds = Rounds(
+            store,
+            "generate-images-review",
+            review_timeout_seconds,
+            on_review_timeout,
+            max_review_rounds,
+        )
 
         async def again(prompt: str, number: int) -> list[ArchivedImage]:
             req = request.model_copy(update={"prompt": prompt})
             provider_of(spec).validate(req)
-            return await produce(spec, req, store, slot=f"round-{number}", refresh=refresh,
-                                 timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+            return await produce(
+                spec,
+                req,
+                store,
+                slot=f"round-{number}",
+                refresh=refresh,
+                timeout_seconds=timeout_seconds,
+                budget=budget,
+            )
 
         images = await rounds.run(images, request.prompt, again)
     await publish_images(images, store, f"Generated: {request.prompt[:60]}", "generate-images")
@@ -157,17 +178,25 @@ async def edit_image(
 ) -> list[ArchivedImage]:
     """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says."""
     request = build_request(
-        EditRequest, images=[image] if isinstance(image, str) else image, mask=mask,
-        prompt=prompt, n=n,
-        size=size, quality=quality, background=background, output_format=output_format,
-        input_fidelity=input_fidelity, extras=extras or {},
-    )  # fmt: skip
+        EditRequest,
+        images=[image] if isinstance(image, str) else image,
+        mask=mask,
+        prompt=prompt,
+        n=n,
+        size=size,
+        quality=quality,
+        background=background,
+        output_format=output_format,
+        input_fidelity=input_fidelity,
+        extras=extras or {},
+    )
     check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(provider_of(spec), max_cost, [request])
-    images = await produce(spec, request, store, refresh=refresh,
-                           timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+    images = await produce(
+        spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+    )
     await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
 
@@ -198,9 +227,13 @@ async def _generate_then_edit(
         ImageRequest, prompt=prompt, n=n, size=size, quality=quality, output_format=output_format
     )
     edit = build_request(
-        EditRequest, images=["pending"], mask=mask, prompt=edit_prompt, quality=quality,
+        EditRequest,
+        images=["pending"],
+        mask=mask,
+        prompt=edit_prompt,
+        quality=quality,
         output_format=output_format,
-    )  # fmt: skip
+    )
     check_timeout(timeout_seconds)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
@@ -210,26 +243,35 @@ async def _generate_then_edit(
     adapter.validate(first)
     adapter.validate(edit)  # both checked before the first credit is spent
     budget = run_budget(adapter, max_cost, [first, edit])
-    if budget is not None and (refresh or not await archived_result(
-        store, request_key(adapter, first, [], "0")
-    )):  # fmt: skip
+    if budget is not None and (
+        refresh or not await archived_result(store, request_key(adapter, first, [], "0"))
+    ):
         whole = Budget(budget.max_cost, budget.unit)
         whole.reserve(adapter.price(first))
         for _ in range(n):  # every candidate may be approved and edited
             whole.reserve(adapter.price(edit))  # all must fit before the first is paid
-    candidates = await produce(spec, first, store, refresh=refresh,
-                               timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+    candidates = await produce(
+        spec, first, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+    )
     generated, to_edit = candidates, candidates
     reviews: list[ReviewRound] = []
     if review:
-        rounds = Rounds(store, f"{key}-review", review_timeout_seconds, on_review_timeout,
-                        max_review_rounds)  # fmt: skip
+        rounds = Rounds(
+            store, f"{key}-review", review_timeout_seconds, on_review_timeout, max_review_rounds
+        )
 
         async def again(new_prompt: str, number: int) -> list[ArchivedImage]:
             req = first.model_copy(update={"prompt": new_prompt})
             adapter.validate(req)
-            return await produce(spec, req, store, slot=f"round-{number}", refresh=refresh,
-                                 timeout_seconds=timeout_seconds, budget=budget)  # fmt: skip
+            return await produce(
+                spec,
+                req,
+                store,
+                slot=f"round-{number}",
+                refresh=refresh,
+                timeout_seconds=timeout_seconds,
+                budget=budget,
+            )
 
         generated = await rounds.run(candidates, prompt, again)
         to_edit, reviews = rounds.approved, rounds.records
@@ -237,12 +279,22 @@ async def _generate_then_edit(
     for source in to_edit:
         request = edit.model_copy(update={"images": [source.uri]})
         edited += await produce(
-            spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds,
-            extra={"derived_from": source.uri}, budget=budget,
-        )  # fmt: skip
+            spec,
+            request,
+            store,
+            refresh=refresh,
+            timeout_seconds=timeout_seconds,
+            extra={"derived_from": source.uri},
+            budget=budget,
+        )
     both = generated + edited
-    result = PipelineResult(generated=generated, edited=edited, cost=spent_cost(both),
-                            images_cost=total_cost(both), reviews=reviews)  # fmt: skip
+    result = PipelineResult(
+        generated=generated,
+        edited=edited,
+        cost=spent_cost(both),
+        images_cost=total_cost(both),
+        reviews=reviews,
+    )
     await publish_images(both, store, f"Pipeline: {prompt[:40]} → {edit_prompt[:40]}", key)
     return result
 
@@ -274,12 +326,24 @@ async def generate_edit_archive(
     editing every candidate are estimated together and refused before the first provider call
     if they would pass it."""
     return await _generate_then_edit(
-        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
-        size=size, quality=quality, output_format=output_format, refresh=refresh,
-        timeout_seconds=timeout_seconds, max_cost=max_cost, n=n, review=review,
-        review_timeout_seconds=review_timeout_seconds, on_review_timeout=on_review_timeout,
-        max_review_rounds=max_review_rounds, key="generate-edit-archive",
-    )  # fmt: skip
+        prompt=prompt,
+        edit_prompt=edit_prompt,
+        provider=provider,
+        mask=mask,
+        archive=archive,
+        size=size,
+        quality=quality,
+        output_format=output_format,
+        refresh=refresh,
+        timeout_seconds=timeout_seconds,
+        max_cost=max_cost,
+        n=n,
+        review=review,
+        review_timeout_seconds=review_timeout_seconds,
+        on_review_timeout=on_review_timeout,
+        max_review_rounds=max_review_rounds,
+        key="generate-edit-archive",
+    )
 
 
 @flow(name="batch-generate", log_prints=True)
@@ -344,15 +408,27 @@ async def batch_generate(
     progress = BatchProgress(total=len(rows), done=len(failures))
     await progress.start()
 
-    async def one(i: int, req: ImageRequest, slot: str, into: dict[int, list[ArchivedImage]],
-                  failed: list[BatchFailure]) -> None:  # fmt: skip
+    async def one(
+        i: int,
+        req: ImageRequest,
+        slot: str,
+        into: dict[int, list[ArchivedImage]],
+        failed: list[BatchFailure],
+    ) -> None:
         extra = row_metadata(rows[i])
         async with gate:
             try:
                 made = await produce(
-                    spec, req, store, slot=slot, refresh=refresh,
-                    timeout_seconds=timeout_seconds, row=i, extra=extra, budget=budget,
-                )  # fmt: skip
+                    spec,
+                    req,
+                    store,
+                    slot=slot,
+                    refresh=refresh,
+                    timeout_seconds=timeout_seconds,
+                    row=i,
+                    extra=extra,
+                    budget=budget,
+                )
                 into[i] = on_row(made, i, extra)
             except Exception as exc:  # one item's failure is reported, not fatal
                 failed.append(row_failure(i, rows[i], req.prompt, exc))
@@ -360,12 +436,27 @@ async def batch_generate(
 
     slots = occurrence_slots(requests)
     if batch_api:
-        await batch_api_rows(adapter, store, rows, requests, slots,
-                             refresh_stamp() if refresh else None, budget,
-                              batch_wait_seconds, batch_poll_seconds, by_row, failures)  # fmt: skip
+        await batch_api_rows(
+            adapter,
+            store,
+            rows,
+            requests,
+            slots,
+            refresh_stamp() if refresh else None,
+            budget,
+            batch_wait_seconds,
+            batch_poll_seconds,
+            by_row,
+            failures,
+        )
     else:
-        await asyncio.gather(*(one(i, r, slots[i], by_row, failures)
-                               for i, r in enumerate(requests) if r is not None))  # fmt: skip
+        await asyncio.gather(
+            *(
+                one(i, r, slots[i], by_row, failures)
+                for i, r in enumerate(requests)
+                if r is not None
+            )
+        )
     failures.sort(key=lambda f: f.index)
     await progress.finish()
     images = [img for i in sorted(by_row) for img in by_row[i]]
@@ -377,28 +468,49 @@ async def batch_generate(
             made: dict[int, list[ArchivedImage]] = {}
             again, refused = plan_rows(rows, defaults, template, adapter.validate)
             failures.extend(refused)
-            await asyncio.gather(*(one(i, req, f"{slots[i]}:round-{number}", made, failures)
-                                   for i, req in enumerate(again) if req is not None))  # fmt: skip
+            await asyncio.gather(
+                *(
+                    one(i, req, f"{slots[i]}:round-{number}", made, failures)
+                    for i, req in enumerate(again)
+                    if req is not None
+                )
+            )
             return [img for i in sorted(made) for img in made[i]]
 
-        rounds = Rounds(store, "batch-generate-review", review_timeout_seconds,
-                        on_review_timeout, max_review_rounds)  # fmt: skip
+        rounds = Rounds(
+            store,
+            "batch-generate-review",
+            review_timeout_seconds,
+            on_review_timeout,
+            max_review_rounds,
+        )
         shown_prompt = prompt_template or f"each row's own prompt ({len(rows)} rows)"
-        images = await rounds.run(images, shown_prompt, again,
-                                  check_prompt=lambda t: check_columns(rows, t))  # fmt: skip
+        images = await rounds.run(
+            images, shown_prompt, again, check_prompt=lambda t: check_columns(rows, t)
+        )
         reviews = rounds.records
         failures.sort(key=lambda f: f.index)
     traffic = run_traffic()
-    result = BatchResult(images=images, failures=failures, cost=spent_cost(images),
-                         images_cost=total_cost(images), reviews=reviews,
-                         refused_submits=traffic.refused,
-                         rate_limit_wait_seconds=round(traffic.waited_seconds, 3))  # fmt: skip
-    logger.info("batch: %d image(s), %d failure(s), cost %s", len(images), len(failures),
-                cost_text(result.cost))  # fmt: skip
+    result = BatchResult(
+        images=images,
+        failures=failures,
+        cost=spent_cost(images),
+        images_cost=total_cost(images),
+        reviews=reviews,
+        refused_submits=traffic.refused,
+        rate_limit_wait_seconds=round(traffic.waited_seconds, 3),
+    )
+    logger.info(
+        "batch: %d image(s), %d failure(s), cost %s",
+        len(images),
+        len(failures),
+        cost_text(result.cost),
+    )
     if line := traffic_text(traffic):
         logger.info("%s", line)
-    await publish_images(images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate",
-                         failures=failures)  # fmt: skip
+    await publish_images(
+        images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate", failures=failures
+    )
     return result
 
 
@@ -444,9 +556,21 @@ async def daily_content(
     prompt = fill_template(prompt_template, day, chosen)
     get_run_logger().info("prompt for %s: %s", day.isoformat(), prompt)
     return await _generate_then_edit(
-        prompt=prompt, edit_prompt=edit_prompt, provider=provider, mask=mask, archive=archive,
-        size=size, quality=quality, output_format=None, refresh=False,
-        timeout_seconds=timeout_seconds, max_cost=max_cost, n=n, review=review,
-        review_timeout_seconds=review_timeout_seconds, on_review_timeout=on_review_timeout,
-        max_review_rounds=max_review_rounds, key="daily-content",
-    )  # fmt: skip
+        prompt=prompt,
+        edit_prompt=edit_prompt,
+        provider=provider,
+        mask=mask,
+        archive=archive,
+        size=size,
+        quality=quality,
+        output_format=None,
+        refresh=False,
+        timeout_seconds=timeout_seconds,
+        max_cost=max_cost,
+        n=n,
+        review=review,
+        review_timeout_seconds=review_timeout_seconds,
+        on_review_timeout=on_review_timeout,
+        max_review_rounds=max_review_rounds,
+        key="daily-content",
+    )

@@ -202,9 +202,13 @@ def occurrence_slots(requests: Sequence[ImageRequest | None]) -> list[str]:
 
 def row_failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchFailure:
     return BatchFailure(
-        index=index, prompt=prompt[:200], error=str(exc), error_type=type(exc).__name__,
-        job_id=getattr(exc, "job_id", None), extra=row_metadata(row),
-    )  # fmt: skip
+        index=index,
+        prompt=prompt[:200],
+        error=str(exc),
+        error_type=type(exc).__name__,
+        job_id=getattr(exc, "job_id", None),
+        extra=row_metadata(row),
+    )
 
 
 def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:

@@ -194,8 +194,9 @@ async def submit_job(
     record = await asyncio.to_thread(reader, archive, key, submitting)
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
-        logger.info("job %s for this request is already recorded: polling it, not paying again",
-                    job.job_id)  # fmt: skip
+        logger.info(
+            "job %s for this request is already recorded: polling it, not paying again", job.job_id
+        )
         return job
     if record and record.get("state") == "submitting":
         probe = Job(
@@ -369,10 +370,12 @@ async def make_images(
     """
     async with provider_slot(provider):  # a slot of the provider's limit while its job runs
         await submit_allowance(provider)
-        job, status, images = await run_job.fn(provider, request, inputs, key, archive,
-                                               timeout_seconds)  # fmt: skip
-    archived = await archive_images.fn(images, archive, key, job, status, request.prompt,
-                                       parents, extra, row)  # fmt: skip
+        job, status, images = await run_job.fn(
+            provider, request, inputs, key, archive, timeout_seconds
+        )
+    archived = await archive_images.fn(
+        images, archive, key, job, status, request.prompt, parents, extra, row
+    )
     emit_materializations(archived, parents or [])
     return archived
 
@@ -411,6 +414,11 @@ async def archive_images(
     )
     for sha, why in no_preview:
         logger.warning("no preview for %s: %s", sha[:12], why)
-    logger.info("archived %d image(s) of %s job %s under %s", len(out), job.provider, job.job_id,
-                archive.basepath)  # fmt: skip
+    logger.info(
+        "archived %d image(s) of %s job %s under %s",
+        len(out),
+        job.provider,
+        job.job_id,
+        archive.basepath,
+    )
     return out

@@ -316,9 +316,11 @@ class ImageArchive(Block):
         if self.secret_storage_options is not None:
             options.update(json.loads(self.secret_storage_options.get_secret_value()))
         return Archive(
-            self.basepath, options, public_base_url=self.public_base_url,
+            self.basepath,
+            options,
+            public_base_url=self.public_base_url,
             link_expiry_seconds=self.link_expiry_seconds,
-        )  # fmt: skip
+        )
 
 
 # -- adapter cache ------------------------------------------------------------------------------

@@ -270,11 +270,18 @@ def generate(
         from gptimg_flows.models import ImageRequest
 
         fields: dict[str, Any] = dict(
-            prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
-            background=background, output_format=output_format,
-            output_compression=compression, moderation=moderation, seed=seed,
+            prompt=prompt,
+            n=n,
+            size=size,
+            resolution=resolution,
+            quality=quality,
+            background=background,
+            output_format=output_format,
+            output_compression=compression,
+            moderation=moderation,
+            seed=seed,
             extras=_extras(extra),
-        )  # fmt: skip
+        )
         # bad input exits here, before Prefect runs anything
         request = ImageRequest(**fields)
         _precheck(provider, _archive(archive), timeout, request)
@@ -286,9 +293,13 @@ def generate(
             from gptimg_flows.flows import generate_images
 
             images: list[ArchivedImage] = await generate_images(
-                provider=provider, archive=_archive(archive), refresh=refresh,
-                timeout_seconds=timeout, max_cost=max_cost, **fields,
-            )  # fmt: skip
+                provider=provider,
+                archive=_archive(archive),
+                refresh=refresh,
+                timeout_seconds=timeout,
+                max_cost=max_cost,
+                **fields,
+            )
             return images
 
         images = run_command(work, status=f"generating with {provider}…")
@@ -330,10 +341,16 @@ def edit(
 
         images_in = [_source(image), *(_source(m) for m in more or [])]
         fields: dict[str, Any] = dict(
-            prompt=prompt, mask=_source(mask) if mask else None, n=n, size=size,
-            quality=quality, background=background, output_format=output_format,
-            input_fidelity=input_fidelity, extras=_extras(extra),
-        )  # fmt: skip
+            prompt=prompt,
+            mask=_source(mask) if mask else None,
+            n=n,
+            size=size,
+            quality=quality,
+            background=background,
+            output_format=output_format,
+            input_fidelity=input_fidelity,
+            extras=_extras(extra),
+        )
         request = EditRequest(images=images_in, **fields)
         _precheck(provider, _archive(archive), timeout, request)
         if dry_run:
@@ -344,10 +361,14 @@ def edit(
             from gptimg_flows.flows import edit_image
 
             images: list[ArchivedImage] = await edit_image(
-                image=images_in if len(images_in) > 1 else images_in[0], provider=provider,
-                archive=_archive(archive), refresh=refresh, timeout_seconds=timeout,
-                max_cost=max_cost, **fields,
-            )  # fmt: skip
+                image=images_in if len(images_in) > 1 else images_in[0],
+                provider=provider,
+                archive=_archive(archive),
+                refresh=refresh,
+                timeout_seconds=timeout,
+                max_cost=max_cost,
+                **fields,
+            )
             return images
 
         images = run_command(work, status=f"editing with {provider}…")
@@ -384,13 +405,25 @@ def estimate(
         if prompts_file is not None:
             source = _source(prompts_file)
             check_columns(read_prompts(source), template)
-            _dry_run(provider, None, as_json, prompts=source, size=size, quality=quality,
-                     output_format=output_format, prompt_template=template)  # fmt: skip
+            _dry_run(
+                provider,
+                None,
+                as_json,
+                prompts=source,
+                size=size,
+                quality=quality,
+                output_format=output_format,
+                prompt_template=template,
+            )
             return
         fields: dict[str, Any] = dict(
-            prompt=prompt, n=n, size=size, resolution=resolution, quality=quality,
+            prompt=prompt,
+            n=n,
+            size=size,
+            resolution=resolution,
+            quality=quality,
             output_format=output_format,
-        )  # fmt: skip
+        )
         request = (
             EditRequest(images=[f"input-{i}" for i in range(edit_images)], **fields)
             if edit_images
@@ -439,15 +472,30 @@ def batch(
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
         check_columns(rows, template)
         if dry_run:
-            _dry_run(provider, None, as_json, prompts=source, size=size, quality=quality,
-                     output_format=output_format, prompt_template=template)  # fmt: skip
+            _dry_run(
+                provider,
+                None,
+                as_json,
+                prompts=source,
+                size=size,
+                quality=quality,
+                output_format=output_format,
+                prompt_template=template,
+            )
             return
         kwargs: dict[str, Any] = dict(
-            prompts=source, provider=provider, archive=_archive(archive),
-            concurrency=concurrency, size=size, quality=quality, output_format=output_format,
-            prompt_template=template, refresh=refresh, timeout_seconds=timeout,
+            prompts=source,
+            provider=provider,
+            archive=_archive(archive),
+            concurrency=concurrency,
+            size=size,
+            quality=quality,
+            output_format=output_format,
+            prompt_template=template,
+            refresh=refresh,
+            timeout_seconds=timeout,
             max_cost=max_cost,
-        )  # fmt: skip
+        )
         result, where = run_command(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
             typer.echo(result.model_dump_json(indent=2))
@@ -482,9 +530,13 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
     run_name = f"gptimg-batch-{uuid.uuid4().hex[:10]}"
     flow_run = batch_generate.with_options(flow_run_name=run_name)
     progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=stderr_console(), disable=OPTIONS.debug,
-    )  # fmt: skip
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr_console(),
+        disable=OPTIONS.debug,
+    )
     task_id = progress.add_task("batch", total=total)
     running: asyncio.Task[BatchResult] = asyncio.ensure_future(flow_run(**kwargs))
     with progress:

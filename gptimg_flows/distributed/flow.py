@@ -110,8 +110,9 @@ async def distributed_batch(
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
-    lost_after = _check_watch_options(chunk_size, chunk_retries, heartbeat_seconds,
-                                      lost_after_seconds)  # fmt: skip
+    lost_after = _check_watch_options(
+        chunk_size, chunk_retries, heartbeat_seconds, lost_after_seconds
+    )
     rows = _json_rows(read_prompts(prompts))
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
@@ -126,35 +127,63 @@ async def distributed_batch(
     async with get_client() as client:
         settable = await _check_deployment(client, deployment)
         if not settable:
-            heartbeat_seconds, lost_after = _default_beats(deployment, heartbeat_seconds,
-                                                           lost_after)  # fmt: skip
+            heartbeat_seconds, lost_after = _default_beats(
+                deployment, heartbeat_seconds, lost_after
+            )
         keys, groups = keys_and_groups(adapter, requests)
         done = await archived_rows(store, keys)
         if max_cost is not None:
             check_budget(adapter, requests, done, max_cost)
         options = {
-            "provider": provider_ref, "archive": archive_ref, "concurrency": concurrency,
-            "size": size, "quality": quality, "output_format": output_format,
-            "prompt_template": prompt_template, "timeout_seconds": timeout_seconds,
-        }  # fmt: skip
+            "provider": provider_ref,
+            "archive": archive_ref,
+            "concurrency": concurrency,
+            "size": size,
+            "quality": quality,
+            "output_format": output_format,
+            "prompt_template": prompt_template,
+            "timeout_seconds": timeout_seconds,
+        }
         digest = batch_digest(rows, options, deployment, chunk_size, max_cost)
-        chunks = make_chunks(adapter, rows, requests, groups, done, options, chunk_size,
-                              budgeted=max_cost is not None)  # fmt: skip
+        chunks = make_chunks(
+            adapter,
+            rows,
+            requests,
+            groups,
+            done,
+            options,
+            chunk_size,
+            budgeted=max_cost is not None,
+        )
         logger.info(
             "%d row(s) in %d chunk(s) of up to %d; %d already archived, %d invalid; batch %s",
-            len(rows), len(chunks), chunk_size, len(done), len(failures), digest[:12],
-        )  # fmt: skip
+            len(rows),
+            len(chunks),
+            chunk_size,
+            len(done),
+            len(failures),
+            digest[:12],
+        )
         watcher = Watcher(
-            deployment=deployment, digest=digest, chunks=chunks, chunk_retries=chunk_retries,
-            heartbeat_seconds=heartbeat_seconds, lost_after=lost_after, set_beats=settable,
-        )  # fmt: skip
+            deployment=deployment,
+            digest=digest,
+            chunks=chunks,
+            chunk_retries=chunk_retries,
+            heartbeat_seconds=heartbeat_seconds,
+            lost_after=lost_after,
+            set_beats=settable,
+        )
         await watcher.run(client)
         images, failures = await gather_results(client, store, rows, keys, done, chunks, failures)
     result = BatchResult(
         images=images, failures=failures, cost=spent_cost(images), images_cost=total_cost(images)
     )
-    logger.info("distributed batch: %d image(s), %d failure(s); %s", len(images),
-                len(failures), cost_summary(images))  # fmt: skip
+    logger.info(
+        "distributed batch: %d image(s), %d failure(s); %s",
+        len(images),
+        len(failures),
+        cost_summary(images),
+    )
     await publish_report(result, chunks, len(rows), digest)
     return result
 
@@ -219,8 +248,10 @@ def _default_beats(deployment: str, heartbeat_seconds: int, lost_after: float) -
         "chunk runs of %r cannot be told how often to beat (their work pool has no `env` job "
         "variable): assuming Prefect's default of %d s; set PREFECT_FLOWS_HEARTBEAT_FREQUENCY="
         "%d where they run, and heartbeat_seconds to match, to find lost ones sooner",
-        deployment, PREFECT_HEARTBEAT_SECONDS, heartbeat_seconds,
-    )  # fmt: skip
+        deployment,
+        PREFECT_HEARTBEAT_SECONDS,
+        heartbeat_seconds,
+    )
     return PREFECT_HEARTBEAT_SECONDS, lost_after * PREFECT_HEARTBEAT_SECONDS / heartbeat_seconds
 
 

@@ -120,8 +120,10 @@ async def _task_errors(
             while True:
                 page = await client.read_task_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids[start : start + 50])),
-                    task_run_filter=failed, limit=200, offset=offset,
-                )  # fmt: skip
+                    task_run_filter=failed,
+                    limit=200,
+                    offset=offset,
+                )
                 for task_run in page:
                     if (i := names.pop(task_run.name, None)) is None:
                         continue
@@ -137,9 +139,11 @@ async def _task_errors(
     waited = asyncio.get_running_loop().time() - started
     if waited >= 1.0:
         get_run_logger().info(
-            "waited %.0f s for the server to record why %d row(s) failed%s", waited,
-            len(out), f"; {len(names)} row(s) left without a reason" if names else "",
-        )  # fmt: skip
+            "waited %.0f s for the server to record why %d row(s) failed%s",
+            waited,
+            len(out),
+            f"; {len(names)} row(s) left without a reason" if names else "",
+        )
     return out
 
 
@@ -169,9 +173,13 @@ def _missing_row(
     if job_record and job_record.get("state") == "submitting":
         text += "; a submit was sent and its answer lost (a re-run looks it up, never repays)"
     return BatchFailure(
-        index=index, prompt=row_prompt(row)[:200], error=text, error_type=kind,
-        job_id=job.get("job_id"), extra=row_metadata(row),
-    )  # fmt: skip
+        index=index,
+        prompt=row_prompt(row)[:200],
+        error=text,
+        error_type=kind,
+        job_id=job.get("job_id"),
+        extra=row_metadata(row),
+    )
 
 
 # -- the report ---------------------------------------------------------------------------------

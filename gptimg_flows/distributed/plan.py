@@ -112,22 +112,31 @@ def batch_digest(
     max_cost: float | None,
 ) -> str:
     """What makes two runs the same batch: the same chunk runs would be started for both."""
-    payload = {"v": KEY_VERSION, "rows": rows, "options": options, "deployment": deployment,
-               "chunk_size": chunk_size, "max_cost": max_cost}  # fmt: skip
+    payload = {
+        "v": KEY_VERSION,
+        "rows": rows,
+        "options": options,
+        "deployment": deployment,
+        "chunk_size": chunk_size,
+        "max_cost": max_cost,
+    }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
 def check_budget(
-    adapter: Provider, requests: dict[int, ImageRequest], done: dict[int, list[ArchivedImage]],
+    adapter: Provider,
+    requests: dict[int, ImageRequest],
+    done: dict[int, list[ArchivedImage]],
     max_cost: float,
-) -> None:  # fmt: skip
+) -> None:
     """The rows still to pay for must fit in `max_cost` as a whole: chunk runs cannot share
     one running budget, so each gets a fixed share (its rows' estimate)."""
     todo = [r for i, r in requests.items() if i not in done]
     must_fit(
-        max_cost, adapter.capabilities.cost_unit,
+        max_cost,
+        adapter.capabilities.cost_unit,
         sum(adapter.price(r).amount or 0.0 for r in todo),
         f"the {len(todo)} row(s) not yet archived are",
         "; a distributed batch is refused as a whole (chunk runs cannot share one running "
         "budget). Raise max_cost, or send fewer rows",
-    )  # fmt: skip
+    )

@@ -94,8 +94,11 @@ class Watcher:
                     await self._restart(client, chunk)
                 else:
                     chunk.gave_up = True
-                    logger.error("chunk %d: run crashed again after %d restart(s); not "
-                                 "restarted again", chunk.index, chunk.restarts)  # fmt: skip
+                    logger.error(
+                        "chunk %d: run crashed again after %d restart(s); not restarted again",
+                        chunk.index,
+                        chunk.restarts,
+                    )
                 changed = True
             if (percent := self._percent()) != last_percent:
                 last_percent = percent
@@ -144,9 +147,12 @@ class Watcher:
             "chunk %d: run %r crashed (%s); starting it again (restart %d of %d): archived "
             "rows are answered from the archive and recorded jobs resumed, so nothing is "
             "paid twice",
-            chunk.index, chunk.run.name, chunk.run.state.message if chunk.run.state else "",
-            chunk.restarts + 1, self.chunk_retries,
-        )  # fmt: skip
+            chunk.index,
+            chunk.run.name,
+            chunk.run.state.message if chunk.run.state else "",
+            chunk.restarts + 1,
+            self.chunk_retries,
+        )
         chunk.crashed_runs.append(str(chunk.run.id))
         chunk.restarts += 1
         chunk.attempt += 1
@@ -189,9 +195,11 @@ class Watcher:
         suspects = {
             f"prefect.flow-run.{c.run.id}": c
             for c in chunks
-            if c.run is not None and c.run.state is not None
-            and c.run.state.type is StateType.RUNNING and silence(c) > self.lost_after_for(c.run)
-        }  # fmt: skip
+            if c.run is not None
+            and c.run.state is not None
+            and c.run.state.type is StateType.RUNNING
+            and silence(c) > self.lost_after_for(c.run)
+        }
         if not suspects:
             return False
         longest = max(self.lost_after_for(c.run) for c in suspects.values() if c.run)
@@ -225,8 +233,9 @@ class Watcher:
             state: State[Any] = Crashed(message=message)
             result = await client.set_flow_run_state(chunk.run.id, state)
             if result.status is SetStateStatus.ACCEPT:
-                get_run_logger().warning("chunk %d: run %r: %s", chunk.index, chunk.run.name,
-                                         message)  # fmt: skip
+                get_run_logger().warning(
+                    "chunk %d: run %r: %s", chunk.index, chunk.run.name, message
+                )
                 chunk.run = await client.read_flow_run(chunk.run.id)
                 crashed = True
         return crashed

@@ -204,8 +204,11 @@ def review_form_markdown(
     if problem:
         lines += [f"**Your last answer could not be used:** {cell(problem, 300)}", ""]
     if total > len(shown):
-        lines += [f"The first {len(shown)} of {total} candidates are shown; all of them are in "
-                  "the run's gallery artifacts, numbered the same way.", ""]  # fmt: skip
+        lines += [
+            f"The first {len(shown)} of {total} candidates are shown; all of them are in "
+            "the run's gallery artifacts, numbered the same way.",
+            "",
+        ]
     lines += ["| # | candidate | size | cost |", "|---|---|---|---|"]
     for n, s in enumerate(shown, start=1):
         img = s.image

@@ -93,8 +93,12 @@ async def submit_openai_batch(
             await _write_created(archive, record, found, existing)
             logger.info("found batch %s created earlier for these rows", existing.id)
             return existing.id
-    state = {"state": "creating", "record": record, "keys": [i.key for i in items],
-             "started_at": datetime.now(UTC).isoformat()}  # fmt: skip
+    state = {
+        "state": "creating",
+        "record": record,
+        "keys": [i.key for i in items],
+        "started_at": datetime.now(UTC).isoformat(),
+    }
     for item in items:
         await asyncio.to_thread(
             archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
@@ -126,8 +130,13 @@ async def _write_created(
     await asyncio.to_thread(archive.write_json, batch_rel(record), done)
 
 
-@task(name="collect-openai-batch", task_run_name="collect-{batch_id}", cache_policy=NO_CACHE,
-      retries=3, retry_delay_seconds=[5, 30, 120])  # fmt: skip
+@task(
+    name="collect-openai-batch",
+    task_run_name="collect-{batch_id}",
+    cache_policy=NO_CACHE,
+    retries=3,
+    retry_delay_seconds=[5, 30, 120],
+)
 async def collect_openai_batch(
     api: OpenAIBatchAPI,
     batch_id: str,
@@ -175,8 +184,13 @@ async def collect_openai_batch(
                 errors[line.custom_id] = f"JobFailed: {line.error}"
     for key in by_key.keys() - seen:
         errors[key] = f"JobFailed: batch {batch_id} ended {status.status} without this row"
-    logger.info("batch %s %s: %d image(s) archived, %d row(s) without", batch_id,
-                status.status, len(images), len(errors))  # fmt: skip
+    logger.info(
+        "batch %s %s: %d image(s) archived, %d row(s) without",
+        batch_id,
+        status.status,
+        len(images),
+        len(errors),
+    )
     return images, errors
 
 
@@ -185,10 +199,15 @@ async def _archive_line(
 ) -> list[ArchivedImage]:
     refs = [OutputRef(index=i, data=d, mime=magic_mime(d[:16])) for i, d in enumerate(line.images)]
     spooled = [await save_inline(r) for r in refs]
-    job = Job(provider="openai", model=api.provider.model, job_id=batch_id, key=item.key,
-              n=len(refs), handle={"batch": batch_id})  # fmt: skip
-    status = JobStatus(job_id=batch_id, state=JobState.SUCCEEDED, cost=line.cost,
-                       cost_unit="usd")  # fmt: skip
+    job = Job(
+        provider="openai",
+        model=api.provider.model,
+        job_id=batch_id,
+        key=item.key,
+        n=len(refs),
+        handle={"batch": batch_id},
+    )
+    status = JobStatus(job_id=batch_id, state=JobState.SUCCEEDED, cost=line.cost, cost_unit="usd")
     archived, no_preview = await write_images(
         spooled, archive, item.key, job, status, item.request.prompt, [], item.extra, item.row
     )
@@ -239,10 +258,15 @@ async def run_through_batch_api(
         found = await archived_result(archive, item.key)
         if found:
             images += [
-                i.model_copy(update={"from_archive": True, "row": item.row,
-                                     "extra": {**i.extra, **item.extra}})
+                i.model_copy(
+                    update={
+                        "from_archive": True,
+                        "row": item.row,
+                        "extra": {**i.extra, **item.extra},
+                    }
+                )
                 for i in found
-            ]  # fmt: skip
+            ]
         else:
             pending.append(item)
     groups = await recorded_batches(archive, pending)
@@ -287,14 +311,24 @@ async def batch_api_rows(
     """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
     stamp = refresh_stamp or ""
     items = [
-        BatchItem(row=i, request=r, key=request_key(adapter, r, [], slots[i] + stamp),
-                  extra=row_metadata(rows[i]))
-        for i, r in enumerate(requests) if r is not None
-    ]  # fmt: skip
+        BatchItem(
+            row=i,
+            request=r,
+            key=request_key(adapter, r, [], slots[i] + stamp),
+            extra=row_metadata(rows[i]),
+        )
+        for i, r in enumerate(requests)
+        if r is not None
+    ]
     if budget is not None and budget.max_cost is not None:
         half = sum((adapter.price(i.request).amount or 0.0) for i in items) * BATCH_DISCOUNT
-        must_fit(budget.max_cost, budget.unit, half, "the batch is",
-                 " (half the token-table price) if nothing is archived")  # fmt: skip
+        must_fit(
+            budget.max_cost,
+            budget.unit,
+            half,
+            "the batch is",
+            " (half the token-table price) if nothing is archived",
+        )
     images, errors = await run_through_batch_api(
         adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
     )
@@ -302,5 +336,12 @@ async def batch_api_rows(
         if img.row is not None:
             by_row.setdefault(img.row, []).append(img)
     for row, (kind, message) in errors.items():
-        failures.append(BatchFailure(index=row, prompt=row_prompt(rows[row])[:200], error=message,
-                                     error_type=kind, extra=row_metadata(rows[row])))  # fmt: skip
+        failures.append(
+            BatchFailure(
+                index=row,
+                prompt=row_prompt(rows[row])[:200],
+                error=message,
+                error_type=kind,
+                extra=row_metadata(rows[row]),
+            )
+        )

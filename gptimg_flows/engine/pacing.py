@@ -144,8 +144,9 @@ async def paced_submit(
             _announce(limiter, None)
 
     try:
-        return await paced(limiter, n, send_with_headers, bound=bound, on_refused=refused,
-                           on_waited=waited)  # fmt: skip
+        return await paced(
+            limiter, n, send_with_headers, bound=bound, on_refused=refused, on_waited=waited
+        )
     finally:
         if limiter.waiting == 0:
             _done(limiter)
@@ -168,5 +169,8 @@ def _done(limiter: AccountLimiter) -> None:
     _log(
         "%s: pacing stopped, nothing waiting (at %s; %d refused submit(s) and %.0f s of "
         "waiting in this process so far)",
-        limiter.name, limiter.describe(), limiter.stats.refused, limiter.stats.waited_seconds,
-    )  # fmt: skip
+        limiter.name,
+        limiter.describe(),
+        limiter.stats.refused,
+        limiter.stats.waited_seconds,
+    )

@@ -56,9 +56,13 @@ async def poll_until_done(adapter: Provider, job: Job, timeout_seconds: float) -
 
 
 async def _poll_loop(
-    adapter: Provider, job: Job, estimate: DurationEstimate, deadline: float,
-    timeout_seconds: float, fresh: bool,
-) -> JobStatus:  # fmt: skip
+    adapter: Provider,
+    job: Job,
+    estimate: DurationEstimate,
+    deadline: float,
+    timeout_seconds: float,
+    fresh: bool,
+) -> JobStatus:
     def elapsed() -> float:
         return (datetime.now(UTC) - job.submitted_at).total_seconds()
 

@@ -78,7 +78,14 @@ def log_read_retry(what: str) -> Callable[[RetryableError, float, int], None]:
             logger: Any = get_run_logger()
         except MissingContextError:  # the step functions called outside a task run
             logger = logging.getLogger(__name__)
-        logger.warning("%s failed (%s: %s); trying again in %.1f s (%d/%d)", what,
-                       type(exc).__name__, exc, delay, attempt, READ_ATTEMPTS - 1)  # fmt: skip
+        logger.warning(
+            "%s failed (%s: %s); trying again in %.1f s (%d/%d)",
+            what,
+            type(exc).__name__,
+            exc,
+            delay,
+            attempt,
+            READ_ATTEMPTS - 1,
+        )
 
     return log

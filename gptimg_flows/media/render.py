@@ -59,9 +59,13 @@ def draw(
     chars = max(8, int(width / (size * 0.6)))
     text = "\n".join(textwrap.wrap(prompt, chars)[:6])
     shapes.multiline_text(
-        (size // 2, size // 2), text, font=font, fill=(255, 255, 255, 255),
-        stroke_width=max(1, size // 12), stroke_fill=(0, 0, 0, 255),
-    )  # fmt: skip
+        (size // 2, size // 2),
+        text,
+        font=font,
+        fill=(255, 255, 255, 255),
+        stroke_width=max(1, size // 12),
+        stroke_fill=(0, 0, 0, 255),
+    )
     return img
 
 

@@ -91,8 +91,11 @@ class OfflineProvider(Provider):
             if inputs.mask is not None:
                 mask = Image.open(io.BytesIO(inputs.mask.data))
                 mask.load()
-        w, h = (base.size if base is not None and request.size in (None, "auto")
-                else request.resolved_pixels())  # fmt: skip
+        w, h = (
+            base.size
+            if base is not None and request.size in (None, "auto")
+            else request.resolved_pixels()
+        )
         refs = []
         for i in range(request.n):
             if base is not None:

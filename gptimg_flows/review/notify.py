@@ -48,10 +48,20 @@ PAUSE_EVENTS = frozenset({"prefect.flow-run.Paused", "prefect.flow-run.Suspended
 _AFTER_SUSPENSION = frozenset(
     f"prefect.flow-run.{name}"
     for name in (
-        "Resuming", "Scheduled", "AwaitingRetry", "Pending", "Running", "Completed",
-        "Failed", "Crashed", "Cancelling", "Cancelled", "TimedOut", "Paused",
+        "Resuming",
+        "Scheduled",
+        "AwaitingRetry",
+        "Pending",
+        "Running",
+        "Completed",
+        "Failed",
+        "Crashed",
+        "Cancelling",
+        "Cancelled",
+        "TimedOut",
+        "Paused",
     )
-)  # fmt: skip
+)
 
 # Rendered by the server (sandboxed Jinja): `flow_run` and `flow` are fetched from the API for
 # the event's resources; `ui_url` is Prefect's filter, whose base is the *server's*

@@ -172,8 +172,9 @@ async def ask(description: str, key: str, timeout_seconds: float) -> Answer:
     stored = await _stored_answer(run_id, f"{state_name}-{key}-response")
     if stored is None:
         return Answer(timed_out=True)
-    return Answer.model_validate({k: stored[k] for k in ("approved", "new_prompt", "note")
-                                  if k in stored})  # fmt: skip
+    return Answer.model_validate(
+        {k: stored[k] for k in ("approved", "new_prompt", "note") if k in stored}
+    )
 
 
 def _problem(answer: Answer, count: int, check_prompt: Callable[[str], object] | None) -> str:
@@ -229,10 +230,14 @@ async def review_images(
         description = review_form_markdown(
             shown, prompt, round_no, max_rounds, problem, total=len(candidates)
         )
-        logger.info("round %d: %d candidate(s) await review (Resume the run to answer)",
-                    round_no, len(candidates))  # fmt: skip
-        answer = await ask(description, base if attempt == 0 else f"{base}-{attempt}",
-                           timeout_seconds)  # fmt: skip
+        logger.info(
+            "round %d: %d candidate(s) await review (Resume the run to answer)",
+            round_no,
+            len(candidates),
+        )
+        answer = await ask(
+            description, base if attempt == 0 else f"{base}-{attempt}", timeout_seconds
+        )
         problem = "" if answer.timed_out else _problem(answer, len(candidates), check_prompt)
         if not problem:
             break
@@ -245,26 +250,41 @@ async def review_images(
         answer = Answer(approved=kept, timed_out=True, note=note)
     new_prompt = (answer.new_prompt or "").strip() or None
     if new_prompt and round_no >= max_rounds:
-        answer = answer.model_copy(update={
-            "note": f"{answer.note} [new prompt not used: max_review_rounds={max_rounds}]".strip()
-        })  # fmt: skip
+        unused = f"[new prompt not used: max_review_rounds={max_rounds}]"
+        answer = answer.model_copy(update={"note": f"{answer.note} {unused}".strip()})
         new_prompt = None
     decided = datetime.now(UTC)
     approved_set = set(answer.approved)
     reviewed: list[ArchivedImage] = []
     for n, image in enumerate(candidates, start=1):
         status: Literal["approved", "rejected"] = "approved" if n in approved_set else "rejected"
-        record = ReviewRecord(status=status, note=answer.note, round=round_no,
-                              decided_at=decided, timed_out=answer.timed_out)  # fmt: skip
+        record = ReviewRecord(
+            status=status,
+            note=answer.note,
+            round=round_no,
+            decided_at=decided,
+            timed_out=answer.timed_out,
+        )
         done = image.model_copy(update={"review": record})
         await record_review(archive, done, record)
         reviewed.append(done)
     rnd = ReviewRound(
-        round=round_no, prompt=prompt, candidates=len(candidates), approved=sorted(approved_set),
-        new_prompt=new_prompt, note=answer.note, timed_out=answer.timed_out, decided_at=decided,
-    )  # fmt: skip
-    logger.info("round %d: approved %s of %d%s", round_no, rnd.approved or "none",
-                len(candidates), " (timed out)" if rnd.timed_out else "")  # fmt: skip
+        round=round_no,
+        prompt=prompt,
+        candidates=len(candidates),
+        approved=sorted(approved_set),
+        new_prompt=new_prompt,
+        note=answer.note,
+        timed_out=answer.timed_out,
+        decided_at=decided,
+    )
+    logger.info(
+        "round %d: approved %s of %d%s",
+        round_no,
+        rnd.approved or "none",
+        len(candidates),
+        " (timed out)" if rnd.timed_out else "",
+    )
     return ReviewDecision(candidates=reviewed, new_prompt=new_prompt, round=rnd)
 
 

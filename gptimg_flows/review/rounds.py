@@ -17,13 +17,19 @@ class Rounds:
     starting again from the top gets every earlier round back from the archive."""
 
     def __init__(
-        self, archive: Archive, key: str, timeout_seconds: float, on_timeout: OnTimeout,
+        self,
+        archive: Archive,
+        key: str,
+        timeout_seconds: float,
+        on_timeout: OnTimeout,
         max_rounds: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.archive, self.log = archive, ReviewLog(key)
         self.timeout_seconds, self.on_timeout, self.max_rounds = (
-            timeout_seconds, on_timeout, max_rounds,
-        )  # fmt: skip
+            timeout_seconds,
+            on_timeout,
+            max_rounds,
+        )
         self.decisions: list[ReviewDecision] = []
 
     @property
@@ -45,10 +51,15 @@ class Rounds:
         shown: list[ArchivedImage] = []
         for number in range(1, self.max_rounds + 1):
             decision = await review_images(
-                candidates, self.archive, prompt=prompt, round_no=number,
-                max_rounds=self.max_rounds, timeout_seconds=self.timeout_seconds,
-                on_timeout=self.on_timeout, check_prompt=check_prompt,
-            )  # fmt: skip
+                candidates,
+                self.archive,
+                prompt=prompt,
+                round_no=number,
+                max_rounds=self.max_rounds,
+                timeout_seconds=self.timeout_seconds,
+                on_timeout=self.on_timeout,
+                check_prompt=check_prompt,
+            )
             self.decisions.append(decision)
             shown += decision.candidates
             await self.log.add(decision, self.archive)

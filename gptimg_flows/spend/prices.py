@@ -145,9 +145,13 @@ class CostEstimate(BaseModel):
                 continue
             total[price.unit] = round(total.get(price.unit, 0.0) + price.amount, 6)
         return cls(
-            requests=len(prices), images=sum(n for _, n in prices), total=total, basis=bases,
-            unknown=unknown, notes=notes,
-        )  # fmt: skip
+            requests=len(prices),
+            images=sum(n for _, n in prices),
+            total=total,
+            basis=bases,
+            unknown=unknown,
+            notes=notes,
+        )
 
     def text(self) -> str:
         amounts = cost_text(self.total)

@@ -72,8 +72,15 @@ class Ledger:
     def batch(self, provider: str, batch_id: str, lines: int, metadata: dict[str, Any]) -> None:
         """A batch created (OpenAI's Batch API): each is one create call, however many lines."""
         with self._lock:
-            self._batches.append({"provider": provider, "batch_id": batch_id, "lines": lines,
-                                  "metadata": dict(metadata), "at": time.time()})  # fmt: skip
+            self._batches.append(
+                {
+                    "provider": provider,
+                    "batch_id": batch_id,
+                    "lines": lines,
+                    "metadata": dict(metadata),
+                    "at": time.time(),
+                }
+            )
 
     def charge(self, provider: str, job_id: str, amount: float) -> None:
         with self._lock:

@@ -51,12 +51,18 @@ class Batch:
 
     def view(self, now: float) -> dict[str, Any]:
         return {
-            "id": self.batch_id, "object": "batch", "endpoint": ENDPOINT,
-            "input_file_id": self.input_file_id, "completion_window": "24h",
-            "status": self.status(now), "output_file_id": self.output_file_id,
-            "error_file_id": None, "created_at": self.created_at, "metadata": self.metadata,
+            "id": self.batch_id,
+            "object": "batch",
+            "endpoint": ENDPOINT,
+            "input_file_id": self.input_file_id,
+            "completion_window": "24h",
+            "status": self.status(now),
+            "output_file_id": self.output_file_id,
+            "error_file_id": None,
+            "created_at": self.created_at,
+            "metadata": self.metadata,
             "request_counts": self.counts,
-        }  # fmt: skip
+        }
 
 
 @dataclass
@@ -84,9 +90,15 @@ async def upload_file(request: Request, emu: Emulator) -> Response:
     file_id = new_id("file-")
     store_of(emu).files[file_id] = data
     return JSONResponse(
-        {"id": file_id, "object": "file", "bytes": len(data), "purpose": "batch",
-         "filename": upload.filename, "created_at": int(time.time())}
-    )  # fmt: skip
+        {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "purpose": "batch",
+            "filename": upload.filename,
+            "created_at": int(time.time()),
+        }
+    )
 
 
 @endpoint(P, "submit")
@@ -107,10 +119,14 @@ async def create_batch(request: Request, emu: Emulator) -> Response:
         return shapes.invalid(P, "metadata: at most 16 string pairs.", param="metadata")
     lines = [ln for ln in store.files[file_id].splitlines() if ln.strip()]
     batch = Batch(
-        batch_id=new_id("batch_"), input_file_id=file_id, metadata=metadata,
-        created=emu.now(), latency=emu.config.latency_for(P), created_at=int(time.time()),
+        batch_id=new_id("batch_"),
+        input_file_id=file_id,
+        metadata=metadata,
+        created=emu.now(),
+        latency=emu.config.latency_for(P),
+        created_at=int(time.time()),
         counts={"total": len(lines), "completed": 0, "failed": 0},
-    )  # fmt: skip
+    )
     store.batches[batch.batch_id] = batch
     emu.ledger.batch(P, batch.batch_id, len(lines), metadata)
     if emu.fault(P, "accepted", request.url.path) == "submit_lost_response":
@@ -190,11 +206,17 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
         return _line(custom_id, 500, {"error": {"message": "The image generation failed."}})
     job_id = f"{batch.batch_id}:{custom_id}"
     specs = [
-        OutputSpec(prompt=params.prompt, width=params.width, height=params.height,
-                   fmt=params.fmt, seed=output_seed(emu.config, job_id, i),
-                   transparent=params.background == "transparent", quality=params.compression)
+        OutputSpec(
+            prompt=params.prompt,
+            width=params.width,
+            height=params.height,
+            fmt=params.fmt,
+            seed=output_seed(emu.config, job_id, i),
+            transparent=params.background == "transparent",
+            quality=params.compression,
+        )
         for i in range(params.n)
-    ]  # fmt: skip
+    ]
     data = await asyncio.gather(*(emu.renderer.get(s, emu.config.render_mode) for s in specs))
     encoded = await asyncio.to_thread(_b64, list(data), params.fmt, emu.config.pad_to_bytes)
     usage = usage_for(params.prompt, params.width, params.height, params.quality, 0, params.n)
@@ -202,14 +224,22 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
     emu.ledger.submission(P, job_id, params.n, digest, key=custom_id, path=path)
     emu.ledger.charge(P, job_id, round((usage_cost(usage) or 0.0) * BATCH_DISCOUNT, 9))
     batch.counts["completed"] += 1
-    answer = {"created": int(time.time()), "data": [{"b64_json": b} for b in encoded],
-              "usage": usage, "size": f"{params.width}x{params.height}"}  # fmt: skip
+    answer = {
+        "created": int(time.time()),
+        "data": [{"b64_json": b} for b in encoded],
+        "usage": usage,
+        "size": f"{params.width}x{params.height}",
+    }
     return _line(custom_id, 200, answer)
 
 
 def _line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:
-    line = {"id": new_id("batch_req_"), "custom_id": custom_id,
-            "response": {"status_code": status, "body": body}, "error": None}  # fmt: skip
+    line = {
+        "id": new_id("batch_req_"),
+        "custom_id": custom_id,
+        "response": {"status_code": status, "body": body},
+        "error": None,
+    }
     return (json.dumps(line) + "\n").encode()
 
 
