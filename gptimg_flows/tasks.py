@@ -70,7 +70,8 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import PreparedInputs, Provider, failure_error
+from gptimg_flows.providers._http import failure_error
+from gptimg_flows.providers.base import PreparedInputs, Provider
 
 __all__ = [  # what users' own flows import from here (keys and records live in engine/)
     "KEY_VERSION",

@@ -30,7 +30,7 @@ from gptimg_flows.errors import (
     TransportError,
 )
 from gptimg_flows.models import EditRequest, ImageRequest, InputImage, Job, JobState, OutputRef
-from gptimg_flows.providers.base import failure_error
+from gptimg_flows.providers._http import failure_error
 from gptimg_flows.providers.scenario import ScenarioProvider
 
 KEY = "scn-key-0123456789"

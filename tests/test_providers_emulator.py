@@ -50,7 +50,7 @@ from gptimg_flows.models import (
     OutputRef,
 )
 from gptimg_flows.providers import PROVIDERS, Provider
-from gptimg_flows.providers.base import failure_error
+from gptimg_flows.providers._http import failure_error
 from gptimg_flows.providers.runware import task_uuid_for
 from gptimg_flows.spend.prices import usage_cost
 from gptimg_flows.testing import EMULATOR_KEYS, EmulatorClient

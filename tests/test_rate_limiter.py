@@ -20,7 +20,7 @@ from gptimg_flows.engine.rate_limiter import (
     paced,
 )
 from gptimg_flows.errors import RateLimited, is_retryable
-from gptimg_flows.providers.base import parse_duration, parse_rate_headers
+from gptimg_flows.providers._http import parse_duration, parse_rate_headers
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from gptimg_flows.errors import TransportError
 from gptimg_flows.media.gate import _GATES, MAX_CONNECTIONS, RequestGate, gate_of
-from gptimg_flows.providers.base import ApiClient
+from gptimg_flows.providers._http import ApiClient
 
 
 class _Server:

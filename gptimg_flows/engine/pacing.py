@@ -24,7 +24,8 @@ from prefect.logging import get_run_logger
 from gptimg_flows.blocks.credentials import ProviderCredentials
 from gptimg_flows.engine.rate_limiter import AccountLimiter, limiter_for, paced
 from gptimg_flows.errors import RateLimited
-from gptimg_flows.providers.base import RATE_HEADERS_SINK, Provider, RateHeaders
+from gptimg_flows.providers._http import RATE_HEADERS_SINK, RateHeaders
+from gptimg_flows.providers.base import Provider
 
 T = TypeVar("T")
 

@@ -24,16 +24,8 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import (
-    EXPIRED_URL_NOTE,
-    Capabilities,
-    PreparedInputs,
-    Provider,
-    bearer_api,
-    map_status,
-    require,
-    status_table,
-)
+from gptimg_flows.providers._http import bearer_api, map_status, require, status_table
+from gptimg_flows.providers.base import EXPIRED_URL_NOTE, Capabilities, PreparedInputs, Provider
 from gptimg_flows.sizes import ratio_of
 from gptimg_flows.spend.prices import Price
 

@@ -38,14 +38,8 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import (
-    ApiClient,
-    Capabilities,
-    PreparedInputs,
-    Provider,
-    default_timeout,
-    require,
-)
+from gptimg_flows.providers._http import ApiClient, default_timeout, require
+from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
 from gptimg_flows.sizes import parse_size
 from gptimg_flows.spend.prices import (
     GPT_IMAGE_2_PRICES,

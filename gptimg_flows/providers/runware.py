@@ -33,16 +33,8 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import (
-    EXPIRED_URL_NOTE,
-    Capabilities,
-    PreparedInputs,
-    Provider,
-    bearer_api,
-    map_status,
-    require,
-    status_table,
-)
+from gptimg_flows.providers._http import bearer_api, map_status, require, status_table
+from gptimg_flows.providers.base import EXPIRED_URL_NOTE, Capabilities, PreparedInputs, Provider
 
 log = logging.getLogger("gptimg_flows.providers.runware")
 

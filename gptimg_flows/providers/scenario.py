@@ -27,17 +27,15 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import (
+from gptimg_flows.providers._http import (
     ApiClient,
-    Capabilities,
-    PreparedInputs,
-    Provider,
     default_timeout,
     error_for_response,
     map_status,
     require,
     status_table,
 )
+from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
 from gptimg_flows.providers.openai import Secrets, check_mask, first_image_as_png, redact
 
 log = logging.getLogger("gptimg_flows.providers.scenario")

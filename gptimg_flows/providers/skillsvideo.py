@@ -22,16 +22,8 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import (
-    EXPIRED_URL_NOTE,
-    Capabilities,
-    PreparedInputs,
-    Provider,
-    bearer_api,
-    map_status,
-    require,
-    status_table,
-)
+from gptimg_flows.providers._http import bearer_api, map_status, require, status_table
+from gptimg_flows.providers.base import EXPIRED_URL_NOTE, Capabilities, PreparedInputs, Provider
 from gptimg_flows.sizes import TIER_LONG_SIDE, ratio_of, tier_for
 
 API_KEY_ENV = "SKILLS_VIDEO_API_KEY"
