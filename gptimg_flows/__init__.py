@@ -7,6 +7,7 @@ Public API (what users, deployments and docs rely on):
   distributed_batch (a big batch fanned out as chunk runs of a deployment)
 - review: review_images (pause for a person's decision), ReviewInput (the Resume form)
 - costs: estimate_cost, BudgetExceeded (max_cost on every flow)
+- batches: RowsFailed (fail_on_row_failure=True and a row made no image)
 - models: ImageRequest, EditRequest, ArchivedImage; errors in gptimg_flows.errors
 """
 
@@ -31,7 +32,7 @@ from gptimg_flows.flows import (
     generate_images,
 )
 from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, ReviewRecord
-from gptimg_flows.results import BatchResult, PipelineResult, ReviewRound
+from gptimg_flows.results import BatchResult, PipelineResult, ReviewRound, RowsFailed
 from gptimg_flows.review.pause import ReviewDecision, ReviewInput, review_images
 
 __version__ = "0.1.0"
@@ -50,6 +51,7 @@ __all__ = [
     "ReviewInput",
     "ReviewRecord",
     "ReviewRound",
+    "RowsFailed",
     "RunwareCredentials",
     "ScenarioCredentials",
     "SkillsVideoCredentials",

@@ -46,6 +46,7 @@ from gptimg_flows.results import (
     ReviewRound,
     cost_summary,
     cost_text,
+    rows_failed,
     spent_cost,
     total_cost,
 )
@@ -366,8 +367,13 @@ async def batch_generate(
     review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     on_review_timeout: OnTimeout = "reject",
     max_review_rounds: int = 3,
+    fail_on_row_failure: bool = False,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
+
+    `fail_on_row_failure=True` (a scheduled job that must notice): once every row has been
+    tried and every image made is archived and shown, any failed row fails the run
+    (RowsFailed, its `result` the batch's result).
 
     `prompts`: a list of prompts or of rows (dicts), or a JSONL / CSV / text file at any
     fsspec URL. A row's request fields (`prompt`, `n`, `size`, …) override the batch's; its
@@ -511,6 +517,8 @@ async def batch_generate(
     await publish_images(
         images, store, f"Batch of {len(rows)} prompt(s)", "batch-generate", failures=failures
     )
+    if fail_on_row_failure and failures:
+        raise rows_failed(result, len(rows))
     return result
 
 

@@ -68,6 +68,26 @@ class BatchResult(BaseModel):
     )
 
 
+class RowsFailed(Exception):
+    """A batch with `fail_on_row_failure=True` in which a row made no image: raised once every
+    row has been tried and every image made is archived, so the flow run (a schedule's run)
+    ends Failed. `result` is the batch's result."""
+
+    def __init__(self, message: str, result: BatchResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def rows_failed(result: BatchResult, total: int) -> RowsFailed:
+    first = result.failures[0]
+    return RowsFailed(
+        f"{len(result.failures)} of {total} row(s) failed (fail_on_row_failure=True); the "
+        f"{len(result.images)} image(s) made are archived. First: row {first.index}: "
+        f"{first.error_type}: {first.error[:200]}",
+        result,
+    )
+
+
 def total_cost(images: list[ArchivedImage]) -> dict[str, float]:
     """What the images cost when they were made, per unit."""
     out: dict[str, float] = {}

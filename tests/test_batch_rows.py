@@ -117,3 +117,25 @@ async def test_a_misspelt_request_column_is_refused_not_carried(archive_dir: Pat
         await batch_generate(
             prompts=[{"prompt": "a teapot", "qualty": "high"}], archive=str(archive_dir)
         )
+
+
+async def test_a_strict_batch_with_a_failed_row_fails_its_run_after_archiving_every_good_row(
+    archive_dir: Path,
+) -> None:
+    """fail_on_row_failure=True: what a scheduled job needs to notice a failed row. Every row is
+    tried first and every image made is archived; then the run is Failed, not Completed."""
+    from gptimg_flows import RowsFailed
+
+    rows: list[Any] = ["a good row", {"prompt": "a bad size", "size": "100x100"}, "another"]
+    state = await batch_generate(
+        prompts=rows, archive=str(archive_dir), size="256x256", fail_on_row_failure=True,
+        return_state=True,
+    )  # fmt: skip
+    assert state.is_failed(), state
+    with pytest.raises(RowsFailed, match=r"1 of 3 row\(s\) failed .* 2 image\(s\) made"):
+        await state.result()
+    assert len(list(archive_dir.glob("images/*/*.png"))) == 2
+    # The same batch without the flag completes, and pays nothing again.
+    result = await batch_generate(prompts=rows, archive=str(archive_dir), size="256x256")
+    assert len(result.images) == 2 and [f.index for f in result.failures] == [1]
+    assert all(i.from_archive for i in result.images)

@@ -105,6 +105,18 @@ def test_batch_where_every_item_fails_exits_1_after_the_summary(
     assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: all 2 item(s)")
 
 
+def test_strict_batch_with_one_failed_item_exits_1_after_the_summary(
+    archive_dir: Path, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "size": "banana"}\n')
+    done = gptimg("batch", str(prompts), "--size", "256x256", "--archive", str(archive_dir),
+                  "--strict")  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "failures" in done.stdout and len(list(archive_dir.glob("images/*/*.png"))) == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: 1 of 2 item(s)")
+
+
 def test_bad_size_exits_2_with_one_line_and_no_traceback(archive_dir: Path) -> None:
     done = gptimg("generate", "x", "--size", "banana", "--archive", str(archive_dir))
     assert done.returncode == 2

@@ -41,7 +41,7 @@ from gptimg_flows.cli.errors import (
     redact,
     short_error,
 )
-from gptimg_flows.results import cost_text
+from gptimg_flows.results import RowsFailed, cost_text
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -452,12 +452,15 @@ def batch(
     max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the BatchResult as JSON."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Any failed item fails the flow run and exits 1 (after all ran)."
+    ),
 ) -> None:
     """One request per prompt, with a progress bar and a summary table.
 
     A failed item is reported in the table and does not fail the command (the others are paid
     for and archived; re-running retries only what is missing): the exit code is 0 unless every
-    item failed (1).
+    item failed (1), or any did with --strict (1; the flow run is Failed too).
     """
     with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
@@ -495,22 +498,28 @@ def batch(
             refresh=refresh,
             timeout_seconds=timeout,
             max_cost=max_cost,
+            fail_on_row_failure=strict,
         )
         result, where = run_command(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
             typer.echo(result.model_dump_json(indent=2))
         else:
             _print_batch_summary(result, len(rows), where)
-        if len(result.failures) >= len(rows):
+        if len(result.failures) >= len(rows) or (strict and result.failures):
             first = result.failures[0]
+            how_many = (
+                f"all {len(rows)}"
+                if len(result.failures) >= len(rows)
+                else f"{len(result.failures)} of {len(rows)}"
+            )
             raise BatchFailed(
-                f"all {len(rows)} item(s) failed (first: {first.error_type}: "
+                f"{how_many} item(s) failed (first: {first.error_type}: "
                 f"{short_error(first.error_type, first.error)})"
             )
 
 
 class BatchFailed(Exception):
-    """Every item of a batch failed (exit 1): nothing was archived."""
+    """Every item of a batch failed, or any did with --strict (exit 1)."""
 
 
 async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[BatchResult, str]:
@@ -541,7 +550,12 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
     running: asyncio.Task[BatchResult] = asyncio.ensure_future(flow_run(**kwargs))
     with progress:
         await _follow(run_name, total, running, progress, task_id)
-        result = await running
+        try:
+            result = await running
+        except RowsFailed as exc:  # --strict: the run is Failed; the summary still shows
+            if exc.result is None:
+                raise
+            result = exc.result
         progress.update(task_id, completed=total)
     where = (await resolve_archive(kwargs["archive"])).basepath
     return result, where

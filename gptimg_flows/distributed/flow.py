@@ -47,7 +47,7 @@ from gptimg_flows.distributed.watch import Watcher
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
 from gptimg_flows.produce import check_timeout, run_budget
-from gptimg_flows.results import BatchResult, cost_summary, spent_cost, total_cost
+from gptimg_flows.results import BatchResult, cost_summary, rows_failed, spent_cost, total_cost
 from gptimg_flows.rows import (
     PromptsParam,
     Row,
@@ -79,6 +79,7 @@ async def distributed_batch(
     chunk_retries: int = 2,
     heartbeat_seconds: int = MIN_HEARTBEAT_SECONDS,
     lost_after_seconds: float | None = None,
+    fail_on_row_failure: bool = False,
 ) -> BatchResult:
     """Split the rows into chunks of `chunk_size`, run each as a flow run of `deployment`
     (a deployment of batch_generate) on whichever worker takes it, and gather one result.
@@ -185,6 +186,8 @@ async def distributed_batch(
         cost_summary(images),
     )
     await publish_report(result, chunks, len(rows), digest)
+    if fail_on_row_failure and failures:
+        raise rows_failed(result, len(rows))  # after every row is gathered and reported
     return result
 
 
