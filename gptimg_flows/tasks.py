@@ -37,7 +37,6 @@ from gptimg_flows.engine.records import (
     claim,
     job_recorded,
     read_or_claim,
-    read_record,
     record_job,
     request_key,
     write_images,
@@ -191,8 +190,10 @@ async def submit_job(
     # Claim at once only when nothing will wait: a claim made before a long wait for the
     # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
     claim_now = limiter.rate is None and limiter.waiting == 0
-    reader = read_or_claim if claim_now else read_record
-    record = await asyncio.to_thread(reader, archive, key, submitting)
+    if claim_now:
+        record = await asyncio.to_thread(read_or_claim, archive, key, submitting)
+    else:
+        record = await asyncio.to_thread(archive.read_json, job_rel(key))
     if record and record.get("job"):
         job = Job.model_validate(record["job"])
         logger.info(

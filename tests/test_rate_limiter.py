@@ -47,13 +47,13 @@ def test_rate_headers_are_optional_and_parsed_when_present() -> None:
 
 def test_refusals_already_in_flight_decrease_the_pace_once() -> None:
     limiter = AccountLimiter("p")
-    limiter.refused(Ticket(at=0, epoch=0, n=1), 1.0, now=10.0)  # first sign: ~1 image/s
+    limiter.refused(Ticket(epoch=0, n=1), 1.0, now=10.0)  # first sign: ~1 image/s
     first = limiter.rate
     assert first == pytest.approx(1.0)
-    sent_before = Ticket(at=9.9, epoch=0, n=1)  # sent before the pace existed
+    sent_before = Ticket(epoch=0, n=1)  # sent before the pace existed
     limiter.refused(sent_before, 1.0, now=10.01)
     assert limiter.rate == first, "a refusal sent under an older pace is the same congestion"
-    limiter.refused(Ticket(at=11.0, epoch=limiter.epoch, n=1), 1.0, now=11.0)
+    limiter.refused(Ticket(epoch=limiter.epoch, n=1), 1.0, now=11.0)
     assert limiter.rate == pytest.approx(first * DECREASE)
 
 

@@ -21,17 +21,13 @@ from prefect.context import FlowRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
-from gptimg_flows.blocks.credentials import ProviderCredentials
+from gptimg_flows.blocks.credentials import RATE_LIMIT_WAIT_SECONDS, ProviderCredentials
 from gptimg_flows.engine.rate_limiter import AccountLimiter, limiter_for, paced
 from gptimg_flows.errors import RateLimited
 from gptimg_flows.providers._http import RATE_HEADERS_SINK, RateHeaders
 from gptimg_flows.providers.base import Provider
 
 T = TypeVar("T")
-
-#: How long a paid submit waits for the account's limit when its block does not say: a
-#: 1,000-row file on OpenAI's tier 1 (5 images a minute) takes 200 minutes.
-DEFAULT_WAIT_SECONDS = 4 * 3600.0
 
 
 @dataclass
@@ -86,7 +82,7 @@ def wait_bound(spec: Any, timeout_seconds: float | None) -> float:
     bound = (
         spec.rate_limit_wait_seconds
         if isinstance(spec, ProviderCredentials)
-        else DEFAULT_WAIT_SECONDS
+        else RATE_LIMIT_WAIT_SECONDS
     )
     return min(bound, timeout_seconds) if timeout_seconds else bound
 

@@ -64,9 +64,8 @@ MIN_WINDOW_IMAGES = 4
 
 @dataclass(frozen=True)
 class Ticket:
-    """A submit let go: when, and under which pace (a 429 decreases a pace once)."""
+    """A submit let go, and the pace it went under (a 429 decreases a pace once)."""
 
-    at: float
     epoch: int
     n: int
     #: sent under a pace (False: before any limit was known, e.g. a first burst)
@@ -79,7 +78,6 @@ class TrafficStats:
 
     refused: int = 0
     waited_seconds: float = 0.0
-    accepted_images: int = 0
 
 
 class _Waiter:
@@ -187,7 +185,7 @@ class AccountLimiter:
                 self._grown_at = now
                 self._set_rate(rate)
         self._wake_head()
-        return Ticket(at=now, epoch=self.epoch, n=me.n, paced=self.rate is not None)
+        return Ticket(epoch=self.epoch, n=me.n, paced=self.rate is not None)
 
     def _wake_head(self) -> None:
         if self._queue:
@@ -224,7 +222,6 @@ class AccountLimiter:
     def accepted(self, ticket: Ticket, now: float) -> None:
         """A submit got through: what the account delivers is measured from these."""
         with self._lock:
-            self.stats.accepted_images += ticket.n
             self._through.append((now, ticket.n))
             while self._through and self._through[0][0] < now - WINDOW_SECONDS:
                 self._through.popleft()

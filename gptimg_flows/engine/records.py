@@ -65,10 +65,6 @@ def _strip(archive: Archive, uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
-def read_record(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
-    return archive.read_json(job_rel(key))
-
-
 def read_or_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
     """The key's job record, or (none yet) None after writing a "submitting" one: read and
     claim in one trip to a worker thread."""
