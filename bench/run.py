@@ -192,16 +192,16 @@ NOTICED: dict[str, float] = {}
 
 def instrument_polling() -> None:
     """Record when the flow notices each job finished (for the notice-delay figure)."""
-    from gptimg_flows import tasks
+    from gptimg_flows.engine import steps
 
-    original = tasks._poll_until_done
+    original = steps.poll_until_done
 
     async def timed(adapter: Any, job: Any, timeout_seconds: float) -> Any:
         status = await original(adapter, job, timeout_seconds)
         NOTICED[job.job_id] = time.time()
         return status
 
-    tasks._poll_until_done = timed  # type: ignore[assignment]
+    steps.poll_until_done = timed  # type: ignore[assignment]
 
 
 #: prompt → phase name → (start, end) wall-clock seconds, for the largest batch.

@@ -22,6 +22,7 @@ from gptimg_flows.blocks.resolve import (
 from gptimg_flows.engine.artifacts import publish_images
 from gptimg_flows.engine.batch_api import batch_api_rows
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
+from gptimg_flows.engine.produce import check_timeout, produce, refresh_stamp, run_budget
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.records import archived_result, request_key
 from gptimg_flows.errors import InvalidRequest
@@ -38,7 +39,6 @@ from gptimg_flows.models import (
     Resolution,
     build_request,
 )
-from gptimg_flows.produce import check_timeout, produce, refresh_stamp, run_budget
 from gptimg_flows.results import (
     BatchFailure,
     BatchResult,

@@ -20,7 +20,6 @@ RANKS: dict[str, int] = {
     "blocks": 3, "testing": 3,
     "engine": 4,
     "tasks": 5, "estimates": 5,
-    "produce": 6,
     "review": 6,
     "flows": 8,
     "distributed": 7,

@@ -140,7 +140,7 @@ def _precheck(
     neither a server start nor a Failed run. (Saved blocks are checked by the flow.)"""
     from gptimg_flows.blocks.credentials import provider_of
     from gptimg_flows.blocks.resolve import looks_like_path, open_archive
-    from gptimg_flows.produce import check_timeout
+    from gptimg_flows.engine.produce import check_timeout
     from gptimg_flows.providers.offline import OFFLINE_NAMES
 
     check_timeout(timeout)

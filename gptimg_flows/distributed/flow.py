@@ -44,9 +44,9 @@ from gptimg_flows.blocks.resolve import (
 from gptimg_flows.distributed.gather import archived_rows, gather_results, publish_report
 from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_groups, make_chunks
 from gptimg_flows.distributed.watch import Watcher
+from gptimg_flows.engine.produce import check_timeout, run_budget
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
-from gptimg_flows.produce import check_timeout, run_budget
 from gptimg_flows.results import BatchResult, cost_summary, rows_failed, spent_cost, total_cost
 from gptimg_flows.rows import (
     PromptsParam,

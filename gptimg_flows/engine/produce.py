@@ -15,11 +15,11 @@ from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.engine.records import archived_result, job_recorded, request_key
 from gptimg_flows.engine.spend_limit import take_spend
+from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, upload_inputs
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
 from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, InputImage
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.spend.prices import Budget
-from gptimg_flows.tasks import load_edit_inputs, make_images_for, upload_inputs
 
 
 async def produce(

@@ -1,0 +1,401 @@
+"""The step tasks of one request: upload_inputs, submit_job, wait_for_job, download_outputs,
+archive_images, and make_images (all of a request's steps in one task run: what the flows use).
+`gptimg_flows.tasks` re-exports them for users' own flows.
+
+Retry, idempotency and cache policy live here, once:
+- retries happen only for `RetryableError`, as Prefect retries the UI shows, with exponential
+  backoff and jitter that never undercuts a provider's Retry-After (free reads, a poll or a
+  download, first retry in place: see `retry.read_with_retries`);
+- a submit is keyed on the normalised request, its inputs' digests and the output slot; the key's
+  job record in the archive is written before and after the paid call, so a retry, a re-run or a
+  restarted process polls the recorded job instead of paying again;
+- a request whose images are already archived (`_results/<key>.json`) is answered from the
+  archive with no provider call. Credentials never enter a key, a parameter or a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+import httpx
+from prefect import task
+from prefect.logging import get_run_logger
+from prefect.tasks import Task
+
+from gptimg_flows.archive.layout import job_rel, staging_rel
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
+from gptimg_flows.engine.assets import emit_materializations
+from gptimg_flows.engine.limits import provider_slot, submit_allowance
+from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
+from gptimg_flows.engine.polling import poll_until_done
+from gptimg_flows.engine.rate_limiter import gated_read
+from gptimg_flows.engine.records import (
+    claim,
+    read_or_claim,
+    record_job,
+    write_images,
+)
+from gptimg_flows.engine.retry import (
+    read_with_retries,
+)
+from gptimg_flows.engine.retry_policy import (
+    RETRIES,
+    RETRY_OPTIONS,
+    log_read_retry,
+    retry_delays,
+)
+from gptimg_flows.errors import (
+    InvalidRequest,
+    MalformedResponse,
+    OutputExpired,
+    ProviderError,
+    SubmitUncertain,
+    TransportError,
+)
+from gptimg_flows.media.download import DownloadedImage, download, save_inline, shared_client
+from gptimg_flows.media.inputs import load_image, prepare_mask
+from gptimg_flows.models import (
+    ArchivedImage,
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobStatus,
+    OutputRef,
+)
+from gptimg_flows.providers._http import failure_error
+from gptimg_flows.providers.base import PreparedInputs, Provider
+
+#: Fresh URLs asked for one output before its expiry is final.
+URL_REFRESHES = 3
+
+# -- tasks --------------------------------------------------------------------------------------
+
+
+@task(name="upload-inputs", **RETRY_OPTIONS)
+async def upload_inputs(
+    provider: ProviderSpec,
+    request: EditRequest,
+    images: list[InputImage],
+    mask: InputImage | None,
+    archive: Archive,
+) -> PreparedInputs:
+    """Hand loaded inputs to the provider (asset uploads, URLs, data URIs, multipart).
+
+    Inputs are archived (content-addressed) so lineage can point at them, and so providers that
+    only take URLs can be given signed ones.
+    """
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    if "bytes" not in adapter.capabilities.input_kinds:
+        images = [await _with_url(archive, img) for img in images]
+        if mask is not None:
+            mask = await _with_url(archive, mask)
+    else:
+        await asyncio.gather(*(_archive_input(archive, img) for img in images))
+    prepared = await adapter.upload_inputs(request, images, mask)
+    logger.info(
+        "prepared %d input image(s)%s for %s",
+        len(images),
+        " and a mask" if mask else "",
+        adapter.display_name,
+    )
+    return prepared
+
+
+async def load_edit_inputs(
+    request: EditRequest, archive: Archive
+) -> tuple[list[InputImage], InputImage | None]:
+    """Read and check every input before anything is uploaded or paid: a bad file, a URL into
+    a private network, or a mask that does not fit the image fails here."""
+    options = {archive.protocol: archive.storage_options} if not archive.local else None
+    images = list(
+        await asyncio.gather(
+            *(
+                load_image(src, f"images[{i}]", storage_options=options)
+                for i, src in enumerate(request.images)
+            )
+        )
+    )
+    mask: InputImage | None = None
+    if request.mask is not None:
+        raw_mask = await load_image(request.mask, "mask", storage_options=options)
+        mask = await asyncio.to_thread(prepare_mask, raw_mask, images[0])
+    return images, mask
+
+
+async def _archive_input(archive: Archive, image: InputImage) -> str:
+    rel = Archive.image_rel(image.sha256, image.mime)
+    return await asyncio.to_thread(archive.put_bytes, image.data, rel, overwrite=False)
+
+
+async def _with_url(archive: Archive, image: InputImage) -> InputImage:
+    if image.url:
+        return image
+    rel = Archive.image_rel(image.sha256, image.mime)
+    await asyncio.to_thread(archive.put_bytes, image.data, rel, overwrite=False)
+    try:
+        url = await asyncio.to_thread(archive.sign, rel)
+    except NotImplementedError as exc:
+        raise InvalidRequest(str(exc), field="images") from None
+    return image.model_copy(update={"url": url})
+
+
+@task(name="submit-job", task_run_name="submit-{key:.12}", **RETRY_OPTIONS)
+async def submit_job(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    timeout_seconds: float | None = None,
+) -> Job:
+    """The one paid call, guarded by the key's job record so it happens once per key.
+
+    Paced by the account's rate limiter: a 429 created nothing, so it waits and tries again
+    (never a task retry) until the block's `rate_limit_wait_seconds` (or `timeout_seconds`)."""
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    adapter.validate(request)
+    submitting = {"state": "submitting", "key": key, "provider": adapter.name}
+    limiter = account_limiter(provider, adapter)
+    # Claim at once only when nothing will wait: a claim made before a long wait for the
+    # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
+    claim_now = limiter.rate is None and limiter.waiting == 0
+    if claim_now:
+        record = await asyncio.to_thread(read_or_claim, archive, key, submitting)
+    else:
+        record = await asyncio.to_thread(archive.read_json, job_rel(key))
+    if record and record.get("job"):
+        job = Job.model_validate(record["job"])
+        logger.info(
+            "job %s for this request is already recorded: polling it, not paying again", job.job_id
+        )
+        return job
+    if record and record.get("state") == "submitting":
+        probe = Job(
+            provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
+        )
+        found = await adapter.find_job(probe)
+        if found is not None:
+            job = probe.model_copy(update={"job_id": found.job_id})
+            await record_job(archive, job)
+            logger.info("found job %s submitted earlier under this key", job.job_id)
+            return job
+        if not adapter.capabilities.can_find_job_by_key:
+            raise SubmitUncertain(
+                f"a submit for this request started at {record.get('started_at')} and its answer "
+                "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
+                provider=adapter.name,
+            )
+    claimed = claim_now and record is None
+
+    async def send() -> Job:
+        nonlocal claimed
+        if not claimed:  # a fresh claim for each try, made just before the paid call
+            await asyncio.to_thread(claim, archive, key, submitting)
+        claimed = False  # whatever happens below, the next try claims again
+        try:
+            return await adapter.submit(request, inputs, key)
+        except TransportError as exc:
+            if not exc.request_sent:
+                await asyncio.to_thread(archive.delete, job_rel(key))
+            raise
+        except MalformedResponse:
+            # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
+            # record stays, so a re-run looks the job up (or stops with SubmitUncertain).
+            raise
+        except ProviderError:
+            # The provider refused the call (a 429 among others): nothing was created.
+            await asyncio.to_thread(archive.delete, job_rel(key))
+            raise
+
+    job = await paced_submit(limiter, request.n, send, wait_bound(provider, timeout_seconds))
+    job = await _stage_inline(archive, job)
+    await record_job(archive, job)
+    # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
+    # process formats and the server stores most of (bench/RESULTS.md).
+    logger.debug("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
+    return job
+
+
+async def _stage_inline(archive: Archive, job: Job) -> Job:
+    """Synchronous providers hand back image bytes: keep them in the archive at once."""
+    if job.status is None or not any(o.data for o in job.status.outputs):
+        return job
+    staged: list[OutputRef] = []
+    for ref in job.status.outputs:
+        if ref.data is None:
+            staged.append(ref)
+            continue
+        ext = {"image/jpeg": "jpg", "image/webp": "webp"}.get(ref.mime or "", "png")
+        rel = staging_rel(job.key, ref.index, ext)
+        uri = await asyncio.to_thread(archive.put_bytes, ref.data, rel)
+        staged.append(ref.model_copy(update={"data": None, "url": uri}))
+    return job.model_copy(update={"status": job.status.model_copy(update={"outputs": staged})})
+
+
+@task(name="wait-for-job", task_run_name="wait-{job.job_id}", **RETRY_OPTIONS)
+async def wait_for_job(
+    provider: ProviderSpec, job: Job, timeout_seconds: float = 900.0
+) -> JobStatus:
+    """Poll until the job ends: fast at first, then backing off, following the provider's hints.
+
+    Passing the deadline raises `JobTimeout` (the job is canceled where the API allows).
+    """
+    logger = get_run_logger()
+    adapter = provider_of(provider)
+    if job.status is not None and job.status.state.terminal:
+        status = job.status
+    else:
+        status = await poll_until_done(adapter, job, timeout_seconds)
+    if status.state.value != "succeeded":
+        raise failure_error(adapter.name, job, status)
+    logger.debug("job %s finished with %d output(s)", job.job_id, len(status.outputs) or job.n)
+    return status
+
+
+@task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
+async def download_outputs(
+    provider: ProviderSpec, job: Job, status: JobStatus, archive: Archive
+) -> list[DownloadedImage]:
+    """Stream each output to a verified local file, re-resolving URLs that expired."""
+    adapter = provider_of(provider)
+    refs = await read_with_retries(
+        lambda: adapter.resolve_outputs(job, status),
+        on_retry=log_read_retry(f"resolving the outputs of job {job.job_id}"),
+    )
+    client = shared_client()
+    return list(await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs)))
+
+
+async def _fetch(
+    adapter: Provider, client: httpx.AsyncClient, archive: Archive, job: Job, ref: OutputRef
+) -> DownloadedImage:
+    if ref.data is not None:
+        return await save_inline(ref)
+    current = ref
+
+    reads = reads_of(adapter)
+
+    async def once() -> DownloadedImage:
+        nonlocal current
+        for refreshed in range(URL_REFRESHES + 1):
+            try:
+                fetch = functools.partial(download, client, current, fs=archive.fs)
+                return await gated_read(reads, fetch)
+            except OutputExpired:
+                if refreshed == URL_REFRESHES:
+                    raise
+                current = await adapter.refresh_output(job, current)
+                get_run_logger().info("output %d URL expired; re-resolved it", ref.index)
+        raise AssertionError("unreachable: the last download returns or raises")
+
+    try:
+        return await read_with_retries(
+            once, on_retry=log_read_retry(f"download of output {ref.index} of job {job.job_id}")
+        )
+    except ProviderError as exc:
+        exc.about(provider=adapter.name, job_id=job.job_id)
+        raise
+
+
+@task(name="run-job", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
+async def run_job(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    timeout_seconds: float = 900.0,
+) -> tuple[Job, JobStatus, list[DownloadedImage]]:
+    """submit_job → wait_for_job → download_outputs as one task run: what the flows use.
+
+    Each step is idempotent (the job record makes a repeated submit a resume), so a Prefect
+    retry of the whole run picks up where it failed without paying again; one task run instead
+    of three per request is what keeps a 500-image batch from drowning the Prefect server in
+    task-run events (see bench/RESULTS.md).
+    """
+    job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds)
+    status = await wait_for_job.fn(provider, job, timeout_seconds)
+    images = await download_outputs.fn(provider, job, status, archive)
+    return job, status, images
+
+
+@task(name="make-images", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
+async def make_images(
+    provider: ProviderSpec,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    parents: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    timeout_seconds: float = 900.0,
+    row: int | None = None,
+) -> list[ArchivedImage]:
+    """One request from submit to archive, in one task run: what the flows use.
+
+    `run_job` then `archive_images`, and the asset events a materializing task would emit
+    (each archived image materialized, its inputs referenced as upstream), so the UI draws
+    the same lineage. One task run per image instead of two is what bench/RESULTS.md measures.
+    Every step is idempotent, so a retry after a failed archive write resumes the recorded
+    job (it may download again; it never pays again).
+    """
+    async with provider_slot(provider):  # a slot of the provider's limit while its job runs
+        await submit_allowance(provider)
+        job, status, images = await run_job.fn(
+            provider, request, inputs, key, archive, timeout_seconds
+        )
+    archived = await archive_images.fn(
+        images, archive, key, job, status, request.prompt, parents, extra, row
+    )
+    emit_materializations(archived, parents or [])
+    return archived
+
+
+def make_images_for(spec: ProviderSpec) -> Task[Any, Any]:
+    """`make_images` with as many retries as the provider's block asks for."""
+    return _make_images_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
+
+
+@functools.cache
+def _make_images_with(retries: int) -> Task[Any, Any]:
+    if retries == RETRIES:
+        return make_images
+    return make_images.with_options(retries=retries, retry_delay_seconds=retry_delays(retries))
+
+
+@task(name="archive-images", **RETRY_OPTIONS)
+async def archive_images(
+    images: list[DownloadedImage],
+    archive: Archive,
+    key: str,
+    job: Job,
+    status: JobStatus,
+    prompt: str,
+    parents: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
+    row: int | None = None,
+) -> list[ArchivedImage]:
+    """Write each image once (content-addressed) with its sidecar, then the request's record.
+
+    `row` and `extra` (a batch row's position and metadata columns) go in the sidecar too.
+    """
+    logger = get_run_logger()
+    out, no_preview = await write_images(
+        images, archive, key, job, status, prompt, parents, extra, row
+    )
+    for sha, why in no_preview:
+        logger.warning("no preview for %s: %s", sha[:12], why)
+    logger.info(
+        "archived %d image(s) of %s job %s under %s",
+        len(out),
+        job.provider,
+        job.job_id,
+        archive.basepath,
+    )
+    return out
