@@ -17,7 +17,7 @@ from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 from gptimg_flows.blocks.from_env import SOURCES
-from gptimg_flows.cli.commands import app
+from gptimg_flows.cli import app
 from gptimg_flows.providers import capability_table
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
@@ -203,7 +203,7 @@ async def test_the_progress_bar_follows_the_flow_as_items_finish(
 
     from rich.progress import Progress
 
-    from gptimg_flows.cli.commands import _batch_with_progress
+    from gptimg_flows.cli.batch import _batch_with_progress
     from gptimg_flows.providers.offline import OfflineProvider
 
     original = OfflineProvider.submit

@@ -1,5 +1,5 @@
 """`python -m gptimg_flows.cli`: the `gptimg` command."""
 
-from gptimg_flows.cli.commands import main
+from gptimg_flows.cli import main
 
 main()

@@ -1,0 +1,96 @@
+"""The `gptimg` Typer app, its global options and the console script's `main`; the commands
+register themselves on it from their modules (commands, batch, blocks).
+
+Settings that must be in place before Prefect is imported are set first: the embedded server
+needs more than Prefect's default 20 s to create its database on a fresh machine, and with no
+internet its telemetry only logs errors. (The package's `__init__` imports Prefect before this
+module runs, so the callback also applies them to Prefect's settings for the command's run.)
+
+Errors end a command with one line on stderr, `error: <type>: <message>`, and exit code 2 for
+bad input (`InvalidRequest`, an unreadable file) or 1 for anything else; `--debug` adds the
+traceback and Prefect's own console logs.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import contextlib
+import sys
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from gptimg_flows.cli.console import (
+    OPTIONS,
+)
+
+if TYPE_CHECKING:
+    pass
+
+
+app = typer.Typer(
+    add_completion=False,
+    help="GPT Image 2 pipelines on Prefect.",
+    no_args_is_help=True,
+    # Rich tracebacks print local variables, which may hold a key: we print plain ones.
+    pretty_exceptions_enable=False,
+)
+blocks_app = typer.Typer(help="Prefect blocks: register the types, create them from env vars.")
+app.add_typer(blocks_app, name="blocks", no_args_is_help=True)
+
+
+@app.callback()
+def _main_options(
+    ctx: typer.Context,
+    debug: bool = typer.Option(
+        False, "--debug", help="On error, print the traceback; show Prefect's console logs."
+    ),
+) -> None:
+    """GPT Image 2 pipelines on Prefect."""
+    OPTIONS.debug = debug
+    ctx.with_resource(_env_defaults_applied())
+
+
+def _env_defaults_applied() -> contextlib.AbstractContextManager[Any]:
+    """Prefect read its settings when the package imported it, before this module's
+    `os.environ.setdefault`s: apply them (the user's own values win) for this command."""
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    return temporary_settings(
+        updates={
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: os.environ[
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+            ],
+            PREFECT_SERVER_ANALYTICS_ENABLED: os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"],
+        }
+    )
+
+
+PROVIDER_HELP = "A saved credentials block name (see `gptimg blocks create`), or `offline`."
+ARCHIVE_HELP = (
+    "A saved ImageArchive block name, a folder (./name for a new one) or an fsspec URL "
+    "(default: $GPTIMG_ARCHIVE or ./gptimg-archive)."
+)
+SIZE_HELP = "WxH (1536x1024), an aspect ratio (16:9, with --resolution) or auto."
+MAX_COST_HELP = (
+    "Budget in the provider's cost unit: refused before paying if the estimate is over it "
+    "(a batch stops submitting at it)."
+)
+DRY_RUN_HELP = "Print the cost estimate and exit: nothing is run or paid."
+
+
+def main() -> None:
+    """The console script: exit 130 on Ctrl-C, not a traceback."""
+    OPTIONS.owns_process = True
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

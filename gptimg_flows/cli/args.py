@@ -1,0 +1,109 @@
+"""What the commands share: turning arguments into what the flows take, the checks made before
+a flow run exists, the dry run, and printing archived images."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from gptimg_flows.cli.console import (
+    run_command,
+)
+
+if TYPE_CHECKING:
+    from gptimg_flows.models import ArchivedImage, ExtraValue, ImageRequest
+    from gptimg_flows.spend.prices import CostEstimate
+
+
+def source_arg(value: str) -> str:
+    """An input image or file: URLs as given, local paths absolute (recorded in sidecars)."""
+    if "://" in value or value.startswith("data:"):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def archive_arg(value: str | None) -> str | None:
+    """A saved ImageArchive block name is passed on; anything path-like is made absolute."""
+    if value is None or "://" in value:
+        return value
+    if "/" in value or os.sep in value or value.startswith((".", "~")) or Path(value).is_dir():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def extras_arg(items: list[str] | None) -> dict[str, ExtraValue]:
+    """`--extra key=value`: numbers and true/false are typed, anything else is a string."""
+    from gptimg_flows.errors import InvalidRequest
+
+    out: dict[str, ExtraValue] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InvalidRequest(f"extra: {item!r} is not KEY=VALUE", field="extras")
+        value: ExtraValue = raw
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(raw)
+            if isinstance(parsed, bool | int | float):
+                value = parsed
+        out[key.strip()] = value
+    return out
+
+
+def precheck(
+    provider: str, archive: str | None, timeout: float, request: ImageRequest | None = None
+) -> None:
+    """What can be checked without Prefect, checked before a flow run exists: a typo costs
+    neither a server start nor a Failed run. (Saved blocks are checked by the flow.)"""
+    from gptimg_flows.blocks.credentials import provider_of
+    from gptimg_flows.blocks.resolve import looks_like_path, open_archive
+    from gptimg_flows.engine.produce import check_timeout
+    from gptimg_flows.providers.offline import OFFLINE_NAMES
+
+    check_timeout(timeout)
+    if archive is not None and looks_like_path(archive):
+        open_archive(archive)
+    if request is not None and provider.strip() in OFFLINE_NAMES:
+        provider_of(provider.strip()).validate(request)
+
+
+def print_estimate(
+    provider: str, requests: list[ImageRequest] | None, as_json: bool, **batch: Any
+) -> None:
+    """Print what `estimate_cost` says these requests (or this prompt file) would cost."""
+    from gptimg_flows.estimates import estimate_cost
+
+    async def work() -> CostEstimate:
+        return await estimate_cost(requests, provider=provider, **batch)
+
+    estimate = run_command(work, status="estimating…")
+    if as_json:
+        typer.echo(estimate.model_dump_json(indent=2))
+        return
+    typer.echo(
+        f"estimate: {estimate.text()} for {estimate.requests} request(s), "
+        f"{estimate.images} image(s); nothing was run or paid"
+    )
+    for note in estimate.notes:
+        typer.echo(f"note: {note}")
+
+
+def print_images(images: list[ArchivedImage], as_json: bool) -> None:
+    from gptimg_flows.flows import cost_summary
+
+    if as_json:
+        typer.echo(json.dumps([img.model_dump(mode="json") for img in images], indent=2))
+        return
+    for img in images:
+        cost = f"{img.cost:g} {img.cost_unit}" if img.cost is not None else "cost unknown"
+        if img.from_archive:
+            cost += ", from the archive: 0 this run"
+        typer.echo(
+            f"{img.uri}  ({img.width}x{img.height}, {img.provider}, sha256 {img.sha256[:12]}, "
+            f"{cost})"
+        )
+    typer.echo(f"{cost_summary(images)}; each image has a .json sidecar")
