@@ -39,9 +39,13 @@ async def one(block: Any, n: int, archive: Path, emu: Any) -> dict[str, Any]:
     started = time.perf_counter()
     result = await batch_generate(
         prompts=[f"batch line {i}: a paper kite over dunes" for i in range(n)],
-        provider=block, archive=str(archive), batch_api=True, batch_poll_seconds=1.0,
-        size="64x64", quality="low",
-    )  # fmt: skip
+        provider=block,
+        archive=str(archive),
+        batch_api=True,
+        batch_poll_seconds=1.0,
+        size="64x64",
+        quality="low",
+    )
     wall = time.perf_counter() - started
     sampler.done.set()
     sampler.join()
@@ -65,8 +69,11 @@ async def main(sizes: list[int]) -> None:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     home = OUT / "prefect-home"
-    os.environ.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                      PREFECT_LOGGING_LEVEL="WARNING")  # fmt: skip
+    os.environ.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
     from gptimg_flows.testing.config import EMULATOR_KEYS
 

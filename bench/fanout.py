@@ -285,8 +285,12 @@ def flow_runs(env: dict[str, str], body: dict[str, Any]) -> list[dict[str, Any]]
 
     out: list[dict[str, Any]] = []
     while True:
-        page = api(env, "POST", "/flow_runs/filter",
-                   {**body, "sort": "ID_DESC", "limit": 200, "offset": len(out)})  # fmt: skip
+        page = api(
+            env,
+            "POST",
+            "/flow_runs/filter",
+            {**body, "sort": "ID_DESC", "limit": 200, "offset": len(out)},
+        )
         out += page
         if len(page) < 200:
             return out

@@ -54,9 +54,13 @@ def _retry_after(response: httpx.Response) -> float:
 
 
 async def _script_row(
-    client: httpx.AsyncClient, provider: str, base: str, key: str, prompt: str,
+    client: httpx.AsyncClient,
+    provider: str,
+    base: str,
+    key: str,
+    prompt: str,
     turn: Callable[[], Awaitable[None]],
-) -> bool:  # fmt: skip
+) -> bool:
     """One row as a plain script makes it: submit (429: wait Retry-After, 6 attempts), poll
     an async job to its end, download the image."""
     headers = {"Authorization": f"Bearer {key}"}
@@ -118,17 +122,26 @@ async def project(provider: str, block: Any, n: int, c: int, archive: Path) -> d
     forget_limiters()  # a fresh process's view of the account
     started = time.monotonic()
     result = await batch_generate(
-        prompts=[f"row {i}" for i in range(n)], provider=block, archive=str(archive),
-        concurrency=c, size="1024x1024" if provider == "openai" else None,
-    )  # fmt: skip
-    return {"wall": time.monotonic() - started, "failed": len(result.failures),
-            "counted": result.refused_submits}  # fmt: skip
+        prompts=[f"row {i}" for i in range(n)],
+        provider=block,
+        archive=str(archive),
+        concurrency=c,
+        size="1024x1024" if provider == "openai" else None,
+    )
+    return {
+        "wall": time.monotonic() - started,
+        "failed": len(result.failures),
+        "counted": result.refused_submits,
+    }
 
 
 async def run(cases: list[tuple[int, int, int]], work: Path) -> list[dict[str, Any]]:
     home = work / "prefect-home"
-    os.environ.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                      PREFECT_LOGGING_LEVEL="WARNING")  # fmt: skip
+    os.environ.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     from run import PrefectServer
 
     from gptimg_flows import GptImage2AICredentials, OpenAIImageCredentials
@@ -140,11 +153,13 @@ async def run(cases: list[tuple[int, int, int]], work: Path) -> list[dict[str, A
     with EmulatorProcess(config) as emu, PrefectServer(home) as server:
         os.environ["PREFECT_API_URL"] = server.url
         blocks = {
-            "openai": OpenAIImageCredentials(api_key=str(EMULATOR_KEYS["openai"]),
-                                             base_url=emu.base_url("openai")),
-            "gptimage2ai": GptImage2AICredentials(api_key=str(EMULATOR_KEYS["gptimage2ai"]),
-                                                  base_url=emu.base_url("gptimage2ai")),
-        }  # fmt: skip
+            "openai": OpenAIImageCredentials(
+                api_key=str(EMULATOR_KEYS["openai"]), base_url=emu.base_url("openai")
+            ),
+            "gptimage2ai": GptImage2AICredentials(
+                api_key=str(EMULATOR_KEYS["gptimage2ai"]), base_url=emu.base_url("gptimage2ai")
+            ),
+        }
         await project("gptimage2ai", blocks["gptimage2ai"], 2, 2, work / "warmup")
         for ipm, c, n in cases:
             for provider in ("openai", "gptimage2ai"):
@@ -163,11 +178,19 @@ async def run(cases: list[tuple[int, int, int]], work: Path) -> list[dict[str, A
                     figures = await go()
                     ledger = emu.client.ledger()
                     refused = ledger["rate_limited"].get(provider, 0)
-                    row = {"ipm": ipm, "c": c, "n": n, "headers": provider == "openai",
-                           "who": name, "failed": figures["failed"], "wall": figures["wall"],
-                           "ideal": ideal, "ratio": figures["wall"] / ideal,
-                           "refused_per_row": refused / n,
-                           "paid": len(ledger["submissions"])}  # fmt: skip
+                    row = {
+                        "ipm": ipm,
+                        "c": c,
+                        "n": n,
+                        "headers": provider == "openai",
+                        "who": name,
+                        "failed": figures["failed"],
+                        "wall": figures["wall"],
+                        "ideal": ideal,
+                        "ratio": figures["wall"] / ideal,
+                        "refused_per_row": refused / n,
+                        "paid": len(ledger["submissions"]),
+                    }
                     if "counted" in figures:
                         row["counted_ok"] = figures["counted"] == refused
                     rows.append(row)
@@ -214,13 +237,21 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = "\n".join(
-        [f"## {stamp}{' (quick)' if args.quick else ''}", "",
-         f"Burst {BURST}, every job {LATENCY:g} s; ideal = (N - burst) / rate + one job.", "",
-         "| limit | C | N | headers | who | rows failed | wall / ideal | 429s per row |",
-         "|---|---|---|---|---|---|---|---|", *(_line(r) for r in rows), "",
-         "Targets for gptimg-flows (0 failed, wall <= 1.10x, <= 0.25 / 0.75 refused per row "
-         "with / without headers, each row paid once):", *verdict(rows), ""]
-    )  # fmt: skip
+        [
+            f"## {stamp}{' (quick)' if args.quick else ''}",
+            "",
+            f"Burst {BURST}, every job {LATENCY:g} s; ideal = (N - burst) / rate + one job.",
+            "",
+            "| limit | C | N | headers | who | rows failed | wall / ideal | 429s per row |",
+            "|---|---|---|---|---|---|---|---|",
+            *(_line(r) for r in rows),
+            "",
+            "Targets for gptimg-flows (0 failed, wall <= 1.10x, <= 0.25 / 0.75 refused per row "
+            "with / without headers, each row paid once):",
+            *verdict(rows),
+            "",
+        ]
+    )
     print(section)
     if not args.no_results:
         header = (

@@ -431,9 +431,13 @@ async def main(sizes: list[int]) -> None:
             again = await flow_batch(block, n, last_archive, last_tag)
             calls = sum(sum(v.values()) for v in emu.client.ledger()["requests"].values())
             spent = phase_means()
-            cache[label] = {"wall": again["wall"], "calls": calls, "images": again["images"],
-                            "flow_start": spent.get("flow start", float("nan")),
-                            "flow_end": spent.get("flow end", float("nan"))}  # fmt: skip
+            cache[label] = {
+                "wall": again["wall"],
+                "calls": calls,
+                "images": again["images"],
+                "flow_start": spent.get("flow start", float("nan")),
+                "flow_end": spent.get("flow end", float("nan")),
+            }
         print(json.dumps(cache), flush=True)
         memory = {}
         from moto.server import ThreadedMotoServer

@@ -88,9 +88,12 @@ def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
     }
     bucket = f"archive-{uuid.uuid4().hex[:10]}"
     boto3.client(
-        "s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)  # fmt: skip
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/images-test", options
 
 

@@ -171,10 +171,13 @@ async def test_poll_succeeded_reads_results_and_charges_ten_credits_an_image(
     mock: respx.MockRouter, g2: GptImage2AIProvider, raw: str
 ) -> None:
     results = [
-        {"imageUrl": f"https://file.gptimage2.ai/generated/{i}.png", "seed": str(i + 1),
-         "finalPrompt": "cup"}
+        {
+            "imageUrl": f"https://file.gptimage2.ai/generated/{i}.png",
+            "seed": str(i + 1),
+            "finalPrompt": "cup",
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     mock.get(POLL).respond(
         200, json={"jobId": JOB_ID, "status": raw, "results": results, "balance": BALANCE}
     )

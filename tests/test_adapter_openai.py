@@ -152,9 +152,15 @@ async def test_generate_sends_json_with_bearer_auth_and_returns_a_finished_job(
         200, json=_answer(2, size="1536x1024", quality="medium", output_format="png")
     )
     req = ImageRequest(
-        prompt="a red fox", n=2, size="1536x1024", quality="medium", background="opaque",
-        output_format="webp", output_compression=70, moderation="low",
-    )  # fmt: skip
+        prompt="a red fox",
+        n=2,
+        size="1536x1024",
+        quality="medium",
+        background="opaque",
+        output_format="webp",
+        output_compression=70,
+        moderation="low",
+    )
     job = await oa.submit(req, None, IDEM)
 
     sent = route.calls.last.request
@@ -265,9 +271,14 @@ async def test_edit_sends_multipart_with_image_parts_mask_and_form_fields(
 ) -> None:
     route = mock.post("/images/edits").respond(200, json=_answer())
     req = EditRequest(
-        prompt="make the sky stormy", images=[b"a", b"b"], mask=b"m", n=1,
-        size="1024x1024", quality="high", input_fidelity="high",
-    )  # fmt: skip
+        prompt="make the sky stormy",
+        images=[b"a", b"b"],
+        mask=b"m",
+        n=1,
+        size="1024x1024",
+        quality="high",
+        input_fidelity="high",
+    )
     first, second, mask = _input(), _input(fmt="JPEG", name="b.jpg"), _mask()
     prepared = await oa.upload_inputs(req, [first, second], mask)
     assert prepared.digests == [first.sha256, second.sha256]
@@ -440,27 +451,36 @@ async def test_429_retry_after_seconds_when_no_ms_header(
     [
         (
             429,
-            {"message": "You exceeded your current quota", "type": "insufficient_quota",
-             "code": "insufficient_quota"},
+            {
+                "message": "You exceeded your current quota",
+                "type": "insufficient_quota",
+                "code": "insufficient_quota",
+            },
             InsufficientCredits,
         ),
         (
             400,
-            {"message": "Your request was rejected by the safety system.",
-             "type": "image_generation_user_error", "code": "moderation_blocked"},
+            {
+                "message": "Your request was rejected by the safety system.",
+                "type": "image_generation_user_error",
+                "code": "moderation_blocked",
+            },
             ContentRejected,
         ),
         (
             400,
-            {"message": "Billing hard limit has been reached", "type": "invalid_request_error",
-             "code": "billing_hard_limit_reached"},
+            {
+                "message": "Billing hard limit has been reached",
+                "type": "invalid_request_error",
+                "code": "billing_hard_limit_reached",
+            },
             InsufficientCredits,
         ),
         (403, {"message": "organization must be verified", "type": "invalid_request"}, AuthError),
         (500, {"message": "The server had an error", "type": "server_error"}, ServerError),
         (503, {"message": "overloaded", "type": "server_error"}, ServerError),
     ],
-)  # fmt: skip
+)
 async def test_error_answers_map_to_typed_errors(
     mock: respx.MockRouter,
     oa: OpenAIProvider,
@@ -479,9 +499,15 @@ async def test_400_invalid_value_names_the_param(
 ) -> None:
     mock.post("/images/generations").respond(
         400,
-        json={"error": {"message": "Invalid size '512x256'", "type": "invalid_request_error",
-                        "code": "invalid_value", "param": "size"}},
-    )  # fmt: skip
+        json={
+            "error": {
+                "message": "Invalid size '512x256'",
+                "type": "invalid_request_error",
+                "code": "invalid_value",
+                "param": "size",
+            }
+        },
+    )
     with pytest.raises(InvalidRequest) as info:
         await oa.submit(ImageRequest(prompt="hi"), None, IDEM)
     assert info.value.field == "size"

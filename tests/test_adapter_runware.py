@@ -170,11 +170,17 @@ async def test_sync_delivery_returns_a_finished_job(mock: respx.MockRouter) -> N
         200,
         json={
             "data": [
-                {"taskType": "imageInference", "taskUUID": tid, "imageUUID": "i1",
-                 "imageURL": "https://im.runware.ai/a.png", "seed": 11, "cost": 0.04},
+                {
+                    "taskType": "imageInference",
+                    "taskUUID": tid,
+                    "imageUUID": "i1",
+                    "imageURL": "https://im.runware.ai/a.png",
+                    "seed": 11,
+                    "cost": 0.04,
+                },
             ]
         },
-    )  # fmt: skip
+    )
     job = await rw.submit(ImageRequest(prompt="hi", output_format="png"), None, "k")
     assert _sent(route)[0]["deliveryMethod"] == "sync"
     assert job.status is not None and job.status.state is JobState.SUCCEEDED
@@ -289,11 +295,17 @@ async def test_poll_success_items_give_outputs_seeds_and_summed_cost(
     job = _job(rw)
     tid = job.job_id
     items = [
-        {"taskType": "imageInference", "taskUUID": tid, "imageUUID": f"i{i}",
-         "imageURL": f"https://im.runware.ai/{i}.png", "seed": 100 + i, "cost": 0.04,
-         "status": "success"}
+        {
+            "taskType": "imageInference",
+            "taskUUID": tid,
+            "imageUUID": f"i{i}",
+            "imageURL": f"https://im.runware.ai/{i}.png",
+            "seed": 100 + i,
+            "cost": 0.04,
+            "status": "success",
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     mock.post(URL).respond(200, json={"data": items})
     status = await rw.poll(job)
     assert status.state is JobState.SUCCEEDED
@@ -313,8 +325,13 @@ async def test_an_expired_url_is_asked_for_again_and_lost_only_if_the_api_repeat
     job = _job(rw, n=1)
     old = "https://im.runware.ai/0.png?sig=old"
     new = "https://im.runware.ai/0.png?sig=new" if reissued else old
-    item = {"taskType": "imageInference", "taskUUID": job.job_id, "imageUUID": "i0",
-            "imageURL": new, "status": "success"}  # fmt: skip
+    item = {
+        "taskType": "imageInference",
+        "taskUUID": job.job_id,
+        "imageUUID": "i0",
+        "imageURL": new,
+        "status": "success",
+    }
     mock.post(URL).respond(200, json={"data": [item]})
     if reissued:
         fresh = await rw.refresh_output(job, OutputRef(index=0, url=old))

@@ -82,13 +82,23 @@ def _job() -> Job:
     [
         (
             ImageRequest(prompt="a cat", n=2, size="16:9", resolution="4K", quality="medium"),
-            {"prompt": "a cat", "aspect_ratio": "16:9", "resolution": "4K", "quality": "medium",
-             "num_images": 2},
+            {
+                "prompt": "a cat",
+                "aspect_ratio": "16:9",
+                "resolution": "4K",
+                "quality": "medium",
+                "num_images": 2,
+            },
         ),
         (
             ImageRequest(prompt="a cat", size="1536x1024", output_format="webp"),
-            {"prompt": "a cat", "aspect_ratio": "3:2", "resolution": "2K", "num_images": 1,
-             "output_format": "webp"},
+            {
+                "prompt": "a cat",
+                "aspect_ratio": "3:2",
+                "resolution": "2K",
+                "num_images": 1,
+                "output_format": "webp",
+            },
         ),
         (
             ImageRequest(prompt="a cat", size="1024x1024"),
@@ -96,7 +106,7 @@ def _job() -> Job:
         ),
         (ImageRequest(prompt="a cat"), {"prompt": "a cat", "num_images": 1}),
     ],
-)  # fmt: skip
+)
 async def test_submit_sends_json_with_ratio_and_tier(
     mock: respx.MockRouter,
     sv: SkillsVideoProvider,
@@ -190,10 +200,15 @@ async def test_poll_completed_reads_images(
     mock: respx.MockRouter, sv: SkillsVideoProvider, raw: str
 ) -> None:
     images = [
-        {"url": f"https://cdn.skills.video/{i}.png", "file_name": f"{i}.png",
-         "content_type": "image/png", "width": 1024, "height": 768}
+        {
+            "url": f"https://cdn.skills.video/{i}.png",
+            "file_name": f"{i}.png",
+            "content_type": "image/png",
+            "width": 1024,
+            "height": 768,
+        }
         for i in range(2)
-    ]  # fmt: skip
+    ]
     mock.get(f"{BASE}/v1/generation/gen_123").respond(
         200,
         json=_accepted(
@@ -256,7 +271,7 @@ async def test_poll_failed_reads_code_and_message(
         (400, {}, {"error": {"code": "invalid_prompt", "message": "empty"}}, InvalidRequest),
         (500, {}, {"message": "boom"}, ServerError),
     ],
-)  # fmt: skip
+)
 async def test_http_errors_are_typed(
     mock: respx.MockRouter,
     sv: SkillsVideoProvider,

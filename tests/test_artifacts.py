@@ -35,8 +35,13 @@ async def latest(key: str) -> dict[str, Any]:
 async def test_every_image_is_shown_as_a_thumbnail_with_prompt_provider_size_and_cost(
     archive_dir: Path,
 ) -> None:
-    await generate_images(prompt="artifact: a teapot | on a table", n=2, provider="offline",
-                          archive=str(archive_dir), size="512x256")  # fmt: skip
+    await generate_images(
+        prompt="artifact: a teapot | on a table",
+        n=2,
+        provider="offline",
+        archive=str(archive_dir),
+        size="512x256",
+    )
     body = (await latest("generate-images"))["data"]
     thumbs = thumbnails(body)
     assert len(thumbs) == 2
@@ -52,9 +57,12 @@ async def test_every_image_is_shown_as_a_thumbnail_with_prompt_provider_size_and
 
 async def test_an_edit_is_shown_beside_its_source(archive_dir: Path) -> None:
     result = await generate_edit_archive(
-        prompt="artifact: a harbour", edit_prompt="artifact: add boats", provider="offline",
-        archive=str(archive_dir), size="128x128",
-    )  # fmt: skip
+        prompt="artifact: a harbour",
+        edit_prompt="artifact: add boats",
+        provider="offline",
+        archive=str(archive_dir),
+        size="128x128",
+    )
     body = (await latest("generate-edit-archive"))["data"]
     [generated_row, edited_row] = [line for line in body.splitlines() if "base64," in line]
     assert generated_row.count("base64,") == 1
@@ -69,8 +77,9 @@ async def test_s3_images_get_a_presigned_link_that_says_when_it_expires(
 ) -> None:
     basepath, options = s3_archive
     block = ImageArchive(basepath=basepath, storage_options=options, link_expiry_seconds=3600)
-    [image] = await generate_images(prompt="artifact: s3 lighthouse", provider="offline",
-                                    archive=block, size="128x128")  # fmt: skip
+    [image] = await generate_images(
+        prompt="artifact: s3 lighthouse", provider="offline", archive=block, size="128x128"
+    )
     body = (await latest("generate-images"))["data"]
     assert len(thumbnails(body)) == 1
     [url] = re.findall(r"\[open\]\((http[^)]+)\) \(link expires [0-9-]+ [0-9:]+ UTC\)", body)
@@ -83,8 +92,9 @@ async def test_s3_images_get_a_presigned_link_that_says_when_it_expires(
 
 async def test_a_public_base_url_gives_permanent_links(archive_dir: Path) -> None:
     block = ImageArchive(basepath=str(archive_dir), public_base_url="https://cdn.example.com/img/")
-    [image] = await generate_images(prompt="artifact: cdn", provider="offline", archive=block,
-                                    size="128x128")  # fmt: skip
+    [image] = await generate_images(
+        prompt="artifact: cdn", provider="offline", archive=block, size="128x128"
+    )
     body = (await latest("generate-images"))["data"]
     rel = Path(image.uri).relative_to(archive_dir).as_posix()
     assert f"[open](https://cdn.example.com/img/{rel})" in body and "expires" not in body
@@ -98,11 +108,15 @@ async def test_a_large_batch_is_a_gallery_in_row_order_split_into_keyed_pages(
     monkeypatch.setattr(shown, "PAGE_ROWS", 3)
     prompts = [f"gallery row {i}" for i in range(7)] + ["bad size row"]
     rows: list[Any] = [*prompts[:7], {"prompt": prompts[7], "size": "100x100"}]
-    result = await batch_generate(prompts=rows, provider="offline", archive=str(archive_dir),
-                                  size="128x128")  # fmt: skip
+    result = await batch_generate(
+        prompts=rows, provider="offline", archive=str(archive_dir), size="128x128"
+    )
     assert len(result.images) == 7 and len(result.failures) == 1
-    pages = [await latest("batch-generate"), await latest("batch-generate-page-2"),
-             await latest("batch-generate-page-3")]  # fmt: skip
+    pages = [
+        await latest("batch-generate"),
+        await latest("batch-generate-page-2"),
+        await latest("batch-generate-page-3"),
+    ]
     assert [len(thumbnails(p["data"])) for p in pages] == [3, 3, 1]
     assert "(page 1 of 3)" in pages[0]["data"] and "(page 3 of 3)" in pages[2]["data"]
     order = [int(n) for p in pages for n in re.findall(r"!\[row (\d+)\]", p["data"])]

@@ -95,9 +95,13 @@ def gen(provider: str, *, creds: dict[str, Any] | None = None, **kw: Any) -> Run
 def edit(provider: str, image: str, mask: str | None = None, **kw: Any) -> Runner:
     async def run(c: Ctx) -> Any:
         return await edit_image(
-            image=c.source(image), mask=c.source(mask) if mask else None, prompt="add a moon",
-            provider=c.provider(provider, None), archive=c.archive, **kw,
-        )  # fmt: skip
+            image=c.source(image),
+            mask=c.source(mask) if mask else None,
+            prompt="add a moon",
+            provider=c.provider(provider, None),
+            archive=c.archive,
+            **kw,
+        )
 
     return run
 
@@ -123,9 +127,12 @@ def batch(
         else:
             source = prompts
         return await batch_generate(
-            prompts=source, provider=c.provider(provider, creds), archive=c.archive,
-            concurrency=1, **kw,
-        )  # fmt: skip
+            prompts=source,
+            provider=c.provider(provider, creds),
+            archive=c.archive,
+            concurrency=1,
+            **kw,
+        )
 
     return run
 
@@ -813,9 +820,11 @@ async def test_a_rerun_after_a_malformed_submit_answer_does_not_pay_again(
     checks there was exactly one submission; this checks a re-run keeps it at one, as the
     README's "Never paying twice" promises (poll it, or stop with SubmitUncertain)."""
     kw: dict[str, Any] = {
-        "prompt": PROMPT, "provider": provider_block(provider), "archive": str(archive_dir),
+        "prompt": PROMPT,
+        "provider": provider_block(provider),
+        "archive": str(archive_dir),
         "size": "256x256",
-    }  # fmt: skip
+    }
     emulator.force("malformed_json", provider=provider)
     with pytest.raises(MalformedResponse):
         await generate_images(**kw)

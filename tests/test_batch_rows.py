@@ -128,9 +128,12 @@ async def test_a_strict_batch_with_a_failed_row_fails_its_run_after_archiving_ev
 
     rows: list[Any] = ["a good row", {"prompt": "a bad size", "size": "100x100"}, "another"]
     state = await batch_generate(
-        prompts=rows, archive=str(archive_dir), size="256x256", fail_on_row_failure=True,
+        prompts=rows,
+        archive=str(archive_dir),
+        size="256x256",
+        fail_on_row_failure=True,
         return_state=True,
-    )  # fmt: skip
+    )
     assert state.is_failed(), state
     with pytest.raises(RowsFailed, match=r"1 of 3 row\(s\) failed .* 2 image\(s\) made"):
         await state.result()

@@ -49,8 +49,11 @@ async def test_prefect_block_register_finds_every_block() -> None:
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     done = subprocess.run(
         [sys.executable, "-m", "prefect", "block", "register", "-m", "gptimg_flows"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     async with get_client() as client:
         for block in ALL_BLOCKS:

@@ -51,10 +51,13 @@ async def test_the_pipeline_artifact_shows_both_images_and_the_edits_source(
     api_url = cli_server["PREFECT_API_URL"]
     with temporary_settings({PREFECT_API_URL: api_url}):
         result = await generate_edit_archive(
-            prompt="browser: a lighthouse at dawn", edit_prompt="browser: add a storm",
-            provider="offline", mask=_mask(tmp_path / "mask.png"),
-            archive=str(tmp_path / "archive"), size="256x256",
-        )  # fmt: skip
+            prompt="browser: a lighthouse at dawn",
+            edit_prompt="browser: add a storm",
+            provider="offline",
+            mask=_mask(tmp_path / "mask.png"),
+            archive=str(tmp_path / "archive"),
+            size="256x256",
+        )
     artifact_id = latest_artifact_id(api_url, "generate-edit-archive")
     async with launch_browser() as browser:
         page = await new_page(browser)
@@ -69,10 +72,15 @@ async def test_the_pipeline_artifact_shows_both_images_and_the_edits_source(
 
 async def _paused_run(api_url: str, env: dict[str, str], prompt: str) -> str:
     for _ in range(600):
-        runs = api(env, "POST", "/flow_runs/filter", {
-            "flows": {"name": {"any_": ["generate-edit-archive"]}},
-            "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
-        })  # fmt: skip
+        runs = api(
+            env,
+            "POST",
+            "/flow_runs/filter",
+            {
+                "flows": {"name": {"any_": ["generate-edit-archive"]}},
+                "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}},
+            },
+        )
         runs = [r for r in runs if r["parameters"].get("prompt") == prompt]
         if runs:
             return str(runs[0]["id"])
@@ -87,11 +95,17 @@ async def test_a_person_approves_one_candidate_in_the_resume_form_and_only_it_is
     env = cli_server
     api_url = env["PREFECT_API_URL"]
     with temporary_settings({PREFECT_API_URL: api_url}):
-        running: asyncio.Future[Any] = asyncio.ensure_future(generate_edit_archive(
-            prompt=f"browser review ({ui}): a red kite", edit_prompt="browser review: add a cloud",
-            provider="offline", archive=str(tmp_path / "archive"), size="256x256", n=2,
-            review=True,
-        ))  # fmt: skip
+        running: asyncio.Future[Any] = asyncio.ensure_future(
+            generate_edit_archive(
+                prompt=f"browser review ({ui}): a red kite",
+                edit_prompt="browser review: add a cloud",
+                provider="offline",
+                archive=str(tmp_path / "archive"),
+                size="256x256",
+                n=2,
+                review=True,
+            )
+        )
         try:
             run_id = await _paused_run(api_url, env, f"browser review ({ui}): a red kite")
             await asyncio.to_thread(wait_for_resume_form, api_url, run_id)

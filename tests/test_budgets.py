@@ -54,19 +54,31 @@ async def test_a_run_over_its_budget_is_refused_before_any_provider_call(
 ) -> None:
     with pytest.raises(BudgetExceeded, match=r"max_cost=25 credits.*estimated at 30 credits"):
         await generate_images(
-            prompt="a kite", provider=provider_block("gptimage2ai"), archive=str(archive_dir),
-            n=3, size="1:1", max_cost=25,
-        )  # fmt: skip
+            prompt="a kite",
+            provider=provider_block("gptimage2ai"),
+            archive=str(archive_dir),
+            n=3,
+            size="1:1",
+            max_cost=25,
+        )
     with pytest.raises(BudgetExceeded, match=r"max_cost=15 credits"):
         await generate_edit_archive(  # 10 to generate + 10 to edit: refused before the first
-            prompt="a kite", edit_prompt="add a moon", provider=provider_block("gptimage2ai"),
-            archive=str(archive_dir), size="1:1", max_cost=15,
-        )  # fmt: skip
+            prompt="a kite",
+            edit_prompt="add a moon",
+            provider=provider_block("gptimage2ai"),
+            archive=str(archive_dir),
+            size="1:1",
+            max_cost=15,
+        )
     assert emulator.ledger()["requests"] == {}, "a refused run reached the provider"
     ok = await generate_images(
-        prompt="a kite", provider=provider_block("gptimage2ai"), archive=str(archive_dir),
-        n=3, size="1:1", max_cost=30,
-    )  # fmt: skip
+        prompt="a kite",
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        n=3,
+        size="1:1",
+        max_cost=30,
+    )
     assert len(ok) == 3 and ledger_credits(emulator, "gptimage2ai") == 30
 
 
@@ -75,9 +87,12 @@ async def test_a_budget_with_no_price_refuses_and_says_how_to_set_one(
 ) -> None:
     with pytest.raises(BudgetExceeded, match=r"set price_per_image \(in cu\) on its credentials"):
         await batch_generate(
-            prompts=["a kite"], provider=provider_block("scenario"), archive=str(archive_dir),
-            size="256x256", max_cost=100,
-        )  # fmt: skip
+            prompts=["a kite"],
+            provider=provider_block("scenario"),
+            archive=str(archive_dir),
+            size="256x256",
+            max_cost=100,
+        )
     assert emulator.ledger()["requests"] == {}
 
 
@@ -86,18 +101,26 @@ async def test_a_batch_stops_submitting_at_its_budget(
 ) -> None:
     prompts = [f"kite number {i}" for i in range(7)]
     result: BatchResult = await batch_generate(
-        prompts=prompts, provider=provider_block("gptimage2ai"), archive=str(archive_dir),
-        size="1:1", concurrency=3, max_cost=45,
-    )  # fmt: skip
+        prompts=prompts,
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        size="1:1",
+        concurrency=3,
+        max_cost=45,
+    )
     assert len(result.images) == 4, "4 x 10 credits fit in 45, a fifth would not"
     assert [f.error_type for f in result.failures] == ["BudgetExceeded"] * 3
     assert ledger_credits(emulator, "gptimage2ai") == 40 <= 45
     assert result.cost == {"credits": 40.0}
     # A re-run answers the 4 from the archive (free) and pays for 4 more within a new budget.
     again: BatchResult = await batch_generate(
-        prompts=prompts, provider=provider_block("gptimage2ai"), archive=str(archive_dir),
-        size="1:1", concurrency=3, max_cost=30,
-    )  # fmt: skip
+        prompts=prompts,
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        size="1:1",
+        concurrency=3,
+        max_cost=30,
+    )
     assert len(again.images) == 7 and again.cost == {"credits": 30.0}
     assert ledger_credits(emulator, "gptimage2ai") == 70
 
@@ -117,9 +140,12 @@ async def test_a_daily_spend_limit_holds_across_two_runs_at_once(
 
     async def one(run: int) -> BatchResult:
         result: BatchResult = await batch_generate(
-            prompts=[f"run {run} kite {i}" for i in range(4)], provider=block,
-            archive=str(archive_dir), size="1:1", concurrency=4,
-        )  # fmt: skip
+            prompts=[f"run {run} kite {i}" for i in range(4)],
+            provider=block,
+            archive=str(archive_dir),
+            size="1:1",
+            concurrency=4,
+        )
         return result
 
     first, second = await asyncio.gather(one(1), one(2))

@@ -48,8 +48,10 @@ SIZES = {"scenario": "256x256", "gptimage2ai": "1:1"}
 
 
 async def _flow_run_id_of_last_batch() -> str:
-    runs = await api_post("/flow_runs/filter", {"sort": "START_TIME_DESC", "limit": 1,
-                          "flows": {"name": {"any_": ["batch-generate"]}}})  # fmt: skip
+    runs = await api_post(
+        "/flow_runs/filter",
+        {"sort": "START_TIME_DESC", "limit": 1, "flows": {"name": {"any_": ["batch-generate"]}}},
+    )
     return str(runs[0]["id"])
 
 
@@ -61,11 +63,16 @@ async def test_chaos_batch_archives_every_image_whose_job_did_not_fail_and_pays_
     prompts = [f"chaos {provider} {i}" for i in range(N)]
     started = time.monotonic()
     result = await asyncio.wait_for(
-        batch_generate(prompts=prompts, provider=provider_block(provider, retries=RETRIES),
-                       archive=str(archive_dir), concurrency=25, size=SIZES[provider],
-                       timeout_seconds=120),
+        batch_generate(
+            prompts=prompts,
+            provider=provider_block(provider, retries=RETRIES),
+            archive=str(archive_dir),
+            concurrency=25,
+            size=SIZES[provider],
+            timeout_seconds=120,
+        ),
         timeout=DEADLINE,
-    )  # fmt: skip
+    )
     elapsed = time.monotonic() - started
     ledger = emulator.ledger()
     faults = Counter(f["kind"] for f in ledger["faults"] if f["provider"] == provider)
@@ -112,8 +119,9 @@ async def test_chaos_batch_archives_every_image_whose_job_did_not_fail_and_pays_
     price = PRICE_PER_IMAGE[provider]
     charged_jobs = N - (len(failed_jobs) if REFUNDS_FAILED_JOBS[provider] else 0)
     assert ledger["credits"][provider] == pytest.approx(price * charged_jobs)
-    assert result.cost == {"cu" if provider == "scenario" else "credits":
-                           pytest.approx(price * len(result.images))}  # fmt: skip
+    assert result.cost == {
+        "cu" if provider == "scenario" else "credits": pytest.approx(price * len(result.images))
+    }
 
     # The run's artifact names each failed job.
     run_id = await _flow_run_id_of_last_batch()

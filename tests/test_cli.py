@@ -34,8 +34,12 @@ def gptimg(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
         [sys.executable, "-m", "gptimg_flows.cli", *args],
-        cwd=ROOT, env={**base, **(env or {})}, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _png(path: Path, size: tuple[int, int] = (256, 256)) -> Path:
@@ -62,9 +66,15 @@ def test_generate_prints_the_archived_path(archive_dir: Path) -> None:
 def test_edit_with_a_mask_records_the_input_as_parent(archive_dir: Path, tmp_path: Path) -> None:
     image, mask = _png(tmp_path / "in.png"), _sky_mask(tmp_path / "mask.png")
     done = gptimg(
-        "edit", str(image), "stormy sky", "--mask", str(mask), "--archive", str(archive_dir),
+        "edit",
+        str(image),
+        "stormy sky",
+        "--mask",
+        str(mask),
+        "--archive",
+        str(archive_dir),
         "--json",
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     (record,) = json.loads(done.stdout)
     assert Path(record["uri"]).is_file() and record["width"] == 256
@@ -110,8 +120,9 @@ def test_strict_batch_with_one_failed_item_exits_1_after_the_summary(
 ) -> None:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "a cat"}\n{"prompt": "a dog", "size": "banana"}\n')
-    done = gptimg("batch", str(prompts), "--size", "256x256", "--archive", str(archive_dir),
-                  "--strict")  # fmt: skip
+    done = gptimg(
+        "batch", str(prompts), "--size", "256x256", "--archive", str(archive_dir), "--strict"
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "failures" in done.stdout and len(list(archive_dir.glob("images/*/*.png"))) == 1
     assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: 1 of 2 item(s)")
@@ -163,8 +174,10 @@ def test_blocks_create_saves_blocks_without_printing_a_key_and_generate_uses_the
 ) -> None:
     prefix = f"cli{uuid.uuid4().hex[:8]}"
     fake = {"OPENAI_API_KEY": "sk-FAKE-cli-openai-a1b2c3"}
-    runware = {"RUNWARE_API_KEY": str(EMULATOR_KEYS["runware"]),
-               "RUNWARE_BASE_URL": emulator.base_url("runware")}  # fmt: skip
+    runware = {
+        "RUNWARE_API_KEY": str(EMULATOR_KEYS["runware"]),
+        "RUNWARE_BASE_URL": emulator.base_url("runware"),
+    }
     env = {**fake, **runware}
     args = ["blocks", "create", "--prefix", prefix, "--archive", str(archive_dir)]
     done = gptimg(*args, env=env)
@@ -180,8 +193,16 @@ def test_blocks_create_saves_blocks_without_printing_a_key_and_generate_uses_the
     assert again.stdout.count("unchanged") == 3
 
     # The saved blocks are what --provider and --archive name.
-    used = gptimg("generate", "a saved block", "--provider", f"{prefix}-runware",
-                  "--archive", f"{prefix}-archive", "--size", "256x256")  # fmt: skip
+    used = gptimg(
+        "generate",
+        "a saved block",
+        "--provider",
+        f"{prefix}-runware",
+        "--archive",
+        f"{prefix}-archive",
+        "--size",
+        "256x256",
+    )
     assert used.returncode == 0, used.stderr
     assert used.stdout.startswith(str(archive_dir)) and "runware" in used.stdout
     assert len(emulator.ledger()["submissions"]) == 1
@@ -221,9 +242,13 @@ async def test_the_progress_bar_follows_the_flow_as_items_finish(
 
     monkeypatch.setattr(OfflineProvider, "submit", slow)
     monkeypatch.setattr(Progress, "update", update)
-    kwargs = {"prompts": [f"slow item {i} {uuid.uuid4().hex}" for i in range(3)],
-              "provider": "offline", "archive": str(archive_dir), "concurrency": 1,
-              "size": "64x64"}  # fmt: skip
+    kwargs = {
+        "prompts": [f"slow item {i} {uuid.uuid4().hex}" for i in range(3)],
+        "provider": "offline",
+        "archive": str(archive_dir),
+        "concurrency": 1,
+        "size": "64x64",
+    }
     result, where = await _batch_with_progress(kwargs, total=3)
 
     assert len(result.images) == 3 and where == str(archive_dir)
@@ -251,9 +276,16 @@ def _flow_runs() -> int:
         (["batch", "{prompts}", "--template", "{{nom}}"], "prompt_template: no row has a column"),
         (["edit", "{image}", "x", "--size", "1000x1000"], "multiples of 16"),
     ],
-    ids=["archive-protocol", "timeout", "compression-png", "ratio", "prompt-file", "template",
-         "edit-size"],
-)  # fmt: skip
+    ids=[
+        "archive-protocol",
+        "timeout",
+        "compression-png",
+        "ratio",
+        "prompt-file",
+        "template",
+        "edit-size",
+    ],
+)
 def test_typos_are_refused_before_any_flow_run(
     args: list[str], expected: str, tmp_path: Path, archive_dir: Path
 ) -> None:
@@ -283,17 +315,23 @@ def test_batch_prints_each_rows_image_path_in_input_order(
     done = gptimg("batch", str(prompts), "--archive", str(archive_dir), "--concurrency", "3")
     assert done.returncode == 0, done.stderr
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith("row ")]
-    assert [(r[1], r[3]) for r in rows] == [("0", "(sku=A-1)"), ("1", "(sku=B-2)"),
-                                            ("2", "(sku=C-3)")]  # fmt: skip
+    assert [(r[1], r[3]) for r in rows] == [
+        ("0", "(sku=A-1)"),
+        ("1", "(sku=B-2)"),
+        ("2", "(sku=C-3)"),
+    ]
     for r in rows:
         assert Path(r[2]).is_file() and json.loads(Path(r[2]).with_suffix(".json").read_text())[
             "extra"
         ] == {"sku": r[3][5:-1]}
-    as_json = json.loads(gptimg("batch", str(prompts), "--archive", str(archive_dir),
-                                "--json").stdout)  # fmt: skip
+    as_json = json.loads(
+        gptimg("batch", str(prompts), "--archive", str(archive_dir), "--json").stdout
+    )
     assert [(i["row"], i["extra"]["sku"]) for i in as_json["images"]] == [
-        (0, "A-1"), (1, "B-2"), (2, "C-3"),
-    ]  # fmt: skip
+        (0, "A-1"),
+        (1, "B-2"),
+        (2, "C-3"),
+    ]
 
 
 async def test_estimate_and_dry_run_price_without_running_or_paying(
@@ -305,8 +343,9 @@ async def test_estimate_and_dry_run_price_without_running_or_paying(
     await OpenAIImageCredentials(
         api_key=str(EMULATOR_KEYS["openai"]), base_url=emulator.base_url("openai")
     ).asave(name)
-    one = gptimg("estimate", "a red kite", "-p", name, "--size", "1024x1536", "--quality",
-                 "medium", "--json")  # fmt: skip
+    one = gptimg(
+        "estimate", "a red kite", "-p", name, "--size", "1024x1536", "--quality", "medium", "--json"
+    )
     assert one.returncode == 0, one.stderr
     data = json.loads(one.stdout)
     assert data["basis"] == ["token table"]
@@ -314,8 +353,19 @@ async def test_estimate_and_dry_run_price_without_running_or_paying(
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a red kite"}\n{"prompt": "a blue kite", "n": 2}\n')
     before = _flow_runs()
-    dry = gptimg("batch", str(prompts), "-p", name, "--size", "1024x1024", "--quality", "low",
-                 "--archive", str(archive_dir), "--dry-run")  # fmt: skip
+    dry = gptimg(
+        "batch",
+        str(prompts),
+        "-p",
+        name,
+        "--size",
+        "1024x1024",
+        "--quality",
+        "low",
+        "--archive",
+        str(archive_dir),
+        "--dry-run",
+    )
     assert dry.returncode == 0, dry.stderr
     assert "for 2 request(s), 3 image(s); nothing was run or paid" in dry.stdout, dry.stdout
     assert "(token table)" in dry.stdout

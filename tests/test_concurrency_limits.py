@@ -32,9 +32,12 @@ async def test_global_limit_keeps_running_jobs_within_the_providers_limit(
     emulator.configure(latency=0.6, max_concurrent_jobs=k)
     block = provider_block("runware", concurrency_limit=await _limit(k))
     result = await batch_generate(
-        prompts=[f"limited {i}" for i in range(8)], provider=block, archive=str(archive_dir),
-        concurrency=8, size="256x256",
-    )  # fmt: skip
+        prompts=[f"limited {i}" for i in range(8)],
+        provider=block,
+        archive=str(archive_dir),
+        concurrency=8,
+        size="256x256",
+    )
     assert len(result.images) == 8 and not result.failures, result.failures
     ledger = emulator.ledger()
     assert ledger["peak_concurrent_jobs"]["runware"] == k, ledger["peak_concurrent_jobs"]
@@ -47,9 +50,12 @@ async def test_without_the_limit_the_provider_would_refuse(
     """The control case: the same batch with no limit meets the provider's 429s."""
     emulator.configure(latency=0.6, max_concurrent_jobs=2)
     await batch_generate(
-        prompts=[f"unlimited {i}" for i in range(8)], provider=provider_block("runware"),
-        archive=str(archive_dir), concurrency=8, size="256x256",
-    )  # fmt: skip
+        prompts=[f"unlimited {i}" for i in range(8)],
+        provider=provider_block("runware"),
+        archive=str(archive_dir),
+        concurrency=8,
+        size="256x256",
+    )
     assert emulator.ledger()["rejected"]["runware"].get("429", 0) > 0
 
 

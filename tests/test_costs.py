@@ -13,8 +13,12 @@ from gptimg_flows.spend.prices import TokenPrices, output_tokens, token_estimate
 def test_the_issues_example_1024x1536_medium_is_about_0_048_usd() -> None:
     out = output_tokens("medium", 1024, 1536)
     assert out == 1584
-    usage = {"input_tokens": 12, "output_tokens": out, "total_tokens": 12 + out,
-             "input_tokens_details": {"text_tokens": 12, "image_tokens": 0}}  # fmt: skip
+    usage = {
+        "input_tokens": 12,
+        "output_tokens": out,
+        "total_tokens": 12 + out,
+        "input_tokens_details": {"text_tokens": 12, "image_tokens": 0},
+    }
     assert usage_cost(usage) == pytest.approx(0.04758, abs=1e-6)
 
 
@@ -46,8 +50,11 @@ def test_estimates_say_their_basis() -> None:
     assert oa.price(edit).amount == pytest.approx((1 * 5 + 2 * 323 * 8 + 272 * 30) / 1e6)
 
     assert GptImage2AIProvider("k").price(ImageRequest(prompt="x", n=3)).model_dump() == {
-        "amount": 30.0, "unit": "credits", "basis": "documented price", "note": "",
-    }  # fmt: skip
+        "amount": 30.0,
+        "unit": "credits",
+        "basis": "documented price",
+        "note": "",
+    }
     assert OfflineProvider().price(ImageRequest(prompt="x")).amount == 0.0
     scenario = ScenarioProvider("k", "s")
     unknown = scenario.price(ImageRequest(prompt="x"))
@@ -55,8 +62,11 @@ def test_estimates_say_their_basis() -> None:
     assert "set price_per_image (in cu) on its credentials block" in unknown.note
     scenario.price_per_image = 4.5
     assert scenario.price(ImageRequest(prompt="x", n=2)).model_dump() == {
-        "amount": 9.0, "unit": "cu", "basis": "block-set price", "note": "",
-    }  # fmt: skip
+        "amount": 9.0,
+        "unit": "cu",
+        "basis": "block-set price",
+        "note": "",
+    }
 
 
 def test_batch_files_are_split_at_openais_limits() -> None:

@@ -42,8 +42,11 @@ def _kill_9_flow_process(spec: dict[str, Any], when: Callable[[], None]) -> None
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         when()
         os.kill(proc.pid, signal.SIGKILL)
@@ -61,16 +64,21 @@ async def test_kill_9_after_submit_then_rerun_polls_the_recorded_job(
     emulator.configure(latency=4.0)
     block = provider_block(name)
     kwargs = {"prompt": "a lighthouse in fog", "archive": str(archive_dir), "size": "256x256"}
-    spec = {"flow": "generate_images", "provider": name, "block": _block_fields(block),
-            "kwargs": kwargs}  # fmt: skip
+    spec = {
+        "flow": "generate_images",
+        "provider": name,
+        "block": _block_fields(block),
+        "kwargs": kwargs,
+    }
 
     def paid_and_recorded() -> None:
         _wait_for(lambda: emulator.ledger()["submissions"], 90, "the paid submission")
         # The record is written as soon as the answer arrives; give it that moment.
         _wait_for(
             lambda: any("submitted" in p.read_text() for p in archive_dir.glob("_jobs/*.json")),
-            5, "the job record",
-        )  # fmt: skip
+            5,
+            "the job record",
+        )
 
     _kill_9_flow_process(spec, when=paid_and_recorded)
     assert not list(archive_dir.glob("images/*/*.png")), "the first run must die before archiving"
@@ -97,17 +105,31 @@ async def test_kill_9_mid_batch_then_rerun_finishes_and_pays_nothing_twice(
     emulator.configure(latency=1.5, render_mode="stamp")
     block = provider_block(name)
     prompts = [f"crash batch {name} {i}" for i in range(total)]
-    kwargs: dict[str, Any] = {"prompts": prompts, "archive": str(archive_dir), "concurrency": 8,
-                              "size": "256x256"}  # fmt: skip
+    kwargs: dict[str, Any] = {
+        "prompts": prompts,
+        "archive": str(archive_dir),
+        "concurrency": 8,
+        "size": "256x256",
+    }
     if name == "runware":
         kwargs["output_format"] = "png"  # Runware's default is JPEG; Scenario's is PNG
-    spec = {"flow": "batch_generate", "provider": name, "block": _block_fields(block),
-            "kwargs": kwargs}  # fmt: skip
-    _kill_9_flow_process(spec, when=lambda: _wait_for(
-        lambda: len(list(archive_dir.glob("images/*/*.png"))) >= 4
-        and len(emulator.ledger()["submissions"]) >= 12,
-        120, "a batch half done",
-    ))  # fmt: skip
+    spec = {
+        "flow": "batch_generate",
+        "provider": name,
+        "block": _block_fields(block),
+        "kwargs": kwargs,
+    }
+    _kill_9_flow_process(
+        spec,
+        when=lambda: _wait_for(
+            lambda: (
+                len(list(archive_dir.glob("images/*/*.png"))) >= 4
+                and len(emulator.ledger()["submissions"]) >= 12
+            ),
+            120,
+            "a batch half done",
+        ),
+    )
     paid_before = len(emulator.ledger()["submissions"])
     archived_before = len(list(archive_dir.glob("images/*/*.png")))
     assert 4 <= archived_before < total and paid_before < total, (archived_before, paid_before)
@@ -138,16 +160,27 @@ async def test_kill_9_while_an_openai_batch_runs_then_rerun_collects_the_one_bat
     emulator.configure(latency=6.0)
     block = provider_block("openai")
     prompts = [f"batch kite {i}" for i in range(20)]
-    kwargs = {"prompts": prompts, "archive": str(archive_dir), "size": "256x256",
-              "quality": "low", "batch_api": True, "batch_poll_seconds": 0.5}  # fmt: skip
-    spec = {"flow": "batch_generate", "provider": "openai", "block": _block_fields(block),
-            "kwargs": kwargs}  # fmt: skip
+    kwargs = {
+        "prompts": prompts,
+        "archive": str(archive_dir),
+        "size": "256x256",
+        "quality": "low",
+        "batch_api": True,
+        "batch_poll_seconds": 0.5,
+    }
+    spec = {
+        "flow": "batch_generate",
+        "provider": "openai",
+        "block": _block_fields(block),
+        "kwargs": kwargs,
+    }
 
     def batch_created() -> None:
         _wait_for(
             lambda: any('"created"' in p.read_text() for p in archive_dir.glob("_batches/*.json")),
-            90, "the batch record",
-        )  # fmt: skip
+            90,
+            "the batch record",
+        )
 
     _kill_9_flow_process(spec, when=batch_created)
     assert len(emulator.ledger()["batches"]) == 1

@@ -49,13 +49,27 @@ def _run_flows(env: dict[str, str], runs: dict[str, dict[str, Any]], cwd: Path) 
     ids = []
     for name, params in runs.items():
         deployment = api(env, "GET", f"/deployments/name/{name.split('#')[0]}")
-        created = api(env, "POST", f"/deployments/{deployment['id']}/create_flow_run",
-                      {"parameters": params})  # fmt: skip
+        created = api(
+            env, "POST", f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params}
+        )
         ids.append(created["id"])
     worker = subprocess.run(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-         "--run-once"], env=env, cwd=cwd, capture_output=True, text=True, timeout=420,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            "gptimg-process",
+            "--run-once",
+        ],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=420,
+    )
     deadline = time.monotonic() + 60
     while True:
         found = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
@@ -186,8 +200,11 @@ def test_schedule_of_the_daily_deployment(cli_server: dict[str, str]) -> None:
         "limit": 5,
     }
     deadline = time.monotonic() + 120
-    while not (runs := [r for r in api(cli_server, "POST", "/flow_runs/filter", body)
-                        if r["auto_scheduled"]]):  # fmt: skip
+    while not (
+        runs := [
+            r for r in api(cli_server, "POST", "/flow_runs/filter", body) if r["auto_scheduled"]
+        ]
+    ):
         assert time.monotonic() < deadline, "the scheduler made no run of daily-content"
         time.sleep(1)
     first = datetime.fromisoformat(min(r["expected_start_time"] for r in runs))

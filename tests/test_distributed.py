@@ -42,7 +42,7 @@ from .support.cluster import (
     save_provider,
     start_parent,
     wait_for_run,
-)  # fmt: skip
+)
 from .support.postgres import postgres_server
 from .support.prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
 
@@ -121,9 +121,12 @@ async def test_refused_before_any_chunk_run(
     provider = await save_provider(cluster, emulator)
     archive = tmp_path / "archive"
     base: dict[str, Any] = dict(
-        prompts=[f"refused {i}" for i in range(10)], provider=provider, archive=str(archive),
-        chunk_size=4, **IMAGE,
-    )  # fmt: skip
+        prompts=[f"refused {i}" for i in range(10)],
+        provider=provider,
+        archive=str(archive),
+        chunk_size=4,
+        **IMAGE,
+    )
     with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
         with pytest.raises(BudgetExceeded, match=r"estimated at 0\.4 usd"):
             await distributed_batch(**base, max_cost=0.39)
@@ -150,9 +153,14 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     prompts.append({"prompt": "a FORBIDDEN poster", "sku": "moderated"})
     prompts.append({"prompt": "a size Runware refuses", "size": "100x100", "sku": "bad"})
     params: dict[str, Any] = dict(
-        prompts=prompts, provider=provider, archive=str(archive), chunk_size=50,
-        concurrency=10, max_cost=301 * PRICE, **IMAGE,
-    )  # fmt: skip
+        prompts=prompts,
+        provider=provider,
+        archive=str(archive),
+        chunk_size=50,
+        concurrency=10,
+        max_cost=301 * PRICE,
+        **IMAGE,
+    )
     failed = [
         (300, "ContentRejected", {"sku": "moderated"}),
         (301, "InvalidRequest", {"sku": "bad"}),
@@ -264,9 +272,15 @@ async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_
     archive = tmp_path / "archive"
     prompts = [f"crash-test prompt {i}" for i in range(300)]
     params: dict[str, Any] = dict(
-        prompts=prompts, provider=provider, archive=str(archive), chunk_size=50, concurrency=50,
-        max_cost=300 * PRICE, lost_after_seconds=LOST_AFTER, **IMAGE,
-    )  # fmt: skip
+        prompts=prompts,
+        provider=provider,
+        archive=str(archive),
+        chunk_size=50,
+        concurrency=50,
+        max_cost=300 * PRICE,
+        lost_after_seconds=LOST_AFTER,
+        **IMAGE,
+    )
     started = time.monotonic()
     with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
         first = asyncio.create_task(distributed_batch(**params))
@@ -324,5 +338,7 @@ async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_
     assert len(runs) == 6 + len(doomed), sorted(r["name"] for r in runs.values())
     states = Counter(r["state_type"] for r in runs.values())
     assert states == {"COMPLETED": 6, "CRASHED": len(doomed)}, states
-    print(f"kill -9 of {victim} at {killed_at:.1f} s ({len(doomed)} chunk run(s) lost); "
-          f"batch done at {total:.1f} s")  # fmt: skip
+    print(
+        f"kill -9 of {victim} at {killed_at:.1f} s ({len(doomed)} chunk run(s) lost); "
+        f"batch done at {total:.1f} s"
+    )

@@ -19,9 +19,12 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 def printed_env(port: int) -> dict[str, str]:
     done = subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.testing.emulator", "--port", str(port),
-         "--print-env"], capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        [sys.executable, "-m", "gptimg_flows.testing.emulator", "--port", str(port), "--print-env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     env = {}
     for line in done.stdout.splitlines():
         assert line.startswith("export "), line

@@ -58,9 +58,13 @@ async def test_generate_edit_archive_keeps_unmasked_pixels_and_records_lineage(
 ) -> None:
     mask = _mask(tmp_path / "mask.png", (512, 512), editable_rows=200)
     result = await generate_edit_archive(
-        prompt="poster of a lighthouse at dawn", edit_prompt="replace the sky with a storm",
-        provider="offline", mask=mask, archive=str(archive_dir), size="512x512",
-    )  # fmt: skip
+        prompt="poster of a lighthouse at dawn",
+        edit_prompt="replace the sky with a storm",
+        provider="offline",
+        mask=mask,
+        archive=str(archive_dir),
+        size="512x512",
+    )
     gen, edited = result.generated[0], result.edited[0]
     before, after = _pixels(gen.uri), _pixels(edited.uri)
     assert (
@@ -109,9 +113,12 @@ async def test_mask_of_the_wrong_size_fails_before_any_submit(
     Image.new("RGB", (256, 256), (1, 2, 3)).save(image)
     with pytest.raises(InvalidRequest, match="mask is 128x128 but the image is 256x256"):
         await edit_image(
-            image=str(image), prompt="add a moon", provider="offline",
-            mask=_mask(tmp_path / "m.png", (128, 128), 10), archive=str(archive_dir),
-        )  # fmt: skip
+            image=str(image),
+            prompt="add a moon",
+            provider="offline",
+            mask=_mask(tmp_path / "m.png", (128, 128), 10),
+            archive=str(archive_dir),
+        )
     assert submits == []
     assert not (archive_dir / "_jobs").exists() or not list((archive_dir / "_jobs").iterdir())
 
@@ -119,9 +126,13 @@ async def test_mask_of_the_wrong_size_fails_before_any_submit(
 async def test_archive_to_s3_through_s3fs(s3_archive: tuple[str, dict[str, Any]]) -> None:
     basepath, options = s3_archive
     images = await generate_images(
-        prompt="a lighthouse", provider="offline", n=2, size="256x256", output_format="webp",
+        prompt="a lighthouse",
+        provider="offline",
+        n=2,
+        size="256x256",
+        output_format="webp",
         archive=ImageArchive(basepath=basepath, storage_options=options),
-    )  # fmt: skip
+    )
     fs = s3fs.S3FileSystem(**options)
     assert len(images) == 2
     for img in images:
@@ -149,9 +160,12 @@ async def test_batch_from_jsonl_reports_bad_lines_and_keeps_the_rest(
         )
     )
     result = await batch_generate(
-        prompts=str(prompts), provider="offline", archive=str(archive_dir), concurrency=3,
+        prompts=str(prompts),
+        provider="offline",
+        archive=str(archive_dir),
+        concurrency=3,
         size="128x128",
-    )  # fmt: skip
+    )
     assert [f.index for f in result.failures] == [1, 2]
     assert "prompt is empty" in result.failures[0].error
     assert "multiples of 16" in result.failures[1].error
@@ -174,9 +188,13 @@ async def test_archived_images_are_prefect_assets_with_lineage(
 ) -> None:
     mask = _mask(tmp_path / "mask.png", (128, 128), editable_rows=40)
     result = await generate_edit_archive(
-        prompt="lineage: a pier", edit_prompt="lineage: add gulls", provider="offline",
-        mask=mask, archive=str(archive_dir), size="128x128",
-    )  # fmt: skip
+        prompt="lineage: a pier",
+        edit_prompt="lineage: add gulls",
+        provider="offline",
+        mask=mask,
+        archive=str(archive_dir),
+        size="128x128",
+    )
     generated = "file://" + result.generated[0].uri
     edited = "file://" + result.edited[0].uri
     events = await asset_events({generated, edited})
@@ -204,10 +222,14 @@ async def test_daily_content_fills_the_template_with_the_date_and_a_rotating_the
     day = datetime.date(2026, 11, 23)
     themes = ["autumn", "winter"]
     result = await daily_content(
-        prompt_template="poster for {theme} on {date:%d %B %Y}", themes=themes,
-        provider="offline", archive=str(archive_dir), size="128x128", run_date=day,
+        prompt_template="poster for {theme} on {date:%d %B %Y}",
+        themes=themes,
+        provider="offline",
+        archive=str(archive_dir),
+        size="128x128",
+        run_date=day,
         mask=_mask(tmp_path / "m.png", (128, 128), 40),
-    )  # fmt: skip
+    )
     theme = themes[day.toordinal() % 2]
     assert result.generated[0].prompt == f"poster for {theme} on 23 November 2026"
     assert result.edited[0].parents == [result.generated[0].uri]
@@ -218,11 +240,13 @@ async def test_batch_reads_a_csv_from_any_fsspec_url(archive_dir: Path) -> None:
 
     with fsspec.open("memory://prompts/today.csv", "w") as fh:
         fh.write("prompt,size\na heron,128x128\na crane,256x128\n")
-    result = await batch_generate(prompts="memory://prompts/today.csv", provider="offline",
-                                  archive=str(archive_dir))  # fmt: skip
+    result = await batch_generate(
+        prompts="memory://prompts/today.csv", provider="offline", archive=str(archive_dir)
+    )
     assert sorted((i.prompt, i.width, i.height) for i in result.images) == [
-        ("a crane", 256, 128), ("a heron", 128, 128),
-    ]  # fmt: skip
+        ("a crane", 256, 128),
+        ("a heron", 128, 128),
+    ]
 
 
 def test_flow_parameters_render_as_a_typed_form() -> None:

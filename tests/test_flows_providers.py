@@ -39,8 +39,9 @@ async def test_generate_images_archives_and_a_rerun_makes_no_provider_call(
 ) -> None:
     block = provider_block(name)
     size = SIZE.get(name, "256x256")
-    images = await generate_images(prompt=f"a lighthouse for {name}", provider=block,
-                                   archive=str(archive_dir), size=size)  # fmt: skip
+    images = await generate_images(
+        prompt=f"a lighthouse for {name}", provider=block, archive=str(archive_dir), size=size
+    )
     assert len(images) == 1
     img = images[0]
     assert Path(img.uri).exists() and img.provider == name
@@ -52,8 +53,9 @@ async def test_generate_images_archives_and_a_rerun_makes_no_provider_call(
     assert len(_submissions(ledger, name)) == 1, ledger["submissions"]
     calls = _calls(ledger)
 
-    again = await generate_images(prompt=f"a lighthouse for {name}", provider=block,
-                                  archive=str(archive_dir), size=size)  # fmt: skip
+    again = await generate_images(
+        prompt=f"a lighthouse for {name}", provider=block, archive=str(archive_dir), size=size
+    )
     assert [i.uri for i in again] == [img.uri]
     assert _calls(emulator.ledger()) == calls, "a re-run must make zero provider calls"
 
@@ -71,10 +73,13 @@ async def test_full_pipeline_with_mask_keeps_the_unmasked_pixels(
 ) -> None:
     size = (1024, 1024) if name == "skillsvideo" else (256, 256)
     result = await generate_edit_archive(
-        prompt="a harbour at noon", edit_prompt="a storm in the sky", provider=provider_block(name),
-        mask=_mask(tmp_path / "mask.png", size, size[1] // 3), archive=str(archive_dir),
+        prompt="a harbour at noon",
+        edit_prompt="a storm in the sky",
+        provider=provider_block(name),
+        mask=_mask(tmp_path / "mask.png", size, size[1] // 3),
+        archive=str(archive_dir),
         size=SIZE.get(name, f"{size[0]}x{size[1]}"),
-    )  # fmt: skip
+    )
     before = Image.open(result.generated[0].uri).convert("RGBA")
     after = Image.open(result.edited[0].uri).convert("RGBA")
     keep = (0, size[1] // 3, size[0], size[1])
@@ -85,15 +90,20 @@ async def test_full_pipeline_with_mask_keeps_the_unmasked_pixels(
 
 
 async def test_url_only_provider_gets_signed_urls_from_an_s3_archive(
-    provider_block: Any, emulator: Any, s3_archive: tuple[str, dict[str, Any]],
+    provider_block: Any,
+    emulator: Any,
+    s3_archive: tuple[str, dict[str, Any]],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setenv("GPTIMG_ALLOW_PRIVATE_URLS", "1")  # moto and the emulator are on 127.0.0.1
     basepath, options = s3_archive
     result = await generate_edit_archive(
-        prompt="a ceramic cup", edit_prompt="make it blue", provider=provider_block("gptimage2ai"),
-        archive=ImageArchive(basepath=basepath, storage_options=options), size="1:1",
-    )  # fmt: skip
+        prompt="a ceramic cup",
+        edit_prompt="make it blue",
+        provider=provider_block("gptimage2ai"),
+        archive=ImageArchive(basepath=basepath, storage_options=options),
+        size="1:1",
+    )
     fs = s3fs.S3FileSystem(**options)
     edited = result.edited[0]
     assert edited.uri.startswith(basepath)
@@ -128,9 +138,12 @@ async def test_rate_limited_submit_waits_inside_its_task_and_is_paid_once(
     same task run (no task retry spent)."""
     emulator.force("submit_429", provider="runware")
     state = await generate_images(
-        prompt="a kite", provider=provider_block("runware"), archive=str(archive_dir),
-        size="256x256", return_state=True,
-    )  # fmt: skip
+        prompt="a kite",
+        provider=provider_block("runware"),
+        archive=str(archive_dir),
+        size="256x256",
+        return_state=True,
+    )
     assert state.is_completed()
     history = await _task_run_states(str(state.state_details.flow_run_id), "Completed")
     submit = next(names for run, names in history.items() if run.startswith("job-"))

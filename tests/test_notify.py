@@ -73,8 +73,14 @@ def receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            received.append({"at": time.time(), "path": self.path, "body": body.decode(),
-                             "content_type": self.headers.get("Content-Type")})  # fmt: skip
+            received.append(
+                {
+                    "at": time.time(),
+                    "path": self.path,
+                    "body": body.decode(),
+                    "content_type": self.headers.get("Content-Type"),
+                }
+            )
             self.send_response(200)
             self.end_headers()
 
@@ -101,8 +107,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 def _runs(env: dict[str, str], flow_name: str) -> list[dict[str, Any]]:
-    return api(env, "POST", "/flow_runs/filter",
-               {"flows": {"name": {"any_": [flow_name]}}})  # fmt: skip
+    return api(env, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": [flow_name]}}})
 
 
 async def test_a_paused_run_posts_one_message_with_its_id_and_ui_link(
@@ -115,8 +120,13 @@ async def test_a_paused_run_posts_one_message_with_its_id_and_ui_link(
         temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
     ):
         # What the README tells a team to run, once per server.
-        cli = subprocess.run([str(Path(sys.executable).parent / "gptimg"), "notify-review", url],
-                             env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "gptimg"), "notify-review", url],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert cli.returncode == 0, cli.stdout + cli.stderr
         assert "runs awaiting review now POST to the URL" in cli.stdout
         async with get_client() as client:
@@ -133,15 +143,21 @@ async def test_a_paused_run_posts_one_message_with_its_id_and_ui_link(
             "prefect.flow-run.Suspended",
         }
         flow = subprocess.Popen(
-            [sys.executable, str(tmp_path / "pausing_flow.py")], env=env, cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [sys.executable, str(tmp_path / "pausing_flow.py")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             run = _wait(
-                lambda: next((r for r in _runs(env, "notify-probe")
-                              if r["state_type"] == "PAUSED"), None),
-                90, "the run to pause",
-            )  # fmt: skip
+                lambda: next(
+                    (r for r in _runs(env, "notify-probe") if r["state_type"] == "PAUSED"), None
+                ),
+                90,
+                "the run to pause",
+            )
             paused_at = datetime.fromisoformat(run["state"]["timestamp"]).timestamp()
             _wait(lambda: received, 60, "the webhook")
             delay = received[0]["at"] - paused_at
@@ -193,9 +209,10 @@ async def test_the_payload_renders_to_json_whatever_the_names(ui_url: str | None
     context = {
         "flow_run": run,
         "flow": Flow(id=UUID(int=8), name="gptimg {batch}"),
-        "event": SimpleNamespace(resource={"prefect.state-name": "Suspended"},
-                                 occurred=datetime(2026, 1, 2, 3, 4, 5)),
-    }  # fmt: skip
+        "event": SimpleNamespace(
+            resource={"prefect.state-name": "Suspended"}, occurred=datetime(2026, 1, 2, 3, 4, 5)
+        ),
+    }
     with temporary_settings({PREFECT_UI_URL: "http://internal:4200"}):
         message = json.loads(await render_user_template(template, context))
     base = (ui_url or "http://internal:4200/").rstrip("/")

@@ -47,9 +47,15 @@ def test_retry_after_is_a_floor_never_undercut() -> None:
 
 @pytest.mark.parametrize(
     ("exc", "retry"),
-    [(RateLimited("x"), True), (ServerError("x"), True), (TransportError("x"), True),
-     (AuthError("x"), False), (InvalidOutput("x"), False), (ValueError("x"), False)],
-)  # fmt: skip
+    [
+        (RateLimited("x"), True),
+        (ServerError("x"), True),
+        (TransportError("x"), True),
+        (AuthError("x"), False),
+        (InvalidOutput("x"), False),
+        (ValueError("x"), False),
+    ],
+)
 def test_only_transient_errors_are_retried(exc: Exception, retry: bool) -> None:
     assert is_retryable(exc) is retry
 
@@ -305,8 +311,10 @@ async def test_resumed_jobs_never_wait_for_scouts_and_a_failed_scout_is_replaced
     monkeypatch.setattr(polling, "_DURATIONS", {"timed": DurationEstimate()})
     provider = _Timed(0.0)
     long_ago = datetime.now(UTC) - timedelta(minutes=10)  # a crash's jobs, resumed by a re-run
-    resumed = [Job(provider="timed", model="m", job_id=f"r{i}", key=f"r{i}",
-                   submitted_at=long_ago) for i in range(30)]  # fmt: skip
+    resumed = [
+        Job(provider="timed", model="m", job_id=f"r{i}", key=f"r{i}", submitted_at=long_ago)
+        for i in range(30)
+    ]
     loop = asyncio.get_running_loop()
     started = loop.time()
     await asyncio.gather(*(polling.poll_until_done(provider, j, 60) for j in resumed))

@@ -41,9 +41,13 @@ def run_gptimg(
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="600")
     env.update(extra or {})
     return subprocess.run(
-        [sys.executable, "-m", "gptimg_flows.cli", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, "-m", "gptimg_flows.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_revision_is_unknown_to_this_prefect() -> None:

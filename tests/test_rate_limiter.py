@@ -25,9 +25,17 @@ from gptimg_flows.providers._http import parse_duration, parse_rate_headers
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("1s", 1.0), ("6m0s", 360.0), ("120ms", 0.12), ("1h2m3.5s", 3723.5), ("0.5", 0.5),
-     ("soon", None), ("", None), (None, None)],
-)  # fmt: skip
+    [
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("120ms", 0.12),
+        ("1h2m3.5s", 3723.5),
+        ("0.5", 0.5),
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_reset_durations_as_openai_spells_them(text: str | None, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
 
@@ -35,13 +43,21 @@ def test_reset_durations_as_openai_spells_them(text: str | None, seconds: float 
 def test_rate_headers_are_optional_and_parsed_when_present() -> None:
     assert parse_rate_headers(httpx.Headers({"content-type": "application/json"})) is None
     figures = parse_rate_headers(
-        httpx.Headers({"x-ratelimit-limit-requests": "50", "x-ratelimit-remaining-requests": "3",
-                       "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-limit-tokens": "800000"})
-    )  # fmt: skip
+        httpx.Headers(
+            {
+                "x-ratelimit-limit-requests": "50",
+                "x-ratelimit-remaining-requests": "3",
+                "x-ratelimit-reset-requests": "6m0s",
+                "x-ratelimit-limit-tokens": "800000",
+            }
+        )
+    )
     assert figures is not None
     assert (figures.limit_requests, figures.remaining_requests, figures.reset_requests) == (
-        50, 3, 360.0,
-    )  # fmt: skip
+        50,
+        3,
+        360.0,
+    )
     assert figures.limit_tokens == 800000 and figures.remaining_tokens is None
 
 

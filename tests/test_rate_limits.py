@@ -45,23 +45,29 @@ async def _batch(**kwargs: Any) -> tuple[BatchResult, UUID]:
 
 @pytest.mark.parametrize("name", ["openai", "gptimage2ai"])
 async def test_batch_at_60_a_minute_with_16_at_once_loses_no_row_and_retries_no_task(
-    name: str, provider_block: Any, emulator: Any, archive_dir: Path,
+    name: str,
+    provider_block: Any,
+    emulator: Any,
+    archive_dir: Path,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """OpenAI tells its limit in x-ratelimit headers; gptimage2.ai only answers 429 with a
     Retry-After. Either way every row is made, each paid once, and the refusals are waited out
     inside the submit, not as Prefect task retries."""
     rows = 24
     emulator.configure(
-        latency=0.2, rate_limits={name: {"images_per_minute": 60, "burst": 3}},
+        latency=0.2,
+        rate_limits={name: {"images_per_minute": 60, "burst": 3}},
         render_mode="stamp",
-    )  # fmt: skip
+    )
     started = time.monotonic()
     result, run_id = await _batch(
-        prompts=[f"paced {name} {i}" for i in range(rows)], provider=provider_block(name),
-        archive=str(archive_dir), concurrency=16,
+        prompts=[f"paced {name} {i}" for i in range(rows)],
+        provider=provider_block(name),
+        archive=str(archive_dir),
+        concurrency=16,
         size="1024x1024" if name == "openai" else None,
-    )  # fmt: skip
+    )
     wall = time.monotonic() - started
     assert not result.failures, [f.error for f in result.failures]
     assert len(result.images) == rows
@@ -89,9 +95,12 @@ async def test_the_artifact_counts_refused_submits_and_waiting(
 
     emulator.configure(latency=0.1, rate_limits={"scenario": {"images_per_minute": 120}})
     result, run_id = await _batch(
-        prompts=[f"artifact {i}" for i in range(6)], provider=provider_block("scenario"),
-        archive=str(archive_dir), concurrency=6, size="1024x1024",
-    )  # fmt: skip
+        prompts=[f"artifact {i}" for i in range(6)],
+        provider=provider_block("scenario"),
+        archive=str(archive_dir),
+        concurrency=6,
+        size="1024x1024",
+    )
     assert not result.failures and result.refused_submits > 0
     async with get_client() as client:
         artifacts = await client.read_artifacts(
@@ -109,9 +118,12 @@ async def test_a_row_that_cannot_get_through_in_its_bound_fails_clearly_and_is_n
     block = provider_block("skillsvideo", rate_limit_wait_seconds=3.0)
     started = time.monotonic()
     result, run_id = await _batch(
-        prompts=["first", "second", "third"], provider=block, archive=str(archive_dir),
-        concurrency=3, size="1024x1024",
-    )  # fmt: skip
+        prompts=["first", "second", "third"],
+        provider=block,
+        archive=str(archive_dir),
+        concurrency=3,
+        size="1024x1024",
+    )
     assert time.monotonic() - started < 30, "a refused row must not wait past its bound"
     assert len(result.images) == 1, result.images
     assert [f.error_type for f in result.failures] == ["RateLimited", "RateLimited"]
@@ -133,9 +145,11 @@ async def test_a_block_that_knows_its_limit_paces_from_the_first_submit(
     )
     block = provider_block("gptimage2ai", images_per_minute=110)
     result, _ = await _batch(
-        prompts=[f"known {i}" for i in range(8)], provider=block, archive=str(archive_dir),
+        prompts=[f"known {i}" for i in range(8)],
+        provider=block,
+        archive=str(archive_dir),
         concurrency=8,
-    )  # fmt: skip
+    )
     assert not result.failures and len(result.images) == 8
     assert emulator.ledger()["rate_limited"].get("gptimage2ai", 0) == 0
     assert result.rate_limit_wait_seconds > 2.0
@@ -145,14 +159,18 @@ async def test_insufficient_quota_is_not_a_rate_limit_and_fails_at_once(
     provider_block: Any, emulator: Any, archive_dir: Path
 ) -> None:
     emulator.configure(
-        latency=0.1, balance={"openai": 0.0},
+        latency=0.1,
+        balance={"openai": 0.0},
         rate_limits={"openai": {"images_per_minute": 60, "burst": 3}},
-    )  # fmt: skip
+    )
     started = time.monotonic()
     result, run_id = await _batch(
-        prompts=["a", "b"], provider=provider_block("openai"), archive=str(archive_dir),
-        concurrency=2, size="1024x1024",
-    )  # fmt: skip
+        prompts=["a", "b"],
+        provider=provider_block("openai"),
+        archive=str(archive_dir),
+        concurrency=2,
+        size="1024x1024",
+    )
     assert time.monotonic() - started < 20
     assert [f.error_type for f in result.failures] == ["InsufficientCredits"] * 2
     assert result.refused_submits == 0 and not emulator.ledger()["submissions"]
@@ -165,9 +183,11 @@ async def test_polls_told_429_wait_and_the_job_is_still_collected(
     emulator.configure(latency=0.3, retry_after=0.2)
     emulator.force("poll_429", "gptimage2ai", count=6)
     result, run_id = await _batch(
-        prompts=["polled", "polled too"], provider=provider_block("gptimage2ai"),
-        archive=str(archive_dir), concurrency=2,
-    )  # fmt: skip
+        prompts=["polled", "polled too"],
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        concurrency=2,
+    )
     assert not result.failures and len(result.images) == 2
     ledger = emulator.ledger()
     assert len(ledger["submissions"]) == 2
@@ -185,17 +205,25 @@ async def test_two_flow_processes_on_one_account_lose_no_row(
     """Two workers sharing one key, each pacing itself from the 429s it meets."""
     per = 12
     emulator.configure(
-        latency=0.2, rate_limits={"gptimage2ai": {"images_per_minute": 60, "burst": 3}},
+        latency=0.2,
+        rate_limits={"gptimage2ai": {"images_per_minute": 60, "burst": 3}},
         render_mode="stamp",
-    )  # fmt: skip
+    )
     block = provider_block("gptimage2ai")
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     procs = []
     for p in range(2):
-        kwargs = {"prompts": [f"worker {p} row {i}" for i in range(per)],
-                  "archive": str(tmp_path / f"archive-{p}"), "concurrency": 8}  # fmt: skip
-        spec = {"flow": "batch_generate", "provider": "gptimage2ai",
-                "block": _block_fields(block), "kwargs": kwargs}  # fmt: skip
+        kwargs = {
+            "prompts": [f"worker {p} row {i}" for i in range(per)],
+            "archive": str(tmp_path / f"archive-{p}"),
+            "concurrency": 8,
+        }
+        spec = {
+            "flow": "batch_generate",
+            "provider": "gptimage2ai",
+            "block": _block_fields(block),
+            "kwargs": kwargs,
+        }
         command = [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)]
         procs.append(
             await asyncio.create_subprocess_exec(

@@ -123,8 +123,10 @@ async def test_only_the_approved_candidate_is_edited_and_paid_for(
 
     first, second, third = result.generated
     assert [i.review.status for i in result.generated if i.review] == [
-        "rejected", "approved", "rejected",
-    ]  # fmt: skip
+        "rejected",
+        "approved",
+        "rejected",
+    ]
     assert second.review and second.review.note == "the second one" and second.review.round == 1
     [edited] = result.edited
     assert edited.parents == [second.uri]
@@ -241,9 +243,14 @@ async def test_a_rerun_with_review_pays_nothing_again(
     archive_dir: Path, submits: list[str]
 ) -> None:
     kwargs: dict[str, Any] = dict(
-        prompt="review: a windmill", edit_prompt="review: add clouds", n=2, provider="offline",
-        archive=str(archive_dir), size="128x128", review=True,
-    )  # fmt: skip
+        prompt="review: a windmill",
+        edit_prompt="review: add clouds",
+        n=2,
+        provider="offline",
+        archive=str(archive_dir),
+        size="128x128",
+        review=True,
+    )
     first, _ = await reviewed(generate_edit_archive(**kwargs), {"approved": [1]})
     paid = list(submits)
     again, _ = await reviewed(generate_edit_archive(**kwargs), {"approved": [1]})
@@ -270,8 +277,11 @@ async def test_a_batch_review_shows_the_gallery_in_row_order(
     assert form.count("data:image/webp;base64,") == 4
     assert [i.row for i in result.images] == [0, 1, 2, 3]
     assert [i.review.status for i in result.images if i.review] == [
-        "approved", "rejected", "rejected", "approved",
-    ]  # fmt: skip
+        "approved",
+        "rejected",
+        "rejected",
+        "approved",
+    ]
     assert len(submits) == 4
 
 
@@ -281,12 +291,22 @@ async def test_bad_review_options_are_refused_before_anything_is_paid(
     from prefect.exceptions import ParameterTypeError
 
     with pytest.raises(ParameterTypeError, match="on_review_timeout"):  # the typed form says it
-        await generate_images(prompt="x", provider="offline", archive=str(archive_dir),
-                              review=True, on_review_timeout="maybe")  # type: ignore[arg-type]  # fmt: skip
+        await generate_images(
+            prompt="x",
+            provider="offline",
+            archive=str(archive_dir),
+            review=True,
+            on_review_timeout="maybe",
+        )  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="review_timeout_seconds"):
-        await generate_edit_archive(prompt="x", edit_prompt="y", provider="offline",
-                                    archive=str(archive_dir), review=True,
-                                    review_timeout_seconds=0)  # fmt: skip
+        await generate_edit_archive(
+            prompt="x",
+            edit_prompt="y",
+            provider="offline",
+            archive=str(archive_dir),
+            review=True,
+            review_timeout_seconds=0,
+        )
     assert submits == []
 
 

@@ -78,11 +78,25 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
     provider = await _save_blocks(env, emulator, archive)
     daily = api(env, "GET", "/deployments/name/daily-content/daily-content")
     params = {"provider": provider, "n": 2, "review": True, "size": "1024x1024"}
-    answered = api(env, "POST", f"/deployments/{daily['id']}/create_flow_run",
-                   {"parameters": {**params, "run_date": "2026-12-01"}})["id"]  # fmt: skip
-    unanswered = api(env, "POST", f"/deployments/{daily['id']}/create_flow_run", {
-        "parameters": {**params, "run_date": "2026-12-02", "review_timeout_seconds": 10,
-                       "on_review_timeout": "approve"}})["id"]  # fmt: skip
+    answered = api(
+        env,
+        "POST",
+        f"/deployments/{daily['id']}/create_flow_run",
+        {"parameters": {**params, "run_date": "2026-12-01"}},
+    )["id"]
+    unanswered = api(
+        env,
+        "POST",
+        f"/deployments/{daily['id']}/create_flow_run",
+        {
+            "parameters": {
+                **params,
+                "run_date": "2026-12-02",
+                "review_timeout_seconds": 10,
+                "on_review_timeout": "approve",
+            }
+        },
+    )["id"]
     workdir = tmp_path / "worker"
     workdir.mkdir()
     worker = start_worker(env, None, workdir, limit=2, log=tmp_path / "worker.log")
@@ -102,8 +116,12 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
     finally:
         for run_id in (answered, unanswered):  # nothing of this test left for other workers
             if _state(env, run_id)["type"] not in TERMINAL:
-                api(env, "POST", f"/flow_runs/{run_id}/set_state",
-                    {"state": {"type": "CANCELLED"}, "force": True})  # fmt: skip
+                api(
+                    env,
+                    "POST",
+                    f"/flow_runs/{run_id}/set_state",
+                    {"state": {"type": "CANCELLED"}, "force": True},
+                )
         stop_workers([worker])
     worker_log = (tmp_path / "worker.log").read_text()[-4000:]
     assert done["type"] == "COMPLETED", (done, worker_log)
@@ -125,8 +143,9 @@ async def test_a_deployment_run_suspends_for_review_and_resumes_without_paying_a
     day2 = [s for s in sidecars if "02 December 2026" in s["prompt"]]
     assert [s["review"]["timed_out"] for s in day2] == [True, True]
     assert {s["review"]["status"] for s in day2} == {"approved"}
-    day2_edits = [s for s in sidecars if s["parents"] and s["parents"][0] in
-                  {d["uri"] for d in day2}]  # fmt: skip
+    day2_edits = [
+        s for s in sidecars if s["parents"] and s["parents"][0] in {d["uri"] for d in day2}
+    ]
     assert len(day2_edits) == 2
     # 2 generates (one per run) + 1 + 2 edits in all: the restarts paid nothing again.
     assert paths == ["edits"] * 3 + ["generations"] * 2, paths

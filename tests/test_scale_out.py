@@ -33,9 +33,10 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 async def _save_block(env: dict[str, str], emulator: Any, limit: str) -> str:
     name = f"scale-{uuid.uuid4().hex[:6]}"
     block = RunwareCredentials(
-        api_key=str(EMULATOR_KEYS["runware"]), base_url=emulator.base_url("runware"),
+        api_key=str(EMULATOR_KEYS["runware"]),
+        base_url=emulator.base_url("runware"),
         concurrency_limit=limit,
-    )  # fmt: skip
+    )
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         await block.asave(name)
     return f"{RunwareCredentials.get_block_type_slug()}/{name}"
@@ -44,8 +45,9 @@ async def _save_block(env: dict[str, str], emulator: Any, limit: str) -> str:
 def _wait_for_runs(env: dict[str, str], ids: list[str], timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
-        runs: list[dict[str, Any]] = api(env, "POST", "/flow_runs/filter",
-                                         {"flow_runs": {"id": {"any_": ids}}})  # fmt: skip
+        runs: list[dict[str, Any]] = api(
+            env, "POST", "/flow_runs/filter", {"flow_runs": {"id": {"any_": ids}}}
+        )
         if all(r["state_type"] in TERMINAL for r in runs) or time.monotonic() > deadline:
             return runs
         time.sleep(1)
@@ -75,11 +77,17 @@ async def test_two_workers_share_one_provider_limit_held_by_the_server(
     archive = tmp_path / "archive"
     ids = []
     for run in range(RUNS):
-        params = {"prompts": [f"scale-out run {run} image {i}" for i in range(PER_RUN)],
-                  "provider": provider, "archive": str(archive), "concurrency": PER_RUN,
-                  "size": "256x256", "output_format": "png"}  # fmt: skip
-        created = api(env, "POST", f"/deployments/{deployment['id']}/create_flow_run",
-                      {"parameters": params})  # fmt: skip
+        params = {
+            "prompts": [f"scale-out run {run} image {i}" for i in range(PER_RUN)],
+            "provider": provider,
+            "archive": str(archive),
+            "concurrency": PER_RUN,
+            "size": "256x256",
+            "output_format": "png",
+        }
+        created = api(
+            env, "POST", f"/deployments/{deployment['id']}/create_flow_run", {"parameters": params}
+        )
         ids.append(created["id"])
 
     workers = [start_worker(env, name, tmp_path, limit=2) for name in ("worker-a", "worker-b")]

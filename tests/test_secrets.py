@@ -52,12 +52,14 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Distinctive keys: each half is distinctive too, so a truncated or masked key is found.
 KEYS: dict[str, Any] = {
     "openai": "sk-proj-CanaryOpenaiHeadQ7-CanaryOpenaiTailQ7",
-    "scenario": ("scn-CanaryScenarioKeyHeadQ7-CanaryScenarioKeyTailQ7",
-                 "scn-CanaryScenarioSecretHeadQ7-CanaryScenarioSecretTailQ7"),
+    "scenario": (
+        "scn-CanaryScenarioKeyHeadQ7-CanaryScenarioKeyTailQ7",
+        "scn-CanaryScenarioSecretHeadQ7-CanaryScenarioSecretTailQ7",
+    ),
     "runware": "rw-CanaryRunwareHeadQ7-CanaryRunwareTailQ7",
     "skillsvideo": "sv-CanarySkillsHeadQ7-CanarySkillsTailQ7",
     "gptimage2ai": "gi-CanaryGptimage2HeadQ7-CanaryGptimage2TailQ7",
-}  # fmt: skip
+}
 WRONG_KEY = "sk-proj-CanaryWrongKeyHeadQ7-CanaryWrongKeyTailQ7"
 WRONG_SECRET = "scn-CanaryWrongSecretHeadQ7-CanaryWrongSecretTailQ7"
 S3_KEY_ID = "AKIACANARYS3KEYID7Q"  # an access key id is in every presigned URL: not a secret
@@ -99,8 +101,12 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
     return subprocess.run(
         [sys.executable, "-m", "gptimg_flows.cli", *args],
-        cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _cli_env(emulator: Any, **keys: str) -> dict[str, str]:
@@ -142,10 +148,14 @@ def test_the_scan_finds_each_form_of_a_leak() -> None:
 
 
 async def test_no_key_anywhere_after_every_flow_and_the_cli(
-    provider_block: Any, emulator: Any, tmp_path: Path,
-    s3_archive: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+    provider_block: Any,
+    emulator: Any,
+    tmp_path: Path,
+    s3_archive: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     caplog.set_level(logging.DEBUG, logger="gptimg_flows")
     caplog.set_level(logging.INFO, logger="httpx")
@@ -167,9 +177,10 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
         await _block(provider_block, name).asave(block_name, overwrite=True)
     wrong_scenario = f"{run}-scenario-wrong"
     await ScenarioCredentials(
-        api_key=KEYS["scenario"][0], api_secret=WRONG_SECRET,
+        api_key=KEYS["scenario"][0],
+        api_secret=WRONG_SECRET,
         base_url=emulator.base_url("scenario"),
-    ).asave(wrong_scenario, overwrite=True)  # fmt: skip
+    ).asave(wrong_scenario, overwrite=True)
     s3_base, s3_options = s3_archive
     s3_block = f"{run}-s3"
     await ImageArchive(
@@ -191,87 +202,214 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
         return prompts[-1]
 
     # -- every flow, every provider, three ways of naming the credentials ---------------------
-    await generate_images(prompt=p("generate via scenario"), provider=slug("scenario"),
-                          archive=where, size="256x256")  # fmt: skip
-    await generate_images(prompt=p("generate via gptimage2ai"), archive=where, size="1:1",
-                          provider=_block(provider_block, "gptimage2ai"),
-                          extras={"style": "anime"})  # fmt: skip
-    await generate_images(prompt=p("generate via skillsvideo"), provider=saved["skillsvideo"],
-                          archive=where, size="1:1")  # fmt: skip
-    await edit_image(image=str(image), mask=str(mask), prompt=p("edit via openai"),
-                     provider=saved["openai"], archive=where)  # fmt: skip
-    await edit_image(image=str(image), mask=str(mask), prompt=p("edit via scenario"),
-                     provider=slug("scenario"), archive=where)  # fmt: skip
-    await edit_image(image=str(image), mask=str(mask), prompt=p("edit via skillsvideo"),
-                     provider=_block(provider_block, "skillsvideo"), archive=where)  # fmt: skip
-    await generate_edit_archive(prompt=p("pipeline via openai"), edit_prompt=p("pipeline edit"),
-                                mask=str(mask), provider=_block(provider_block, "openai"),
-                                archive=where, size="256x256")  # fmt: skip
-    await generate_edit_archive(prompt=p("pipeline via gptimage2ai on s3"),
-                                edit_prompt=p("pipeline edit on s3"), archive=s3_block,
-                                provider=slug("gptimage2ai"), size="1:1")  # fmt: skip
-    await batch_generate(prompts=[p("batch list a"), p("batch list b")],
-                         provider=_block(provider_block, "runware"), archive=where,
-                         size="256x256")  # fmt: skip
+    await generate_images(
+        prompt=p("generate via scenario"), provider=slug("scenario"), archive=where, size="256x256"
+    )
+    await generate_images(
+        prompt=p("generate via gptimage2ai"),
+        archive=where,
+        size="1:1",
+        provider=_block(provider_block, "gptimage2ai"),
+        extras={"style": "anime"},
+    )
+    await generate_images(
+        prompt=p("generate via skillsvideo"),
+        provider=saved["skillsvideo"],
+        archive=where,
+        size="1:1",
+    )
+    await edit_image(
+        image=str(image),
+        mask=str(mask),
+        prompt=p("edit via openai"),
+        provider=saved["openai"],
+        archive=where,
+    )
+    await edit_image(
+        image=str(image),
+        mask=str(mask),
+        prompt=p("edit via scenario"),
+        provider=slug("scenario"),
+        archive=where,
+    )
+    await edit_image(
+        image=str(image),
+        mask=str(mask),
+        prompt=p("edit via skillsvideo"),
+        provider=_block(provider_block, "skillsvideo"),
+        archive=where,
+    )
+    await generate_edit_archive(
+        prompt=p("pipeline via openai"),
+        edit_prompt=p("pipeline edit"),
+        mask=str(mask),
+        provider=_block(provider_block, "openai"),
+        archive=where,
+        size="256x256",
+    )
+    await generate_edit_archive(
+        prompt=p("pipeline via gptimage2ai on s3"),
+        edit_prompt=p("pipeline edit on s3"),
+        archive=s3_block,
+        provider=slug("gptimage2ai"),
+        size="1:1",
+    )
+    await batch_generate(
+        prompts=[p("batch list a"), p("batch list b")],
+        provider=_block(provider_block, "runware"),
+        archive=where,
+        size="256x256",
+    )
     prompt_file = tmp_path / "prompts.jsonl"
     lines = [{"prompt": p(f"batch file {i}", in_file=True)} for i in range(3)]
     lines.append({"prompt": f"{run} batch file bad size", "size": "banana"})
     prompt_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
     emulator.force("job_fail", provider="runware")  # one item fails after it was paid for
-    from_file = await batch_generate(prompts=str(prompt_file), provider=slug("runware"),
-                                     archive=where, size="256x256")  # fmt: skip
+    from_file = await batch_generate(
+        prompts=str(prompt_file), provider=slug("runware"), archive=where, size="256x256"
+    )
     assert len(from_file.images) == 2 and len(from_file.failures) == 2
     assert "JobFailed" in {f.error_type for f in from_file.failures}  # and the bad size
     daily = await daily_content(
-        prompt_template=f"{run} daily {{theme}} on {{date:%d %B %Y}}", themes=["posters"],
-        edit_prompt=p("daily edit"), provider=saved["skillsvideo"], mask=str(mask_1k),
-        archive=where, size="1:1", run_date=date(2031, 5, 17),
-    )  # fmt: skip
+        prompt_template=f"{run} daily {{theme}} on {{date:%d %B %Y}}",
+        themes=["posters"],
+        edit_prompt=p("daily edit"),
+        provider=saved["skillsvideo"],
+        mask=str(mask_1k),
+        archive=where,
+        size="1:1",
+        run_date=date(2031, 5, 17),
+    )
     prompts.append(daily.generated[0].prompt)
     assert daily.generated[0].prompt == f"{run} daily posters on 17 May 2031"
 
     # -- failures after the provider was called ------------------------------------------------
     with pytest.raises(AuthError) as refused:
-        await generate_images(prompt=f"{run} refused openai key", archive=where,
-                              provider=provider_block("openai", api_key=WRONG_KEY))  # fmt: skip
+        await generate_images(
+            prompt=f"{run} refused openai key",
+            archive=where,
+            provider=provider_block("openai", api_key=WRONG_KEY),
+        )
     with pytest.raises(AuthError) as refused_edit:
-        await edit_image(image=str(image), mask=str(mask), prompt=f"{run} refused scenario",
-                         provider=wrong_scenario, archive=where)  # fmt: skip
+        await edit_image(
+            image=str(image),
+            mask=str(mask),
+            prompt=f"{run} refused scenario",
+            provider=wrong_scenario,
+            archive=where,
+        )
     emulator.force("job_fail", provider="skillsvideo")
     with pytest.raises(JobFailed) as failed:
-        await generate_images(prompt=f"{run} failed skillsvideo job", archive=where,
-                              provider=slug("skillsvideo"), size="1:1")  # fmt: skip
+        await generate_images(
+            prompt=f"{run} failed skillsvideo job",
+            archive=where,
+            provider=slug("skillsvideo"),
+            size="1:1",
+        )
     errors = [refused.value, refused_edit.value, failed.value]
 
     # -- the CLI, from environment variables to a failing --debug run ---------------------------
     cp = f"{run}cli"
     cli_archive = tmp_path / "cli-archive"
     env_keys = {
-        "OPENAI_API_KEY": KEYS["openai"], "SCENARIO_SDK_API_KEY": KEYS["scenario"][0],
-        "SCENARIO_SDK_API_SECRET": KEYS["scenario"][1], "RUNWARE_API_KEY": KEYS["runware"],
-        "SKILLS_VIDEO_API_KEY": KEYS["skillsvideo"], "GPTIMAGE2_API_KEY": KEYS["gptimage2ai"],
-    }  # fmt: skip
+        "OPENAI_API_KEY": KEYS["openai"],
+        "SCENARIO_SDK_API_KEY": KEYS["scenario"][0],
+        "SCENARIO_SDK_API_SECRET": KEYS["scenario"][1],
+        "RUNWARE_API_KEY": KEYS["runware"],
+        "SKILLS_VIDEO_API_KEY": KEYS["skillsvideo"],
+        "GPTIMAGE2_API_KEY": KEYS["gptimage2ai"],
+    }
     cli_prompts = tmp_path / "cli-prompts.jsonl"
     cli_lines = [p(f"cli batch {i}", in_file=True) for i in range(2)]
     cli_prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in cli_lines))
     # Commands after `blocks create` run without the key variables: the CLI's last-line
     # redaction of their values cannot then hide a leak.
     commands: list[tuple[list[str], dict[str, str], int]] = [
-        (["blocks", "create", "--prefix", cp, "--archive", str(cli_archive)],
-         _cli_env(emulator, **env_keys), 0),
-        (["blocks", "create", "--prefix", f"{cp}w"],
-         _cli_env(emulator, OPENAI_API_KEY=WRONG_KEY), 0),
-        (["generate", p("cli generate via scenario"), "-p", f"{cp}-scenario", "-a",
-          f"{cp}-archive", "--size", "256x256"], {}, 0),
-        (["generate", p("cli generate via gptimage2ai"), "-p", f"{cp}-gptimage2ai", "-a",
-          f"{cp}-archive", "--size", "1:1", "--extra", "style=anime", "--json"], {}, 0),
-        (["edit", str(image), p("cli edit via openai"), "-m", str(mask), "-p", f"{cp}-openai",
-          "-a", f"{cp}-archive", "--json"], {}, 0),
-        (["batch", str(cli_prompts), "-p", f"{cp}-runware", "-a", f"{cp}-archive", "--size",
-          "256x256"], {}, 0),
-        (["--debug", "generate", f"{run} cli refused", "-p", f"{cp}w-openai", "-a",
-          str(cli_archive)], {}, 1),
-    ]  # fmt: skip
+        (
+            ["blocks", "create", "--prefix", cp, "--archive", str(cli_archive)],
+            _cli_env(emulator, **env_keys),
+            0,
+        ),
+        (
+            ["blocks", "create", "--prefix", f"{cp}w"],
+            _cli_env(emulator, OPENAI_API_KEY=WRONG_KEY),
+            0,
+        ),
+        (
+            [
+                "generate",
+                p("cli generate via scenario"),
+                "-p",
+                f"{cp}-scenario",
+                "-a",
+                f"{cp}-archive",
+                "--size",
+                "256x256",
+            ],
+            {},
+            0,
+        ),
+        (
+            [
+                "generate",
+                p("cli generate via gptimage2ai"),
+                "-p",
+                f"{cp}-gptimage2ai",
+                "-a",
+                f"{cp}-archive",
+                "--size",
+                "1:1",
+                "--extra",
+                "style=anime",
+                "--json",
+            ],
+            {},
+            0,
+        ),
+        (
+            [
+                "edit",
+                str(image),
+                p("cli edit via openai"),
+                "-m",
+                str(mask),
+                "-p",
+                f"{cp}-openai",
+                "-a",
+                f"{cp}-archive",
+                "--json",
+            ],
+            {},
+            0,
+        ),
+        (
+            [
+                "batch",
+                str(cli_prompts),
+                "-p",
+                f"{cp}-runware",
+                "-a",
+                f"{cp}-archive",
+                "--size",
+                "256x256",
+            ],
+            {},
+            0,
+        ),
+        (
+            [
+                "--debug",
+                "generate",
+                f"{run} cli refused",
+                "-p",
+                f"{cp}w-openai",
+                "-a",
+                str(cli_archive),
+            ],
+            {},
+            1,
+        ),
+    ]
     cli_output = Place("CLI output (stdout and stderr)")
     for args, env, code in commands:
         done = _cli(*args, env=env)
@@ -286,8 +424,9 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
     assert ledger["rejected"].get("openai", {}).get("401", 0) >= 2  # in-process and CLI
     assert ledger["rejected"].get("scenario", {}).get("401", 0) >= 1
     assert {f["provider"] for f in ledger["faults"] if f["kind"] == "job_fail"} == {
-        "runware", "skillsvideo",
-    }  # fmt: skip
+        "runware",
+        "skillsvideo",
+    }
 
     # -- read everything -------------------------------------------------------------------------
     from prefect.events.worker import EventsWorker
@@ -302,20 +441,36 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
     api = await read_prefect_api_until(
         since,
         {
-            "flow runs": [*params, str(prompt_file), slug("scenario"), saved["openai"],
-                          s3_block, f"{cp}-runware", "**********", f"{run} refused openai key",
-                          f"{run} cli refused"],
+            "flow runs": [
+                *params,
+                str(prompt_file),
+                slug("scenario"),
+                saved["openai"],
+                s3_block,
+                f"{cp}-runware",
+                "**********",
+                f"{run} refused openai key",
+                f"{run} cli refused",
+            ],
             "flow run states": ["Completed", *failures, "credentials refused"],
             "task runs": ["upload-inputs", "job-", "Completed", "Failed"],
             "task run states": ["Completed", *failures],
-            "logs": [f"prompt for 2031-05-17: {run} daily posters", "batch: 2 image(s)",
-                     *failures, "Traceback"],
+            "logs": [
+                f"prompt for 2031-05-17: {run} daily posters",
+                "batch: 2 image(s)",
+                *failures,
+                "Traceback",
+            ],
             "artifacts": [*prompts, "Failures", "JobFailed"],
-            "events": ["prefect.flow-run.Completed", "prefect.flow-run.Failed",
-                       "prefect.task-run.Failed", f"{run}-scenario"],
+            "events": [
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.task-run.Failed",
+                f"{run}-scenario",
+            ],
             "block documents": [*all_blocks, OBFUSCATED],
         },
-    )  # fmt: skip
+    )
 
     db_url = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
     db = Place("Prefect database files (raw bytes)")
@@ -333,9 +488,13 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
     s3 = Place("S3 archive")
     read_s3(s3, s3_base, s3_options)
     s3.evidence = [f"{run} pipeline via gptimage2ai on s3", "_jobs", "_results"]
-    cli_output.evidence = [*(f"created    {b}" for b in cli_blocks), "batch summary",
-                           str(cli_archive), "Traceback (most recent call last)",
-                           "error: AuthError: "]  # fmt: skip
+    cli_output.evidence = [
+        *(f"created    {b}" for b in cli_blocks),
+        "batch summary",
+        str(cli_archive),
+        "Traceback (most recent call last)",
+        "error: AuthError: ",
+    ]
     out, err = capfd.readouterr()
     in_process = Place("in-process output (console and log records)")
     in_process.add("stdout", out)
@@ -355,8 +514,12 @@ async def test_no_key_anywhere_after_every_flow_and_the_cli(
     docs = [json.loads(d) for _, d in api["block documents"].read]
     ours = {d["name"]: d["data"] for d in docs if d["name"] in all_blocks}
     secret_fields = ("api_key", "api_secret", "secret_storage_options")
-    shown = {(name, f): v for name, data in ours.items() for f, v in data.items()
-             if f in secret_fields and v is not None}  # fmt: skip
+    shown = {
+        (name, f): v
+        for name, data in ours.items()
+        for f, v in data.items()
+        if f in secret_fields and v is not None
+    }
     # 6 keys in-process and 6 by the CLI, 3 in wrong-key blocks, the S3 block's options.
     assert set(ours) == set(all_blocks) and len(shown) == 6 + 6 + 3 + 1, sorted(shown)
     assert set(shown.values()) == {OBFUSCATED}, shown

@@ -25,9 +25,13 @@ async def test_openai_cost_is_the_token_bill_the_ledger_shows(
     emulator: Any, provider_block: Any, archive_dir: Path
 ) -> None:
     images = await generate_images(
-        prompt="a lighthouse poster", provider=provider_block("openai"), archive=str(archive_dir),
-        n=2, size="1024x1536", quality="medium",
-    )  # fmt: skip
+        prompt="a lighthouse poster",
+        provider=provider_block("openai"),
+        archive=str(archive_dir),
+        n=2,
+        size="1024x1536",
+        quality="medium",
+    )
     assert {i.cost_unit for i in images} == {"usd"}
     billed = ledger_credits(emulator, "openai")
     assert sum(i.cost or 0 for i in images) == pytest.approx(billed, abs=1e-6)
@@ -39,9 +43,12 @@ async def test_a_rerun_from_the_archive_spends_nothing_and_says_what_the_images_
     emulator: Any, provider_block: Any, archive_dir: Path
 ) -> None:
     kw: dict[str, Any] = {
-        "prompt": "a lighthouse", "edit_prompt": "add a storm",
-        "provider": provider_block("scenario"), "archive": str(archive_dir), "size": "256x256",
-    }  # fmt: skip
+        "prompt": "a lighthouse",
+        "edit_prompt": "add a storm",
+        "provider": provider_block("scenario"),
+        "archive": str(archive_dir),
+        "size": "256x256",
+    }
     first: PipelineResult = await generate_edit_archive(**kw)
     paid = ledger_credits(emulator, "scenario")
     assert first.cost == first.images_cost == {"cu": pytest.approx(paid)} and paid > 0
@@ -68,9 +75,11 @@ async def test_a_partly_cached_batch_spends_only_for_its_new_rows(
     )
     assert first.cost == {"credits": 20.0}
     second: BatchResult = await batch_generate(
-        prompts=["a red kite", "a blue kite", "a green kite"], provider=block,
-        archive=str(archive_dir), size="1:1",
-    )  # fmt: skip
+        prompts=["a red kite", "a blue kite", "a green kite"],
+        provider=block,
+        archive=str(archive_dir),
+        size="1:1",
+    )
     assert second.cost == {"credits": 10.0} and second.images_cost == {"credits": 30.0}
     assert ledger_credits(emulator, "gptimage2ai") == 30.0
     assert [i.from_archive for i in second.images] == [True, True, False]
@@ -84,10 +93,18 @@ async def test_gptimg_spend_reads_what_was_paid_from_the_sidecars(
 
     from .test_cli import gptimg
 
-    await batch_generate(prompts=["a kite", "a boat"], provider=provider_block("gptimage2ai"),
-                         archive=str(archive_dir), size="1:1")  # fmt: skip
-    await generate_images(prompt="a lighthouse", provider=provider_block("scenario"),
-                          archive=str(archive_dir), size="256x256")  # fmt: skip
+    await batch_generate(
+        prompts=["a kite", "a boat"],
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        size="1:1",
+    )
+    await generate_images(
+        prompt="a lighthouse",
+        provider=provider_block("scenario"),
+        archive=str(archive_dir),
+        size="256x256",
+    )
     scenario_paid = ledger_credits(emulator, "scenario")
 
     done = gptimg("spend", str(archive_dir), "--json")

@@ -19,7 +19,7 @@ from gptimg_flows.providers.base import Provider
 from gptimg_flows.rows import Row, occurrence_slots
 from gptimg_flows.spend.prices import must_fit
 
-KEY_VERSION = 1
+DIGEST_VERSION = 1
 #: A chunk run in one of these states has ended.
 FINAL = {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 
@@ -113,7 +113,7 @@ def batch_digest(
 ) -> str:
     """What makes two runs the same batch: the same chunk runs would be started for both."""
     payload = {
-        "v": KEY_VERSION,
+        "v": DIGEST_VERSION,
         "rows": rows,
         "options": options,
         "deployment": deployment,

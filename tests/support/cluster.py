@@ -57,9 +57,15 @@ def start_parent(cluster: Cluster, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_report(cluster: Cluster, flow_run_id: str) -> str:
-    found = api(cluster.env, "POST", "/artifacts/filter",
-                {"artifacts": {"key": {"any_": [REPORT_KEY]}},
-                 "flow_runs": {"id": {"any_": [flow_run_id]}}})  # fmt: skip
+    found = api(
+        cluster.env,
+        "POST",
+        "/artifacts/filter",
+        {
+            "artifacts": {"key": {"any_": [REPORT_KEY]}},
+            "flow_runs": {"id": {"any_": [flow_run_id]}},
+        },
+    )
     assert found, f"no {REPORT_KEY} artifact for {flow_run_id}"
     return str(found[0]["data"])
 

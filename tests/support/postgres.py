@@ -80,24 +80,61 @@ def postgres_server(port: int) -> Iterator[str]:
     log = root / "server.log"
     started = False
     try:
-        _run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
-                           "-U", "postgres", "-E", "UTF8"]), "initdb")  # fmt: skip
         _run(
-            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(log), "-w",
-                          "-o", f"-p {port} -k {data} -h 127.0.0.1", "start"]),
+            _as_postgres(
+                [
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            "initdb",
+        )
+        _run(
+            _as_postgres(
+                [
+                    str(PG_BIN / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(log),
+                    "-w",
+                    "-o",
+                    f"-p {port} -k {data} -h 127.0.0.1",
+                    "start",
+                ]
+            ),
             "pg_ctl start",
-        )  # fmt: skip
+        )
         started = True
-        psql = [str(_psql()), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v",
-                "ON_ERROR_STOP=1", "-q"]  # fmt: skip
+        psql = [
+            str(_psql()),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+        ]
         _run([*psql, "-d", "postgres", "-c", "create database prefect"], "create database")
         _run([*psql, "-d", "prefect", "-c", "create extension pg_trgm"], "create extension")
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
     finally:
         if started:
             subprocess.run(
-                _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                              "-w", "stop"]),
-                capture_output=True, timeout=60,
-            )  # fmt: skip
+                _as_postgres(
+                    [str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]
+                ),
+                capture_output=True,
+                timeout=60,
+            )
         shutil.rmtree(root, ignore_errors=True)

@@ -34,15 +34,34 @@ def running_server(
     # temporary directory, as it must for users.
     temp = home / "tmp"
     temp.mkdir(exist_ok=True)
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "TMPDIR": str(temp),
-           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_CLI_PROMPT": "false", "PREFECT_WORKER_QUERY_SECONDS": "2"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "TMPDIR": str(temp),
+        "PREFECT_UI_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+    }
     env.update(extra_env or {})
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -71,10 +90,23 @@ def start_worker(
     named = ["--name", name] if name else []
     with path.open("wb") as out:  # the worker holds its own copy of the file
         return subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", "gptimg-process",
-             *named, "--limit", str(limit)],
-            env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                "gptimg-process",
+                *named,
+                "--limit",
+                str(limit),
+            ],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_workers(workers: Iterable[subprocess.Popen[bytes]]) -> None:
@@ -92,8 +124,14 @@ def stop_workers(workers: Iterable[subprocess.Popen[bytes]]) -> None:
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
-    done = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, f"prefect {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
