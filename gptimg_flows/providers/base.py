@@ -26,6 +26,7 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
+from gptimg_flows.providers._gpt_image import MAX_SIDE, MIN_SIDE, MULTIPLE_OF, QUALITIES
 from gptimg_flows.providers._http import ApiClient
 from gptimg_flows.sizes import ratio_of
 from gptimg_flows.spend.prices import Price
@@ -64,12 +65,12 @@ class Capabilities:
     ratios: tuple[str, ...] = ()
     resolutions: tuple[str, ...] = ()
     auto_size: bool = False
-    multiple_of: int = 16
-    min_side: int = 16
-    max_side: int = 3840
+    multiple_of: int = MULTIPLE_OF
+    min_side: int = MIN_SIDE
+    max_side: int = MAX_SIDE
     max_pixels: int | None = None
     ratio_bounds: tuple[float, float] | None = None
-    qualities: tuple[str, ...] = ("auto", "low", "medium", "high")
+    qualities: tuple[str, ...] = QUALITIES
     backgrounds: tuple[str, ...] = ()
     formats: tuple[str, ...] = ()
     #: Formats that output_compression applies to (OpenAI's rule: jpeg/webp); empty = any.

@@ -38,6 +38,15 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
+from gptimg_flows.providers._gpt_image import (
+    BACKGROUNDS,
+    MAX_PIXELS,
+    MAX_SIDE,
+    MIN_SIDE,
+    MULTIPLE_OF,
+    QUALITIES,
+    RATIO_BOUNDS,
+)
 from gptimg_flows.providers._http import ApiClient, default_timeout, require
 from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
 from gptimg_flows.sizes import parse_size
@@ -179,13 +188,13 @@ class OpenAIProvider(Provider):
         ),
         size_mode="pixels",
         auto_size=True,
-        multiple_of=16,
-        min_side=16,
-        max_side=3840,
-        max_pixels=8_294_400,
-        ratio_bounds=(1 / 3, 3.0),
-        qualities=("auto", "low", "medium", "high"),
-        backgrounds=("auto", "transparent", "opaque"),
+        multiple_of=MULTIPLE_OF,
+        min_side=MIN_SIDE,
+        max_side=MAX_SIDE,
+        max_pixels=MAX_PIXELS,
+        ratio_bounds=RATIO_BOUNDS,
+        qualities=QUALITIES,
+        backgrounds=BACKGROUNDS,
         formats=("png", "jpeg", "webp"),
         compression_formats=("jpeg", "webp"),
         moderations=("auto", "low"),

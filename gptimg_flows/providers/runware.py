@@ -33,6 +33,7 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
+from gptimg_flows.providers._gpt_image import MAX_SIDE, MIN_SIDE, MULTIPLE_OF, QUALITIES
 from gptimg_flows.providers._http import bearer_api, map_status, require, status_table
 from gptimg_flows.providers.base import EXPIRED_URL_NOTE, Capabilities, PreparedInputs, Provider
 
@@ -87,10 +88,10 @@ class RunwareProvider(Provider):
         ),
         size_mode="pixels",
         auto_size=False,
-        multiple_of=16,
-        min_side=16,
-        max_side=3840,
-        qualities=("auto", "low", "medium", "high"),
+        multiple_of=MULTIPLE_OF,
+        min_side=MIN_SIDE,
+        max_side=MAX_SIDE,
+        qualities=QUALITIES,
         backgrounds=("auto",),
         formats=("png", "jpeg", "webp"),
         moderations=("auto", "low"),
