@@ -146,6 +146,11 @@ class SubmitUncertain(ProviderError):
     """
 
 
+class DamagedRecord(ProviderError):
+    """A record in the archive cannot be read (truncated, not JSON, the wrong shape). The
+    message names the file and what to do. Not retried: a second read finds the same bytes."""
+
+
 class BudgetExceeded(ProviderError):
     """Paying for this would pass a budget (`max_cost`, or a credentials block's daily spend
     limit), or the cost cannot be estimated for a budget: refused before the provider is

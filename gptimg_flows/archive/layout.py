@@ -51,3 +51,23 @@ def staging_dir(key: str) -> str:
 
 def staging_rel(key: str, index: int, ext: str) -> str:
     return f"{staging_dir(key)}/{index}.{ext}"
+
+
+def record_fix(rel: str) -> str:
+    """What to do about a damaged record at `rel` (the advice a DamagedRecord carries)."""
+    if rel.startswith("_jobs/"):
+        return (
+            "It records one paid submit: if no run is using this request, look the job up at "
+            "the provider, then delete the file (a re-run then pays for a new job)"
+        )
+    if rel.startswith("_results/"):
+        return (
+            "It lists what one request produced: delete it, and a re-run finds the images "
+            "again from their sidecars (nothing is paid again while they are archived)"
+        )
+    if rel.startswith("_batches/"):
+        return (
+            "It records an OpenAI batch: look the batch up in OpenAI's dashboard before "
+            "deleting the file (a re-run then creates and pays for a new batch)"
+        )
+    return "Restore it from a copy or delete it"

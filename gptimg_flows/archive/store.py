@@ -24,6 +24,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from gptimg_flows.archive import layout
+from gptimg_flows.errors import DamagedRecord
 
 DEFAULT_ARCHIVE_ENV = "GPTIMG_ARCHIVE"
 S3_PART_BYTES = 5 * 2**20  # S3's smallest multipart part
@@ -133,12 +134,49 @@ class Archive:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
         return self.put_bytes(data, rel, overwrite=overwrite)
 
+    def create_json(self, rel: str, value: Any) -> bool:
+        """Write `rel` only if nothing is there, as one step no other writer can split: False
+        when it exists. Two workers claiming one request both try; exactly one wins.
+
+        Local disk: the whole file is written aside and hard-linked into place (a link fails
+        if the name exists, and a reader never sees half of it). S3: a conditional PUT
+        (`If-None-Match: *`). Other stores: fsspec's exclusive mode, where the store has one.
+        """
+        data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
+        target = self.path(rel)
+        parent = posixpath.dirname(target) if not self.local else str(Path(target).parent)
+        self.fs.makedirs(parent, exist_ok=True)
+        try:
+            if self.local:
+                tmp = Path(parent, f".{Path(target).name}.{uuid.uuid4().hex}.tmp")
+                try:
+                    tmp.write_bytes(data)
+                    os.link(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                self.fs.pipe_file(target, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
     def read_json(self, rel: str) -> Any | None:
+        """The record at `rel`, None if there is none; a damaged one is a DamagedRecord naming
+        the file and its fix (never a bare JSONDecodeError, never the bytes read)."""
         try:
             with self.fs.open(self.path(rel), "rb") as fh:
-                return json.loads(fh.read())
+                raw = fh.read()
         except FileNotFoundError:
             return None
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            where = (
+                f" ({exc.msg} at byte {exc.pos})" if isinstance(exc, json.JSONDecodeError) else ""
+            )
+            raise DamagedRecord(
+                f"{self.uri(rel)} is not readable JSON{where}. {layout.record_fix(rel)}"
+            ) from None
 
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):

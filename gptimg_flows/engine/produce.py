@@ -77,8 +77,9 @@ async def produce(
             budget.settle(held, None)  # it may have been billed: keep the reservation
         raise
     if budget is not None:
-        costs = [i.cost for i in archived if i.cost is not None]
-        budget.settle(held, sum(costs) if costs else None)
+        paid = [i for i in archived if not i.from_archive]  # not another run's images
+        costs = [i.cost for i in paid if i.cost is not None]
+        budget.settle(held, sum(costs) if costs or not paid else None)
     return archived
 
 

@@ -6,15 +6,25 @@ in the archive every worker reaches. No Prefect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
-from datetime import UTC, datetime
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gptimg_flows.archive.layout import STAGING_MARK, job_rel, result_rel, staging_dir
+from gptimg_flows.archive.layout import (
+    STAGING_MARK,
+    job_rel,
+    record_fix,
+    result_rel,
+    staging_dir,
+)
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.archive.thumbnails import store_thumbnail
+from gptimg_flows.errors import DamagedRecord
 from gptimg_flows.media.download import DownloadedImage
 from gptimg_flows.models import (
     ArchivedImage,
@@ -46,7 +56,7 @@ def request_key(
 async def job_recorded(archive: Archive, key: str) -> bool:
     """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
     record = await asyncio.to_thread(archive.read_json, job_rel(key))
-    return bool(record and record.get("job"))
+    return isinstance(record, dict) and bool(record.get("job"))
 
 
 async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
@@ -54,7 +64,15 @@ async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | N
     record = await asyncio.to_thread(archive.read_json, result_rel(key))
     if not record:
         return None
-    images = [ArchivedImage.model_validate(i) for i in record.get("images", [])]
+    try:
+        if not isinstance(record, dict) or not isinstance(record.get("images", []), list):
+            raise ValueError("it is not an object with a list of images")
+        images = [ArchivedImage.model_validate(i) for i in record.get("images", [])]
+    except ValueError as exc:  # pydantic's ValidationError is one
+        problem = str(exc).splitlines()[0]
+        raise DamagedRecord(
+            f"{archive.uri(result_rel(key))}: {problem}. {record_fix(result_rel(key))}"
+        ) from None
     present = await asyncio.gather(
         *(asyncio.to_thread(archive.fs.exists, _strip(archive, i.uri)) for i in images)
     )
@@ -65,18 +83,78 @@ def _strip(archive: Archive, uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 
 
-def read_or_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> Any | None:
-    """The key's job record, or (none yet) None after writing a "submitting" one: read and
-    claim in one trip to a worker thread."""
-    record = archive.read_json(job_rel(key))
-    if record is None:
-        claim(archive, key, submitting)
-    return record
+#: A claim's owner renews it every CLAIM_RENEW_SECONDS while its paid call is in flight; a
+#: claim not renewed for CLAIM_LEASE_SECONDS belongs to an owner that died between the claim
+#: and the answer (its submit may have been billed: reported, never paid again blindly).
+CLAIM_LEASE_SECONDS = 60.0
+CLAIM_RENEW_SECONDS = 15.0
 
 
-def claim(archive: Archive, key: str, submitting: dict[str, Any]) -> None:
-    """Written before the paid call, so a lost answer is known to be possibly billed."""
-    archive.write_json(job_rel(key), {**submitting, "started_at": datetime.now(UTC).isoformat()})
+@dataclass(frozen=True)
+class ClaimAttempt:
+    """What a claim found: ours (`owner` set, the record we wrote), or another's record."""
+
+    owner: str | None
+    record: dict[str, Any] | None
+
+
+def try_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> ClaimAttempt:
+    """Claim the key's paid submit with an exclusive create, so of two runs of one request
+    exactly one pays; the other gets the record it lost to (None if that vanished since)."""
+    owner = uuid.uuid4().hex
+    record = {**submitting, "owner": owner, "started_at": _now().isoformat()}
+    record["lease_until"] = (_now() + timedelta(seconds=CLAIM_LEASE_SECONDS)).isoformat()
+    if archive.create_json(job_rel(key), record):
+        return ClaimAttempt(owner, record)
+    return ClaimAttempt(None, archive.read_json(job_rel(key)))
+
+
+def renew_claim(archive: Archive, key: str, record: dict[str, Any]) -> None:
+    """Push our claim's lease on: its owner is alive and its paid call still in flight."""
+    lease = (_now() + timedelta(seconds=CLAIM_LEASE_SECONDS)).isoformat()
+    archive.write_json(job_rel(key), {**record, "lease_until": lease})
+
+
+def end_claim(archive: Archive, key: str, record: dict[str, Any]) -> None:
+    """Our paid call ended without a job we could record (its answer lost or unreadable):
+    the claim stays, as evidence it may have been billed, but no one waits on it any more."""
+    archive.write_json(job_rel(key), {**record, "lease_until": _now().isoformat()})
+
+
+def claim_alive(record: dict[str, Any]) -> bool:
+    """A "submitting" claim whose owner renewed it within its lease (a record from before
+    leases existed has none: its owner is taken as gone, as it was then)."""
+    try:
+        lease = datetime.fromisoformat(str(record["lease_until"]))
+    except (KeyError, ValueError):
+        return False
+    return record.get("state") == "submitting" and lease > _now()
+
+
+@contextlib.asynccontextmanager
+async def held_claim(archive: Archive, key: str, record: dict[str, Any]) -> AsyncIterator[None]:
+    """Renew the claim while the body (the paid call) runs; on exit, no renewal is in flight,
+    so what the owner writes next (the job, or the claim's removal) is the last word."""
+    stop = asyncio.Event()
+
+    async def renew() -> None:
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), CLAIM_RENEW_SECONDS)
+                return
+            except TimeoutError:
+                await asyncio.to_thread(renew_claim, archive, key, record)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        stop.set()
+        await renewing
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 async def record_job(archive: Archive, job: Job) -> None:

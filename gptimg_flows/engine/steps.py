@@ -23,8 +23,9 @@ import httpx
 from prefect import task
 from prefect.logging import get_run_logger
 from prefect.tasks import Task
+from pydantic import ValidationError
 
-from gptimg_flows.archive.layout import job_rel, staging_rel
+from gptimg_flows.archive.layout import job_rel, record_fix, staging_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
 from gptimg_flows.engine.assets import emit_materializations
@@ -33,9 +34,13 @@ from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, 
 from gptimg_flows.engine.polling import poll_until_done
 from gptimg_flows.engine.rate_limiter import gated_read
 from gptimg_flows.engine.records import (
-    claim,
-    read_or_claim,
+    ClaimAttempt,
+    archived_result,
+    claim_alive,
+    end_claim,
+    held_claim,
     record_job,
+    try_claim,
     write_images,
 )
 from gptimg_flows.engine.retry import (
@@ -48,6 +53,7 @@ from gptimg_flows.engine.retry_policy import (
     retry_delays,
 )
 from gptimg_flows.errors import (
+    DamagedRecord,
     InvalidRequest,
     MalformedResponse,
     OutputExpired,
@@ -162,64 +168,155 @@ async def submit_job(
     adapter.validate(request)
     submitting = {"state": "submitting", "key": key, "provider": adapter.name}
     limiter = account_limiter(provider, adapter)
-    # Claim at once only when nothing will wait: a claim made before a long wait for the
-    # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
-    claim_now = limiter.rate is None and limiter.waiting == 0
-    if claim_now:
-        record = await asyncio.to_thread(read_or_claim, archive, key, submitting)
-    else:
-        record = await asyncio.to_thread(archive.read_json, job_rel(key))
-    if record and record.get("job"):
-        job = Job.model_validate(record["job"])
-        logger.info(
-            "job %s for this request is already recorded: polling it, not paying again", job.job_id
-        )
-        return job
-    if record and record.get("state") == "submitting":
-        probe = Job(
-            provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
-        )
-        found = await adapter.find_job(probe)
-        if found is not None:
-            job = probe.model_copy(update={"job_id": found.job_id})
-            await record_job(archive, job)
-            logger.info("found job %s submitted earlier under this key", job.job_id)
-            return job
-        if not adapter.capabilities.can_find_job_by_key:
-            raise SubmitUncertain(
-                f"a submit for this request started at {record.get('started_at')} and its answer "
-                "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
-                provider=adapter.name,
-            )
-    claimed = claim_now and record is None
-
-    async def send() -> Job:
-        nonlocal claimed
-        if not claimed:  # a fresh claim for each try, made just before the paid call
-            await asyncio.to_thread(claim, archive, key, submitting)
-        claimed = False  # whatever happens below, the next try claims again
+    while True:
+        # Claim at once only when nothing will wait: a claim made before a long wait for the
+        # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
+        held: list[ClaimAttempt] = []  # a claim already made, used by the first try only
+        if limiter.rate is None and limiter.waiting == 0:
+            claim = await asyncio.to_thread(try_claim, archive, key, submitting)
+            record = claim.record if claim.owner is None else None
+            held = [claim] if claim.owner is not None else []
+        else:
+            record = await asyncio.to_thread(archive.read_json, job_rel(key))
+        if record is not None:
+            found = await _job_of_record(adapter, archive, key, request, record)
+            if found is None:
+                continue  # the claim we lost to was withdrawn (its submit was refused)
+            return found
         try:
-            return await adapter.submit(request, inputs, key)
-        except TransportError as exc:
-            if not exc.request_sent:
-                await asyncio.to_thread(archive.delete, job_rel(key))
-            raise
-        except MalformedResponse:
-            # A 2xx answer we cannot read: the job may exist and be billed. The "submitting"
-            # record stays, so a re-run looks the job up (or stops with SubmitUncertain).
-            raise
-        except ProviderError:
-            # The provider refused the call (a 429 among others): nothing was created.
-            await asyncio.to_thread(archive.delete, job_rel(key))
-            raise
-
-    job = await paced_submit(limiter, request.n, send, wait_bound(provider, timeout_seconds))
-    job = await _stage_inline(archive, job)
-    await record_job(archive, job)
+            job = await paced_submit(
+                limiter,
+                request.n,
+                functools.partial(
+                    _claimed_submit, adapter, request, inputs, key, archive, submitting, held
+                ),
+                wait_bound(provider, timeout_seconds),
+            )
+        except _ClaimedElsewhere:
+            continue  # another run claimed the key while this one waited for the limiter
+        break
     # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
     # process formats and the server stores most of (bench/RESULTS.md).
     logger.debug("submitted %s job %s (%d image(s))", adapter.display_name, job.job_id, job.n)
     return job
+
+
+class _ClaimedElsewhere(Exception):
+    """Another run claimed this key first: this one waits for that run's job instead."""
+
+
+async def _claimed_submit(
+    adapter: Provider,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    submitting: dict[str, Any],
+    held: list[ClaimAttempt],
+) -> Job:
+    """One try of the paid call under an exclusive claim made just before it (each try claims
+    afresh: a refused try withdrew its claim), recorded before the claim is let go."""
+    claim = held.pop() if held else await asyncio.to_thread(try_claim, archive, key, submitting)
+    if claim.owner is None or claim.record is None:
+        raise _ClaimedElsewhere
+    withdraw = False  # True when the provider created nothing: the claim goes
+    try:
+        async with held_claim(archive, key, claim.record):  # renewed while the call runs
+            try:
+                job = await adapter.submit(request, inputs, key)
+            except TransportError as exc:
+                withdraw = not exc.request_sent  # nothing reached the provider
+                raise
+            except MalformedResponse:
+                raise  # a 2xx answer we cannot read: the job may exist and be billed
+            except ProviderError:
+                withdraw = True  # the provider refused the call (a 429 among others)
+                raise
+            job = await _stage_inline(archive, job)
+    except BaseException:
+        # After the renewals stopped, so this write is the last: a withdrawn claim lets the
+        # next try (or run) claim afresh; an ended one stays as evidence the call may have
+        # been billed, so a re-run looks the job up (or stops with SubmitUncertain).
+        if withdraw:
+            await asyncio.to_thread(archive.delete, job_rel(key))
+        else:
+            await asyncio.shield(asyncio.to_thread(end_claim, archive, key, claim.record))
+        raise
+    await record_job(archive, job)
+    return job
+
+
+async def _job_of_record(
+    adapter: Provider, archive: Archive, key: str, request: ImageRequest, record: Any
+) -> Job | None:
+    """The job a key's record leads to, without paying: the recorded job; another live run's
+    job once it has one (None if that run's claim is withdrawn: the caller claims again); a
+    dead claim's job looked up by key, or SubmitUncertain where the provider cannot."""
+    logger = get_run_logger()
+    if isinstance(record, dict) and claim_alive(record):
+        logger.info(
+            "another run is submitting this request (since %s): waiting for its job, "
+            "not paying again",
+            record.get("started_at"),
+        )
+        record = await _claim_settled(archive, key)
+        if record is None:
+            return None
+    if not isinstance(record, dict):
+        raise _damaged(archive, key, "it is not a JSON object")
+    if record.get("job"):
+        try:
+            job = Job.model_validate(record["job"])
+        except ValidationError as exc:
+            problem = f"its job is not a job ({exc.error_count()} error(s))"
+            raise _damaged(archive, key, problem) from None
+        logger.info(
+            "job %s for this request is already recorded: polling it, not paying again", job.job_id
+        )
+        return job
+    probe = Job(
+        provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
+    )
+    found = await adapter.find_job(probe)
+    if found is not None:
+        job = probe.model_copy(update={"job_id": found.job_id})
+        await record_job(archive, job)
+        logger.info("found job %s submitted earlier under this key", job.job_id)
+        return job
+    if not adapter.capabilities.can_find_job_by_key:
+        raise SubmitUncertain(
+            f"a submit for this request started at {record.get('started_at')} and its answer "
+            "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
+            provider=adapter.name,
+        )
+    # The provider has no job under this key: the dead claim goes, and this run claims afresh
+    # (unless another run replaced the claim meanwhile).
+    await asyncio.to_thread(_withdraw_if_same, archive, key, record)
+    return None
+
+
+def _damaged(archive: Archive, key: str, problem: str) -> DamagedRecord:
+    return DamagedRecord(
+        f"{archive.uri(job_rel(key))}: {problem}. {record_fix(job_rel(key))}",
+        provider=None,
+    )
+
+
+def _withdraw_if_same(archive: Archive, key: str, record: dict[str, Any]) -> None:
+    if archive.read_json(job_rel(key)) == record:
+        archive.delete(job_rel(key))
+
+
+async def _claim_settled(archive: Archive, key: str) -> Any | None:
+    """Re-read a live claim's record until it is no longer a live claim: the job, a dead
+    claim, or nothing (withdrawn)."""
+    pause = 0.2
+    while True:
+        await asyncio.sleep(pause)
+        pause = min(pause * 1.5, 2.0)
+        record = await asyncio.to_thread(archive.read_json, job_rel(key))
+        if not (isinstance(record, dict) and claim_alive(record)):
+            return record
 
 
 async def _stage_inline(archive: Archive, job: Job) -> Job:
@@ -347,9 +444,19 @@ async def make_images(
     """
     async with provider_slot(provider):  # a slot of the provider's limit while its job runs
         await submit_allowance(provider)
-        job, status, images = await run_job.fn(
-            provider, request, inputs, key, archive, timeout_seconds
-        )
+        try:
+            job, status, images = await run_job.fn(
+                provider, request, inputs, key, archive, timeout_seconds
+            )
+        except ProviderError:
+            # Another run of this request (it held the claim) may have archived the images
+            # meanwhile and removed what both were reading (its staged outputs): theirs are ours.
+            done = await archived_result(archive, key)
+            if done is None:
+                raise
+            get_run_logger().info("another run archived this request's images: using them")
+            update = {"from_archive": True, "row": row, "extra": dict(extra or {})}
+            return [img.model_copy(update=update) for img in done]
     archived = await archive_images.fn(
         images, archive, key, job, status, request.prompt, parents, extra, row
     )

@@ -101,6 +101,9 @@ class EmulatorConfig(BaseModel):
     )
     latency: float = Field(0.5, ge=0, description="seconds from accept to done, every job")
     latency_by_provider: dict[str, float] = Field(default_factory=dict)
+    submit_latency: float = Field(
+        0.0, ge=0, description="seconds a successful submit takes to answer, its job created"
+    )
     url_ttl: float | None = Field(
         300.0, ge=0, description="output URLs answer 403 this long after issue; None: never"
     )

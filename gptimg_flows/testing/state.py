@@ -482,6 +482,8 @@ def endpoint(provider: str, kind: str | None) -> Callable[[Handler], Callable[[R
             if kind is not None:
                 emu.ledger.request(provider, kind)
             response = await fn(request, emu)
+            if kind == "submit" and response.status_code < 300 and emu.config.submit_latency:
+                await asyncio.sleep(emu.config.submit_latency)  # the job exists, charged
             if response.status_code >= 400 and not isinstance(response, DroppedConnection):
                 emu.ledger.rejected(provider, response.status_code)
             return response
