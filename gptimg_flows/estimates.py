@@ -4,13 +4,21 @@ name, a block or `offline`) and reads a prompt file as `batch_generate` reads it
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from gptimg_flows.blocks.credentials import provider_of
-from gptimg_flows.blocks.resolve import ProviderParam, resolve_provider
+from gptimg_flows.blocks.resolve import (
+    ArchiveParam,
+    ProviderParam,
+    resolve_archive,
+    resolve_provider,
+)
+from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
-from gptimg_flows.rows import PromptsParam, read_prompts
+from gptimg_flows.rows import PromptsParam
 from gptimg_flows.spend.estimate import estimate_requests, estimate_rows
 from gptimg_flows.spend.prices import CostEstimate
 
@@ -24,6 +32,7 @@ async def estimate_cost(
     quality: Quality | None = None,
     output_format: OutputFormat | None = None,
     prompt_template: str | None = None,
+    archive: ArchiveParam = None,
 ) -> CostEstimate:
     """The expected cost of requests (ImageRequest / EditRequest), or of a batch's prompts
     (a list or a prompt file, read as `batch_generate` reads it), on one provider.
@@ -31,7 +40,8 @@ async def estimate_cost(
     Each request is priced from the credentials block's `price_per_image`, else the
     provider's documented price (gptimage2.ai), token table (OpenAI) or nothing (offline);
     the others are unknown, and the estimate says so. Rows a batch would refuse are left out
-    and noted. The estimate assumes nothing is archived yet.
+    and noted. The estimate assumes nothing is archived yet. A prompt file on the archive's
+    store (`archive`: a block, a saved block's name or a URL) is read with its storage options.
     """
     if requests is not None and prompts is not None:
         raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
@@ -44,4 +54,6 @@ async def estimate_cost(
         return estimate_requests(adapter, list(requests))
     assert prompts is not None
     defaults = {"size": size, "quality": quality, "output_format": output_format}
-    return estimate_rows(adapter, read_prompts(prompts), defaults, prompt_template)
+    store = await resolve_archive(archive) if archive is not None else None
+    rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
+    return estimate_rows(adapter, rows, defaults, prompt_template)

@@ -24,8 +24,10 @@ from gptimg_flows.engine.batch_api import batch_api_rows
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
 from gptimg_flows.engine.produce import check_timeout, produce, refresh_stamp, run_budget
 from gptimg_flows.engine.progress import BatchProgress
+from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_result, request_key
 from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
     ArchivedImage,
     Background,
@@ -63,7 +65,6 @@ from gptimg_flows.rows import (
     occurrence_slots,
     on_row,
     plan_rows,
-    read_prompts,
     row_failure,
     row_metadata,
 )
@@ -398,10 +399,10 @@ async def batch_generate(
     check_timeout(timeout_seconds)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
-    rows = read_prompts(prompts)
+    store = await resolve_archive(archive)
+    rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
-    store = await resolve_archive(archive)
     adapter = provider_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)

@@ -16,8 +16,6 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import fsspec
-
 from gptimg_flows.errors import InvalidRequest, ProviderError
 from gptimg_flows.models import ArchivedImage, ImageRequest, build_request, canonical_json
 from gptimg_flows.results import BatchFailure
@@ -31,50 +29,49 @@ Row = dict[str, Any]
 PromptsParam = list[str | dict[str, Any]] | str
 
 
-def read_prompts(source: PromptsParam) -> list[Row]:
-    """Rows from a list (of prompts, or of dicts), or a JSONL / CSV / text file at any fsspec
-    URL. JSONL lines and CSV rows carry request fields (`prompt`, `n`, `size`, …) and any
-    metadata columns."""
-    if isinstance(source, list):
-        rows: list[Row] = []
-        for i, item in enumerate(source):
-            if isinstance(item, dict):
-                rows.append(dict(item))
-            elif isinstance(item, str):
-                rows.append({"prompt": item})
-            else:
-                raise InvalidRequest(
-                    f"prompts[{i}]: a prompt (string) or a row (dict), not {type(item).__name__}",
-                    field="prompts",
-                )
-        return rows
-    text = _read_text(source)
-    if source.endswith((".jsonl", ".json")):
+#: What a prompt file's name must end with, and the format that says.
+PROMPT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".txt": "text"}
+
+
+def rows_of_list(source: list[str | dict[str, Any]]) -> list[Row]:
+    """Rows from a list of prompts or of dicts (a flow's `prompts=[…]`)."""
+    rows: list[Row] = []
+    for i, item in enumerate(source):
+        if isinstance(item, dict):
+            rows.append(dict(item))
+        elif isinstance(item, str):
+            rows.append({"prompt": item})
+        else:
+            raise InvalidRequest(
+                f"prompts[{i}]: a prompt (string) or a row (dict), not {type(item).__name__}",
+                field="prompts",
+            )
+    return rows
+
+
+def prompt_format(source: str) -> str:
+    """The format a prompt file's name says (jsonl, csv or text); any other name is refused
+    rather than guessed, so a file never read as prompts is never read at all."""
+    path = source.split("?", 1)[0].lower()
+    for suffix, kind in PROMPT_FORMATS.items():
+        if path.endswith(suffix):
+            return kind
+    raise InvalidRequest(
+        f"prompts: {source}: a prompt file's name ends with "
+        f"{', '.join(PROMPT_FORMATS)} (its format)",
+        field="prompts",
+    )
+
+
+def rows_of_text(source: str, text: str) -> list[Row]:
+    """Rows from a prompt file's text: JSONL lines and CSV rows carry request fields
+    (`prompt`, `n`, `size`, …) and any metadata columns; a text file is a prompt a line."""
+    kind = prompt_format(source)
+    if kind == "jsonl":
         return _jsonl_rows(source, text)
-    if source.endswith(".csv"):
+    if kind == "csv":
         return [dict(r) for r in csv.DictReader(io.StringIO(text))]
     return [{"prompt": line} for line in text.splitlines() if line.strip()]
-
-
-def _read_text(source: str) -> str:
-    try:
-        with fsspec.open(source, "rt", encoding="utf-8") as fh:
-            text: str = fh.read()
-    except FileNotFoundError:
-        raise InvalidRequest(f"prompts: no such file {source}", field="prompts") from None
-    except IsADirectoryError:
-        raise InvalidRequest(
-            f"prompts: {source} is a directory, not a file", field="prompts"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(
-            f"prompts: {source} is not UTF-8 text ({exc.reason})", field="prompts"
-        ) from None
-    except (ValueError, ImportError) as exc:  # fsspec: an unknown protocol
-        raise InvalidRequest(
-            f"prompts: cannot open {source} ({' '.join(str(exc).split())})", field="prompts"
-        ) from None
-    return text
 
 
 def _jsonl_rows(source: str, text: str) -> list[Row]:

@@ -43,7 +43,8 @@ from gptimg_flows.errors import (
     ServerError,
 )
 from gptimg_flows.flows import BatchFailure, BatchResult
-from gptimg_flows.media.inputs import ALLOW_PRIVATE_ENV, MAX_INPUT_BYTES, private_urls_allowed
+from gptimg_flows.media.inputs import MAX_INPUT_BYTES
+from gptimg_flows.media.reads import ALLOW_PRIVATE_ENV, private_urls_allowed
 from gptimg_flows.tasks import RETRIES, SubmitUncertain
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

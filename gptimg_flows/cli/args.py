@@ -107,3 +107,22 @@ def print_images(images: list[ArchivedImage], as_json: bool) -> None:
             f"{cost})"
         )
     typer.echo(f"{cost_summary(images)}; each image has a .json sidecar")
+
+
+def prompt_rows(source: str, archive: str | None) -> list[dict[str, Any]]:
+    """The prompt file's rows, read as the flow will read them: a file on a remote store with
+    the archive's storage options (a saved block's are fetched from the Prefect API)."""
+    from gptimg_flows.archive.store import Archive
+    from gptimg_flows.blocks.resolve import looks_like_path, open_archive, resolve_archive
+    from gptimg_flows.engine.reading import read_rules
+    from gptimg_flows.media.prompt_files import read_prompts
+
+    store: Archive | None = None
+    if "://" in source and not source.startswith(("http://", "https://")):
+        if archive is None:
+            store = Archive()
+        elif looks_like_path(archive):
+            store = open_archive(archive)
+        else:
+            store = run_command(lambda: resolve_archive(archive))
+    return read_prompts(source, read_rules(store))

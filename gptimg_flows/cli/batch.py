@@ -18,7 +18,7 @@ from gptimg_flows.cli.app import (
     SIZE_HELP,
     app,
 )
-from gptimg_flows.cli.args import archive_arg, precheck, print_estimate, source_arg
+from gptimg_flows.cli.args import archive_arg, precheck, print_estimate, prompt_rows, source_arg
 from gptimg_flows.cli.console import (
     OPTIONS,
     run_command,
@@ -73,12 +73,12 @@ def batch(
     with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import ImageRequest
-        from gptimg_flows.rows import check_columns, read_prompts
+        from gptimg_flows.rows import check_columns
 
         source = source_arg(prompts_file)
         ImageRequest(prompt="-", size=size, quality=quality, output_format=output_format)
         precheck(provider, archive_arg(archive), timeout)
-        rows = read_prompts(source)
+        rows = prompt_rows(source, archive_arg(archive))
         if not rows:
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
         check_columns(rows, template)
@@ -92,6 +92,7 @@ def batch(
                 quality=quality,
                 output_format=output_format,
                 prompt_template=template,
+                archive=archive_arg(archive),
             )
             return
         kwargs: dict[str, Any] = dict(

@@ -23,6 +23,7 @@ from gptimg_flows.cli.args import (
     precheck,
     print_estimate,
     print_images,
+    prompt_rows,
     source_arg,
 )
 from gptimg_flows.cli.console import (
@@ -222,6 +223,9 @@ def estimate(
     quality: str | None = typer.Option(None, help="auto, low, medium or high."),
     output_format: str | None = typer.Option(None, "--format", help="png, jpeg or webp."),
     template: str | None = typer.Option(None, "--template", help="Row prompts from columns."),
+    archive: str | None = typer.Option(
+        None, "--archive", "-a", help="Read a prompt file on its store with its storage options."
+    ),
     edit_images: int = typer.Option(
         0, "--edit-images", min=0, help="Price an edit with this many input images."
     ),
@@ -232,13 +236,13 @@ def estimate(
     with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import EditRequest, ImageRequest
-        from gptimg_flows.rows import check_columns, read_prompts
+        from gptimg_flows.rows import check_columns
 
         if (prompt is None) == (prompts_file is None):
             raise InvalidRequest("estimate: give a PROMPT or --file PROMPTS", field="prompts")
         if prompts_file is not None:
             source = source_arg(prompts_file)
-            check_columns(read_prompts(source), template)
+            check_columns(prompt_rows(source, archive_arg(archive)), template)
             print_estimate(
                 provider,
                 None,
@@ -248,6 +252,7 @@ def estimate(
                 quality=quality,
                 output_format=output_format,
                 prompt_template=template,
+                archive=archive_arg(archive),
             )
             return
         fields: dict[str, Any] = dict(

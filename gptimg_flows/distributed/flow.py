@@ -23,6 +23,7 @@ gather.py reads the answer from the archive and writes the report.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -45,7 +46,9 @@ from gptimg_flows.distributed.gather import archived_rows, gather_results, publi
 from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_groups, make_chunks
 from gptimg_flows.distributed.watch import Watcher
 from gptimg_flows.engine.produce import check_timeout, run_budget
+from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
 from gptimg_flows.results import BatchResult, cost_summary, rows_failed, spent_cost, total_cost
 from gptimg_flows.rows import (
@@ -53,7 +56,6 @@ from gptimg_flows.rows import (
     Row,
     check_columns,
     plan_rows,
-    read_prompts,
 )
 
 DEFAULT_DEPLOYMENT = "batch-generate/batch-from-file"
@@ -114,10 +116,10 @@ async def distributed_batch(
     lost_after = _check_watch_options(
         chunk_size, chunk_retries, heartbeat_seconds, lost_after_seconds
     )
-    rows = _json_rows(read_prompts(prompts))
+    store = await resolve_archive(archive)
+    rows = _json_rows(await asyncio.to_thread(read_prompts, prompts, read_rules(store)))
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
-    store = await resolve_archive(archive)
     provider_ref, archive_ref = _provider_ref(spec), _archive_ref(archive, store)
     adapter = provider_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}

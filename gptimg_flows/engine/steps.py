@@ -33,6 +33,7 @@ from gptimg_flows.engine.limits import provider_slot, submit_allowance
 from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
 from gptimg_flows.engine.polling import poll_until_done
 from gptimg_flows.engine.rate_limiter import gated_read
+from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import (
     ClaimAttempt,
     archived_result,
@@ -117,18 +118,15 @@ async def load_edit_inputs(
 ) -> tuple[list[InputImage], InputImage | None]:
     """Read and check every input before anything is uploaded or paid: a bad file, a URL into
     a private network, or a mask that does not fit the image fails here."""
-    options = {archive.protocol: archive.storage_options} if not archive.local else None
+    rules = read_rules(archive)
     images = list(
         await asyncio.gather(
-            *(
-                load_image(src, f"images[{i}]", storage_options=options)
-                for i, src in enumerate(request.images)
-            )
+            *(load_image(src, f"images[{i}]", rules=rules) for i, src in enumerate(request.images))
         )
     )
     mask: InputImage | None = None
     if request.mask is not None:
-        raw_mask = await load_image(request.mask, "mask", storage_options=options)
+        raw_mask = await load_image(request.mask, "mask", rules=rules)
         mask = await asyncio.to_thread(prepare_mask, raw_mask, images[0])
     return images, mask
 
