@@ -1,0 +1,125 @@
+"""A team's bucket at its own endpoint, with the keys only in the ImageArchive block (none in
+the environment): prompt files and masks in the bucket are read with the archive's options,
+and a read that lacks credentials is refused clearly before anything is paid."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from PIL import Image
+
+from gptimg_flows import (
+    ImageArchive,
+    batch_generate,
+    estimate_cost,
+    generate_edit_archive,
+)
+from gptimg_flows.errors import InvalidRequest
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CSV = "name,style,sku\nteapot,studio,T-1\nkettle,outdoor,K-2\nmug,studio,M-3\n"
+
+
+@pytest.fixture
+def keys_only_in_the_block(
+    monkeypatch: pytest.MonkeyPatch, s3_archive: tuple[str, dict[str, Any]]
+) -> tuple[ImageArchive, str, Any]:
+    """(the archive block, its bucket, a boto3 client) with no AWS_* variable set."""
+    basepath, options = s3_archive
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata either
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    public = {k: v for k, v in options.items() if k not in ("key", "secret")}
+    secret = json.dumps({"key": options["key"], "secret": options["secret"]})
+    block = ImageArchive(basepath=basepath, storage_options=public, secret_storage_options=secret)
+    bucket = basepath.removeprefix("s3://").split("/")[0]
+    return block, bucket, client
+
+
+async def test_a_batch_from_a_csv_in_the_bucket_with_a_template(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any], provider_block: Any, emulator: Any
+) -> None:
+    block, bucket, client = keys_only_in_the_block
+    client.put_object(Bucket=bucket, Key="inputs/products.csv", Body=CSV.encode())
+    prompts = f"s3://{bucket}/inputs/products.csv"
+    kwargs: dict[str, Any] = {
+        "prompts": prompts,
+        "archive": block,
+        "prompt_template": "product shot of a {name}, {style} light",
+        "size": "1024x1024",
+    }
+    result = await batch_generate(provider=provider_block("scenario"), **kwargs)
+    assert not result.failures and len(result.images) == 3
+    assert [i.extra["sku"] for i in result.images] == ["T-1", "K-2", "M-3"]
+    assert all(i.uri.startswith(f"s3://{bucket}/") for i in result.images)
+    again = await batch_generate(provider=provider_block("scenario"), **kwargs)
+    assert all(i.from_archive for i in again.images)
+    assert len(emulator.ledger()["submissions"]) == 3
+
+    estimate = await estimate_cost(
+        prompts=prompts,
+        provider="offline",
+        prompt_template=kwargs["prompt_template"],
+        archive=block,
+    )
+    assert estimate.requests == 3
+
+
+async def test_a_masked_edit_with_the_mask_in_the_bucket(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any], provider_block: Any, emulator: Any
+) -> None:
+    block, bucket, client = keys_only_in_the_block
+    mask = Image.new("RGBA", (1024, 1024), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, 512, 1024))
+    import io
+
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    client.put_object(Bucket=bucket, Key="masks/left.png", Body=buf.getvalue())
+    result = await generate_edit_archive(
+        prompt="a lighthouse",
+        edit_prompt="a storm on the left",
+        mask=f"s3://{bucket}/masks/left.png",
+        provider=provider_block("openai"),
+        archive=block,
+        size="1024x1024",
+    )
+    assert result.edited and result.edited[0].uri.startswith(f"s3://{bucket}/")
+
+
+async def test_a_prompt_file_read_without_credentials_is_refused_clearly_before_paying(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any],
+    provider_block: Any,
+    emulator: Any,
+    archive_dir: Any,
+) -> None:
+    """The prompt file is in another bucket than a local archive knows keys for: the error
+    names the URL, whose options were used, and what to set, not a botocore traceback."""
+    _, bucket, client = keys_only_in_the_block
+    client.put_object(Bucket=bucket, Key=f"{uuid.uuid4().hex}.csv", Body=CSV.encode())
+    with pytest.raises(InvalidRequest) as caught:
+        await batch_generate(
+            prompts=f"s3://{bucket}/products.csv",
+            provider=provider_block("scenario"),
+            archive=str(archive_dir),
+        )
+    message = str(caught.value)
+    assert f"s3://{bucket}/products.csv" in message
+    assert "credentials" in message and "storage options" in message
+    assert "Traceback" not in message and "testing" not in message
+    assert emulator.ledger()["submissions"] == []
