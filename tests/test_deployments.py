@@ -103,11 +103,18 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     assert daily["parameters"]["archive"] == batch["parameters"]["archive"] == "content-archive"
     archive = tmp_path / "content-archive"
     provider = await _save_blocks(env, emulator, archive)
-    prompts = tmp_path / "prompts.jsonl"
+    # A deployment's run reads local files only under the archive and GPTIMG_READ_ROOTS.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    prompts = inputs / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in BATCH_PROMPTS))
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"prompt": "read from a folder nobody opened"}) + "\n")
+    env = {**env, "GPTIMG_READ_ROOTS": str(inputs)}
     runs = {
         "daily-content/daily-content": {"provider": provider, "run_date": "2026-11-23"},
         "batch-generate/batch-from-file": {"provider": provider, "prompts": str(prompts)},
+        "batch-generate/batch-from-file#outside": {"provider": provider, "prompts": str(elsewhere)},
     }
     worker_tmp = Path(env["TMPDIR"])
     workdir = tmp_path / "worker"
@@ -115,7 +122,8 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
 
     first = _run_flows(env, runs, workdir)
 
-    assert [r["state_type"] for r in first] == ["COMPLETED", "COMPLETED"], first
+    assert [r["state_type"] for r in first] == ["COMPLETED", "COMPLETED", "FAILED"], first
+    assert "outside the folders this run may read" in first[2]["state"]["message"], first[2]
     # The worker is gone, and so are the temporary directories it ran the flows in …
     assert not list(worker_tmp.glob("*prefect")), list(worker_tmp.iterdir())
     # … but everything paid for is in the archive: 2 (generate + edit) + 3 batch images.
@@ -132,7 +140,7 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
 
     second = _run_flows(env, runs, workdir)
 
-    assert [r["state_type"] for r in second] == ["COMPLETED", "COMPLETED"], second
+    assert [r["state_type"] for r in second] == ["COMPLETED", "COMPLETED", "FAILED"], second
     assert len(emulator.ledger()["submissions"]) == len(paid), "the second run paid again"
     assert _archive_files(archive) == files
 

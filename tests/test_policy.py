@@ -27,6 +27,7 @@ from gptimg_flows.errors import (
     is_retryable,
 )
 from gptimg_flows.media.download import download
+from gptimg_flows.media.reads import ReadRules
 from gptimg_flows.models import ImageRequest, Job, JobState, JobStatus, OutputRef
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.offline import OfflineProvider
@@ -177,7 +178,10 @@ async def test_download_stops_at_the_size_cap() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         with pytest.raises(InvalidOutput, match="cap"):
             await download(
-                client, OutputRef(index=0, url="https://cdn.example/x.png"), max_bytes=1000
+                client,
+                OutputRef(index=0, url="https://cdn.example/x.png"),
+                rules=ReadRules(trusted_hosts=frozenset({"cdn.example"})),  # no DNS here
+                max_bytes=1000,
             )
 
 

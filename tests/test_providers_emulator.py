@@ -40,6 +40,7 @@ from gptimg_flows.errors import (
 )
 from gptimg_flows.media.download import DownloadedImage, download, save_inline
 from gptimg_flows.media.inputs import load_image
+from gptimg_flows.media.reads import ReadRules, trusted_host_of
 from gptimg_flows.models import (
     EditRequest,
     ImageRequest,
@@ -163,8 +164,10 @@ async def fetch(ref: OutputRef) -> DownloadedImage:
     """Inline bytes are saved, URLs downloaded (without any provider credentials)."""
     if ref.data is not None:
         return await save_inline(ref)
+    assert ref.url is not None
+    trusted = ReadRules(trusted_hosts=trusted_host_of(ref.url))  # the emulator's own host
     async with httpx.AsyncClient(timeout=30.0) as client:
-        return await download(client, ref)
+        return await download(client, ref, rules=trusted)
 
 
 async def run(

@@ -16,8 +16,9 @@ from gptimg_flows.media.sniff import EXTENSIONS
 
 #: Every sidecar, as a glob under the base path.
 SIDECARS = "images/*/*.json"
-#: What an output URL of a staged (inline) image contains.
-STAGING_MARK = "/_staging/"
+#: Where inline outputs are staged, and what an output URL of a staged image contains.
+STAGING_DIR = "_staging"
+STAGING_MARK = f"/{STAGING_DIR}/"
 
 
 def image_rel(sha256: str, mime: str) -> str:
@@ -46,7 +47,7 @@ def batch_rel(record: str) -> str:
 
 
 def staging_dir(key: str) -> str:
-    return f"_staging/{key}"
+    return f"{STAGING_DIR}/{key}"
 
 
 def staging_rel(key: str, index: int, ext: str) -> str:

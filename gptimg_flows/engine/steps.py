@@ -25,7 +25,7 @@ from prefect.logging import get_run_logger
 from prefect.tasks import Task
 from pydantic import ValidationError
 
-from gptimg_flows.archive.layout import job_rel, record_fix, staging_rel
+from gptimg_flows.archive.layout import STAGING_DIR, job_rel, record_fix, staging_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
 from gptimg_flows.engine.assets import emit_materializations
@@ -64,6 +64,7 @@ from gptimg_flows.errors import (
 )
 from gptimg_flows.media.download import DownloadedImage, download, save_inline, shared_client
 from gptimg_flows.media.inputs import load_image, prepare_mask
+from gptimg_flows.media.reads import ReadRules, trusted_host_of
 from gptimg_flows.models import (
     ArchivedImage,
     EditRequest,
@@ -192,6 +193,10 @@ async def submit_job(
             )
         except _ClaimedElsewhere:
             continue  # another run claimed the key while this one waited for the limiter
+        except BaseException:
+            if held:  # claimed up front, never used: no call was made, so nothing is owed
+                await asyncio.shield(asyncio.to_thread(archive.delete, job_rel(key)))
+            raise
         break
     # DEBUG: the "archived" line names the job too; per image, INFO lines are what the flow
     # process formats and the server stores most of (bench/RESULTS.md).
@@ -375,12 +380,16 @@ async def _fetch(
     current = ref
 
     reads = reads_of(adapter)
+    staging = archive.path(STAGING_DIR)
+    rules = ReadRules(trusted_hosts=trusted_host_of(adapter.base_url))
 
     async def once() -> DownloadedImage:
         nonlocal current
         for refreshed in range(URL_REFRESHES + 1):
             try:
-                fetch = functools.partial(download, client, current, fs=archive.fs)
+                fetch = functools.partial(
+                    download, client, current, fs=archive.fs, staging=staging, rules=rules
+                )
                 return await gated_read(reads, fetch)
             except OutputExpired:
                 if refreshed == URL_REFRESHES:

@@ -8,11 +8,14 @@ Output URLs are fetched with a bare client: credentials never go to a CDN.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
 import weakref
+from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urljoin
 
 import fsspec
 import httpx
@@ -20,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from gptimg_flows.errors import (
     InvalidOutput,
+    InvalidRequest,
     OutputExpired,
     RateLimited,
     ServerError,
@@ -27,6 +31,7 @@ from gptimg_flows.errors import (
 )
 from gptimg_flows.media.gate import CLIENT_LIMITS, gate_of
 from gptimg_flows.media.headers import parse_retry_after
+from gptimg_flows.media.reads import MAX_REDIRECTS, ReadRules, check_host_async
 from gptimg_flows.media.sniff import sniff_file
 from gptimg_flows.models import OutputRef
 
@@ -66,7 +71,7 @@ def shared_client() -> httpx.AsyncClient:
         client = _CLIENTS[loop] = httpx.AsyncClient(
             timeout=httpx.Timeout(60.0, connect=10.0),
             limits=CLIENT_LIMITS,
-            follow_redirects=True,
+            follow_redirects=False,  # each hop is checked by hand (`_followed`)
         )
     return client
 
@@ -119,22 +124,27 @@ async def download(
     ref: OutputRef,
     *,
     fs: fsspec.AbstractFileSystem | None = None,
+    staging: str | None = None,
+    rules: ReadRules | None = None,
     max_bytes: int = MAX_OUTPUT_BYTES,
 ) -> DownloadedImage:
     """Stream one output URL to a spool file; typed errors say what to do next.
 
-    Non-http URLs are objects staged in our archive, read through its filesystem `fs`.
+    Non-http URLs are objects staged in our archive, read through its filesystem `fs`, and only
+    from under `staging` (the archive's `_staging/`). http(s) redirects are followed by hand,
+    each hop's host checked by the read rule (`rules`: the provider's own host is trusted).
     """
     assert ref.url is not None
     if not ref.url.startswith(("http://", "https://")):
-        if fs is None:
-            raise InvalidOutput(f"output {ref.index}: no filesystem to read {ref.url}")
-        return await asyncio.to_thread(_copy_fsspec, fs, ref, max_bytes)
+        if fs is None or staging is None:
+            raise InvalidOutput(f"output {ref.index}: no archive staging area to read it from")
+        path = _staged_path(fs, ref, staging)
+        return await asyncio.to_thread(_copy_fsspec, fs, ref, path, max_bytes)
     tmp = _new_spool_file()
     digest = hashlib.sha256()
     size = 0
     try:
-        async with gate_of(client).slot(), client.stream("GET", ref.url) as response:
+        async with gate_of(client).slot(), _followed(client, ref, rules) as response:
             status = response.status_code
             if status in (401, 403, 404, 410):
                 raise OutputExpired(f"output {ref.index} URL answered HTTP {status}")
@@ -173,14 +183,54 @@ async def download(
     return await asyncio.to_thread(_finish, tmp, digest.hexdigest(), size, ref, "its URL")
 
 
-def _copy_fsspec(fs: fsspec.AbstractFileSystem, ref: OutputRef, max_bytes: int) -> DownloadedImage:
-    """Outputs spooled into the archive's staging area are copied the same way."""
+@contextlib.asynccontextmanager
+async def _followed(
+    client: httpx.AsyncClient, ref: OutputRef, rules: ReadRules | None
+) -> AsyncIterator[httpx.Response]:
+    """The response at the end of `ref.url`'s redirects, each hop checked before it is asked."""
     assert ref.url is not None
+    url = ref.url
+    what = f"output {ref.index}"
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            await check_host_async(url, what, rules or ReadRules())
+        except InvalidRequest as exc:  # the provider named it: the output is refused
+            raise InvalidOutput(exc.message) from None
+        async with client.stream("GET", url) as response:
+            if response.is_redirect and "location" in response.headers:
+                url = urljoin(url, response.headers["location"])
+                if not url.startswith(("http://", "https://")):
+                    raise InvalidOutput(f"{what} URL redirects to a non-http URL")
+                continue
+            yield response
+            return
+    raise InvalidOutput(f"{what} URL redirects more than {MAX_REDIRECTS} times")
+
+
+def _staged_path(fs: fsspec.AbstractFileSystem, ref: OutputRef, staging: str) -> str:
+    """The staged file a non-http output names, if it is one: under `staging`, no `..`, a
+    regular file (a FIFO would block a worker thread for ever)."""
+    assert ref.url is not None
+    path = fs._strip_protocol(ref.url)
+    root = fs._strip_protocol(staging).rstrip("/") + "/"
+    if ".." in path.split("/") or not path.startswith(root):
+        raise InvalidOutput(
+            f"output {ref.index} names a file outside the archive's staging area: not read"
+        )
+    return str(path)
+
+
+def _copy_fsspec(
+    fs: fsspec.AbstractFileSystem, ref: OutputRef, path: str, max_bytes: int
+) -> DownloadedImage:
+    """Outputs spooled into the archive's staging area are copied the same way."""
     tmp = _new_spool_file()
     digest = hashlib.sha256()
     size = 0
     try:
-        with fs.open(ref.url, "rb") as src, tmp.open("wb") as dst:
+        if fs.info(path).get("type") != "file":
+            raise InvalidOutput(f"staged output {ref.index} is not a regular file")
+        with fs.open(path, "rb") as src, tmp.open("wb") as dst:
             while chunk := src.read(CHUNK):
                 size += len(chunk)
                 if size > max_bytes:

@@ -16,6 +16,7 @@ A refusal is `InvalidRequest` naming the input and the rule, and never quotes by
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import os
 import socket
@@ -187,17 +188,40 @@ def read_remote(url: str, protocol: str, what: str, rules: ReadRules, max_bytes:
 def check_host(url: str, what: str, rules: ReadRules) -> None:
     """Refuse a URL whose host resolves into loopback, private, link-local (cloud metadata)
     or reserved networks, unless the host is trusted or the opt-in is set."""
-    host = urlsplit(url).hostname
-    if not host:
-        raise InvalidRequest(f"{what}: URL {url!r} has no host", field=what)
-    if host in rules.trusted_hosts or private_urls_allowed():
+    host = _host_to_check(url, what, rules)
+    if host is None:
         return
     try:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         raise InvalidRequest(f"{what}: cannot resolve host {host!r}", field=what) from None
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
+    _refuse_private(url, what, [str(info[4][0]) for info in infos])
+
+
+async def check_host_async(url: str, what: str, rules: ReadRules) -> None:
+    """`check_host` without blocking the event loop (provider outputs, one per hop)."""
+    host = _host_to_check(url, what, rules)
+    if host is None:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except socket.gaierror:
+        raise InvalidRequest(f"{what}: cannot resolve host {host!r}", field=what) from None
+    _refuse_private(url, what, [str(info[4][0]) for info in infos])
+
+
+def _host_to_check(url: str, what: str, rules: ReadRules) -> str | None:
+    host = urlsplit(url).hostname
+    if not host:
+        raise InvalidRequest(f"{what}: URL {url!r} has no host", field=what)
+    if host in rules.trusted_hosts or private_urls_allowed():
+        return None
+    return host
+
+
+def _refuse_private(url: str, what: str, addresses: list[str]) -> None:
+    for address in addresses:
+        addr = ipaddress.ip_address(address)
         if not addr.is_global:
             raise InvalidRequest(
                 f"{what}: {url!r} points into a private or reserved network ({addr}); set "

@@ -20,8 +20,10 @@ _MIME_BY_FORMAT = {
 }
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
-# Decompression bombs: refuse anything past 100 MP before decoding.
-Image.MAX_IMAGE_PIXELS = 100_000_000
+#: The most pixels an image we open may have; checked from its header before any decode
+#: (Pillow itself only warns below twice its limit, after decoding has begun).
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,17 @@ def sniff(source: bytes | Path, *, verify: bool = True) -> ImageInfo:
     else:
         with Path(source).open("rb") as fh:
             head = fh.read(16)
-    if magic_mime(head) is None:
-        preview = head[:16]
-        raise ValueError(f"not an image (starts with {preview!r})")
+    if magic_mime(head) is None:  # what it holds is not quoted: it may be anything
+        raise ValueError("not an image (no image signature in its first bytes)")
     try:
         with Image.open(opener) as img:
             fmt = img.format or ""
             width, height = img.size
+            if width * height > MAX_PIXELS:  # from the header, before anything is decoded
+                raise ValueError(
+                    f"{width}x{height}, {width * height:,} pixels: over the "
+                    f"{MAX_PIXELS:,}-pixel limit, so it is not decoded"
+                )
             has_alpha = img.mode in ("RGBA", "LA", "PA") or (
                 img.mode == "P" and "transparency" in img.info
             )

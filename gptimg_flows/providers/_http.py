@@ -216,6 +216,7 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.provider = provider
+        self.base_url = base_url.rstrip("/")
         # Which account this client speaks for, without holding its secret: a rate limit is
         # the account's, shared by every client and flow run that uses the same key.
         auth = sorted((k.lower(), v) for k, v in headers.items())

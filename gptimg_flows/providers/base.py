@@ -274,6 +274,14 @@ class Provider(ABC):
                 "use openai, scenario or skillsvideo for masked edits",
             )
 
+    @property
+    def base_url(self) -> str | None:
+        """Where this adapter's API is (None: it has none). Its host is trusted for the output
+        URLs the provider names when it is itself private (a test server, an internal proxy)."""
+        api = getattr(self, "_api", None)
+        url = getattr(api, "base_url", None)
+        return url if isinstance(url, str) else None
+
     def _invalid(self, field_name: str, message: str) -> InvalidRequest:
         return InvalidRequest(message, field=field_name, provider=self.name)
 
