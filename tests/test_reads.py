@@ -194,3 +194,126 @@ async def test_chained_urls_no_longer_pass_the_input_checks(
                 archive=str(archive_dir),
             )
     assert emulator.ledger()["submissions"] == []
+
+
+# -- what a provider names ---------------------------------------------------------------------
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height (no pixel data: nothing needs decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+async def _download(url: str, answer: Any, **kwargs: Any) -> Any:
+    import httpx
+
+    from gptimg_flows.media.download import download
+    from gptimg_flows.models import OutputRef
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+        return await download(client, OutputRef(index=0, url=url), **kwargs)
+
+
+async def test_an_output_url_on_an_internal_address_is_not_fetched() -> None:
+    from gptimg_flows.errors import InvalidOutput
+
+    asked: list[str] = []
+
+    def answer(request: Any) -> Any:
+        import httpx
+
+        asked.append(str(request.url))
+        return httpx.Response(200, content=b"secret")
+
+    trusted = ReadRules(trusted_hosts=frozenset({"cdn.example"}))
+    with pytest.raises(InvalidOutput, match=r"private or reserved network \(169\.254"):
+        await _download("http://169.254.169.254/latest/meta-data/", answer, rules=trusted)
+    assert asked == []
+
+
+async def test_a_redirect_to_an_internal_address_is_not_followed() -> None:
+    import httpx
+
+    from gptimg_flows.errors import InvalidOutput
+
+    asked: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url))
+        if request.url.host == "cdn.example":
+            return httpx.Response(302, headers={"location": "http://10.1.2.3/admin"})
+        return httpx.Response(200, content=b"secret")
+
+    trusted = ReadRules(trusted_hosts=frozenset({"cdn.example"}))
+    with pytest.raises(InvalidOutput, match=r"private or reserved network \(10\.1\.2\.3\)"):
+        await _download("https://cdn.example/out.png", answer, rules=trusted)
+    assert asked == ["https://cdn.example/out.png"]
+
+
+async def test_a_non_image_output_is_refused_without_quoting_it() -> None:
+    import httpx
+
+    from gptimg_flows.errors import InvalidOutput
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b"sk-live-SECRET and more", headers={})
+
+    trusted = ReadRules(trusted_hosts=frozenset({"cdn.example"}))
+    with pytest.raises(InvalidOutput) as caught:
+        await _download("https://cdn.example/out.png", answer, rules=trusted)
+    assert "SECRET" not in str(caught.value) and "sk-" not in str(caught.value)
+
+
+async def test_non_http_outputs_are_read_only_from_the_staging_area(tmp_path: Path) -> None:
+    from gptimg_flows.archive.store import Archive
+    from gptimg_flows.errors import InvalidOutput
+
+    archive = Archive(str(tmp_path / "archive"))
+    elsewhere = tmp_path / "someone-elses.png"
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(elsewhere)
+    staging = archive.path("_staging")
+    inside_by_dots = f"{staging}/key/../../../someone-elses.png"
+    for url in (str(elsewhere), inside_by_dots, "memory://x/_staging/a.png"):
+        with pytest.raises(InvalidOutput, match="outside the archive's staging area"):
+            await _download(url, None, fs=archive.fs, staging=staging)
+    fifo = Path(staging, "key", "0.png")
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    with pytest.raises(InvalidOutput, match="not a regular file"):
+        await _download(str(fifo), None, fs=archive.fs, staging=staging)
+
+
+@pytest.mark.parametrize("where", ["an input", "an output"])
+async def test_an_image_over_the_pixel_limit_is_refused_from_its_header(
+    where: str, tmp_path: Path
+) -> None:
+    """A 14000x14000 RGBA PNG is small on disk but 784 MB decoded: refused before decoding."""
+    import httpx
+
+    from gptimg_flows.errors import InvalidOutput
+    from gptimg_flows.media.inputs import load_image
+
+    data = _png_header(14000, 14000)
+    if where == "an input":
+        path = tmp_path / "huge.png"
+        path.write_bytes(data)
+        with pytest.raises(InvalidRequest, match="over the 100,000,000-pixel limit"):
+            await load_image(str(path), "images[0]")
+        return
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=data, headers={"content-type": "image/png"})
+
+    trusted = ReadRules(trusted_hosts=frozenset({"cdn.example"}))
+    with pytest.raises(InvalidOutput, match="over the 100,000,000-pixel limit"):
+        await _download("https://cdn.example/out.png", answer, rules=trusted)

@@ -7,6 +7,7 @@ PNG, so every byte stream we keep passes through `sniff` first.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,10 @@ def sniff(source: bytes | Path, *, verify: bool = True) -> ImageInfo:
     if magic_mime(head) is None:  # what it holds is not quoted: it may be anything
         raise ValueError("not an image (no image signature in its first bytes)")
     try:
-        with Image.open(opener) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning: the size is checked below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(opener)
+        with img:
             fmt = img.format or ""
             width, height = img.size
             if width * height > MAX_PIXELS:  # from the header, before anything is decoded
