@@ -112,18 +112,26 @@ def check_columns(rows: list[Row], template: str | None) -> None:
 
 
 def template_fields(template: str) -> list[str]:
-    """The column names a `str.format` template uses (`{name}`, `{price:.2f}`)."""
+    """The column names a template uses: `{name}` only. A format spec or conversion
+    (`{name:>400000000}`, `{name!r}`) is refused: a width builds a string of any size before
+    any other check, and a prompt needs none."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise InvalidRequest(f"prompt_template: {exc}", field="prompt_template") from None
     names = []
-    for _, name, _, _ in parsed:
+    for _, name, spec, conversion in parsed:
         if name is None:
             continue
         if not name or not name.isidentifier():
             raise InvalidRequest(
                 f"prompt_template: use named columns like {{name}}, not {{{name}}}",
+                field="prompt_template",
+            )
+        if spec or conversion:
+            raise InvalidRequest(
+                f"prompt_template: {{{name}}} takes no format spec or conversion; write the "
+                "column as you want it to read",
                 field="prompt_template",
             )
         names.append(name)

@@ -126,8 +126,26 @@ async def test_a_large_batch_is_a_gallery_in_row_order_split_into_keyed_pages(
 
 def test_cells_cannot_break_the_table_or_inject_html() -> None:
     assert cell("a | b\nc <img src=x onerror=alert(1)>") == (
-        "a \\| b c &lt;img src=x onerror=alert(1)&gt;"
+        "a \\| b c &lt;img src=x onerror=alert\\(1\\)&gt;"
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "shot ![](https://tracker.example/p.gif?u=1)",  # an image that would load a tracker
+        "see [our offer](https://phish.example)",  # a link
+        "visit https://phish.example or www.phish.example",  # bare URLs autolinked
+        "# a heading **bold** _em_ `code`",
+    ],
+)
+def test_user_and_provider_text_is_shown_as_itself_not_as_markdown(text: str) -> None:
+    """Prompts, CSV metadata and provider errors come from anywhere: in the artifact they are
+    text. (How the UI renders it is checked in Chromium by test_browser.)"""
+    out = cell(text)
+    assert "![" not in out and "](" not in out and "://" not in out and "www." not in out
+    assert "**" not in out and "`" not in out.replace("\\`", "")
+    assert re.sub(r"\\(.)", r"\1", out) == text, "every character is still shown"
     assert len(cell("x" * 500, 20)) == 20
 
 

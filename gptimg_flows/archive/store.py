@@ -14,6 +14,7 @@ import json
 import os
 import posixpath
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,32 @@ class Link:
 
     url: str
     expires_at: datetime | None = None
+
+
+#: Temporary files older than this were left by a write that was killed.
+STALE_SECONDS = 24 * 3600
+_SWEPT: set[str] = set()
+
+
+def sweep_old_files(root: str, matches: Any, older_than: float = STALE_SECONDS) -> int:
+    """Delete files under `root` whose name `matches` and whose last change is older than
+    `older_than` seconds (what a killed write leaves behind)."""
+    cutoff = time.time() - older_than
+    removed = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not matches(name):
+                continue
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_mtime < cutoff:
+                    os.unlink(path)
+                    removed += 1
+    return removed
+
+
+def _is_temp_name(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def default_basepath() -> str:
@@ -133,6 +160,16 @@ class Archive:
     def write_json(self, rel: str, value: Any, *, overwrite: bool = True) -> str:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
         return self.put_bytes(data, rel, overwrite=overwrite)
+
+    def sweep_stale(self) -> int:
+        """Remove what killed writes left in a local archive (hidden `.tmp` files a day old),
+        once per process: a write in flight is never that old. Returns how many went."""
+        if not self.local or self.root in _SWEPT:
+            return 0
+        _SWEPT.add(self.root)
+        return sweep_old_files(
+            self.root, lambda name: name.startswith(".") and name.endswith(".tmp")
+        )
 
     def create_json(self, rel: str, value: Any) -> bool:
         """Write `rel` only if nothing is there, as one step no other writer can split: False

@@ -9,6 +9,7 @@ temporary directory. Interactive runs (scripts, the CLI, notebooks) keep `./gpti
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from collections.abc import Callable
@@ -89,7 +90,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
 
     Under a deployment, one that would not outlive the run is refused (module docstring).
     """
-    deployed = _in_deployment_run()
+    deployed = in_deployment_run()
     if archive is None:
         configured = os.environ.get(DEFAULT_ARCHIVE_ENV)
         if deployed and not configured:
@@ -116,6 +117,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         problem = vanishing_reason(store, given)
         if problem:
             raise InvalidRequest(f"archive: {problem}; {_ARCHIVE_FIX}", field="archive")
+    await asyncio.to_thread(store.sweep_stale)
     return store
 
 
@@ -172,7 +174,7 @@ def vanishing_reason(store: Archive, given: str) -> str | None:
     return None
 
 
-def _in_deployment_run() -> bool:
+def in_deployment_run() -> bool:
     """True inside a flow run created from a deployment (a worker, `serve`, or a schedule)."""
     from prefect.runtime import deployment
 

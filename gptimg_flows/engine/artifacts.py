@@ -42,11 +42,27 @@ class Shown:
     source_thumb: str | None = None
 
 
+#: Characters that would make a user's or a provider's text into markdown (a link, an image
+#: that loads a tracker, emphasis, a heading): each is shown as itself, backslash-escaped.
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]()!#~|{}+-"})
+
+
 def cell(text: str, limit: int = 160) -> str:
-    """Text safe inside a markdown table cell (no pipes, no newlines, no raw HTML)."""
+    """Text shown as itself inside a markdown table cell: no pipes, no newlines, no raw HTML,
+    no markdown (prompts, metadata and errors come from users and providers), and no bare
+    URL the renderer would turn into a link."""
     flat = " ".join(text.split())
     short = flat if len(flat) <= limit else flat[: limit - 1] + "…"
-    return html.escape(short, quote=False).replace("|", "\\|")
+    escaped = html.escape(short, quote=False).translate(_MARKDOWN)
+    return escaped.replace("://", ":\\/\\/").replace("www.", "www\\.")
+
+
+def code_cell(text: str, limit: int = 200) -> str:
+    """Text inside a code span in a table cell (a path): shown literally, so only the span's
+    own delimiter and the table's pipe are kept out."""
+    flat = " ".join(text.split())
+    short = flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return "`" + short.replace("`", "'").replace("|", "\\|") + "`"
 
 
 def _sha_of(uri: str) -> str:
@@ -85,7 +101,7 @@ def picture(data_uri: str | None, alt: str) -> str:
 def link_text(shown: Shown) -> str:
     img = shown.image
     if shown.link is None:
-        return f"`{cell(img.uri, 200)}`"
+        return code_cell(img.uri)
     if shown.link.expires_at is None:
         return f"[open]({shown.link.url})"
     when = shown.link.expires_at.strftime("%Y-%m-%d %H:%M UTC")

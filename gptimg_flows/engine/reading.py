@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import os
 
-from prefect.context import FlowRunContext
-
 from gptimg_flows.archive.store import Archive
+from gptimg_flows.blocks.resolve import in_deployment_run
 from gptimg_flows.media.reads import ReadRules, roots_from_env, trusted_host_of
-
-
-def in_deployment_run() -> bool:
-    context = FlowRunContext.get()
-    run = context.flow_run if context is not None else None
-    return run is not None and run.deployment_id is not None
 
 
 def read_rules(archive: Archive | None, *, provider_base_url: str | None = None) -> ReadRules:

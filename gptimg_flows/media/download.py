@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,9 +78,27 @@ def shared_client() -> httpx.AsyncClient:
 
 
 def spool_dir() -> Path:
+    """Where downloads stream to; the `.part` files a killed process left there a day ago or
+    more are removed the first time a process uses it."""
     path = Path(os.environ.get("GPTIMG_SPOOL", Path(tempfile.gettempdir()) / "gptimg-spool"))
     path.mkdir(parents=True, exist_ok=True)
+    if str(path) not in _SWEPT_SPOOLS:
+        _SWEPT_SPOOLS.add(str(path))
+        _sweep_parts(path)
     return path
+
+
+_SWEPT_SPOOLS: set[str] = set()
+#: A spool file untouched this long was left by a killed download.
+STALE_PART_SECONDS = 24 * 3600
+
+
+def _sweep_parts(path: Path) -> None:
+    cutoff = time.time() - STALE_PART_SECONDS
+    for part in path.glob("dl-*.part"):
+        with contextlib.suppress(OSError):
+            if part.lstat().st_mtime < cutoff:
+                part.unlink()
 
 
 def _finish(tmp: Path, digest: str, size: int, ref: OutputRef, where: str) -> DownloadedImage:

@@ -4,6 +4,8 @@ job status spellings. No Prefect."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -217,6 +219,7 @@ class ApiClient:
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
+        self._secrets = secrets_of(headers)
         # Which account this client speaks for, without holding its secret: a rate limit is
         # the account's, shared by every client and flow run that uses the same key.
         auth = sorted((k.lower(), v) for k, v in headers.items())
@@ -243,7 +246,33 @@ class ApiClient:
         ok: tuple[int, ...] = (200, 201, 202),
         job_id: str | None = None,
     ) -> tuple[int, Any]:
-        """Send one request; return (status, parsed JSON) or raise a typed error."""
+        """Send one request; return (status, parsed JSON) or raise a typed error, whose
+        message never holds this client's credentials (a provider may echo them back)."""
+        try:
+            return await self._request(method, path, json_body, data, files, ok, job_id)
+        except ProviderError as err:
+            raise self.redacted(err) from None
+
+    def redacted(self, err: ProviderError) -> ProviderError:
+        """`err` with every credential this client sends replaced by `***`."""
+        message = err.message
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        if message != err.message:
+            err.message = message
+            err.args = (err._render(),)
+        return err
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        data: Mapping[str, Any] | None,
+        files: Any,
+        ok: tuple[int, ...],
+        job_id: str | None,
+    ) -> tuple[int, Any]:
         url = path if path.startswith("http") or not path else "/" + path.lstrip("/")
         try:
             async with gate_of(self._client).slot():
@@ -295,7 +324,7 @@ class ApiClient:
                     err = error_for_response(self.provider, response)
                     err.job_id = job_id
                     err.args = (err._render(),)
-                    raise err
+                    raise self.redacted(err)
                 async for line in response.aiter_lines():
                     yield line
         except httpx.TransportError as exc:
@@ -307,6 +336,28 @@ class ApiClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+#: Headers that carry credentials (the others, like Accept, are not secret).
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-key"})
+
+
+def secrets_of(headers: Mapping[str, str]) -> list[str]:
+    """The credentials in a client's headers, as a provider could echo them: each value, a
+    bearer token alone, and a basic-auth pair decoded (key and secret each), longest first."""
+    found: set[str] = set()
+    for name, value in headers.items():
+        if name.lower() not in CREDENTIAL_HEADERS:
+            continue
+        found.add(value)
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            found.add(token)
+        elif scheme.lower() == "basic" and token:
+            found.add(token)
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                found.update(base64.b64decode(token).decode().split(":", 1))
+    return sorted((s for s in found if len(s) >= 8), key=len, reverse=True)
 
 
 def require(body: Any, *path: str | int, provider: str, job_id: str | None = None) -> Any:
