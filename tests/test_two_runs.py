@@ -167,3 +167,25 @@ async def test_a_batch_and_another_batch_with_common_rows_pay_once_per_row(
     assert not a.failures and not b.failures
     assert len(emulator.ledger()["submissions"]) == 6
     assert {i.sha256 for i in a.images[:4]} == {i.sha256 for i in b.images[1:]}
+
+
+@pytest.mark.parametrize("name", ["openai", "scenario"])
+async def test_a_deleted_result_record_is_rebuilt_from_the_sidecars_not_paid_again(
+    name: str, provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    """The fix a DamagedRecord names for `_results/`: delete it. OpenAI's images came inline
+    (their staged copies are gone once archived), so only the sidecars can find them."""
+    block = provider_block(name)
+    kwargs = {"prompt": "found again", "archive": str(archive_dir), "size": "1024x1024"}
+    first = await generate_images(provider=block, **kwargs)
+    [record] = (archive_dir / "_results").glob("*.json")
+    record.write_bytes(b'{"key": "trunc')
+    with pytest.raises(DamagedRecord, match=r"_results/.*delete it"):
+        await generate_images(provider=block, **kwargs)
+    record.unlink()
+    again = await generate_images(provider=block, **kwargs)
+    assert [i.sha256 for i in again] == [i.sha256 for i in first]
+    if name == "openai":  # scenario's URLs still work: its recorded job is downloaded again
+        assert all(i.from_archive for i in again)
+    assert record.exists(), "the result record is written back"
+    assert len(emulator.ledger()["submissions"]) == 1

@@ -16,6 +16,7 @@ import posixpath
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -160,6 +161,18 @@ class Archive:
     def write_json(self, rel: str, value: Any, *, overwrite: bool = True) -> str:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode()
         return self.put_bytes(data, rel, overwrite=overwrite)
+
+    def sidecars(self) -> Iterator[dict[str, Any]]:
+        """Every image sidecar in the archive (inputs carry none); unreadable ones are passed
+        over (the images are what counts)."""
+        for path in sorted(self.fs.glob(self.path(layout.SIDECARS))):
+            with self.fs.open(path, "rb") as fh:
+                try:
+                    record = json.loads(fh.read())
+                except ValueError:
+                    continue
+            if isinstance(record, dict) and "sha256" in record:
+                yield record
 
     def sweep_stale(self) -> int:
         """Remove what killed writes left in a local archive (hidden `.tmp` files a day old),

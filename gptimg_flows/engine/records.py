@@ -79,6 +79,23 @@ async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | N
     return images if images and all(present) else None
 
 
+def rebuilt_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
+    """The images a request produced, found again from their sidecars when its result record
+    is gone (deleted because it was damaged): written back, so the next look is one read.
+    Blocking, and a scan of the archive: only for a request whose job ended but whose result
+    cannot be read any other way (its outputs are gone from the provider or the staging)."""
+    found = [
+        ArchivedImage.model_validate(s) for s in archive.sidecars() if s.get("request_key") == key
+    ]
+    if not found or not all(archive.fs.exists(_strip(archive, i.uri)) for i in found):
+        return None
+    found.sort(key=lambda i: i.uri)
+    job_id = found[0].job_id
+    images = [i.model_dump(mode="json") for i in found]
+    archive.write_json(result_rel(key), {"key": key, "job_id": job_id, "images": images})
+    return found
+
+
 def _strip(archive: Archive, uri: str) -> str:
     return uri.split("://", 1)[1] if "://" in uri else uri
 

@@ -40,6 +40,8 @@ from gptimg_flows.engine.records import (
     claim_alive,
     end_claim,
     held_claim,
+    job_recorded,
+    rebuilt_result,
     record_job,
     try_claim,
     write_images,
@@ -459,9 +461,14 @@ async def make_images(
             # Another run of this request (it held the claim) may have archived the images
             # meanwhile and removed what both were reading (its staged outputs): theirs are ours.
             done = await archived_result(archive, key)
+            if done is None and await job_recorded(archive, key):
+                done = await asyncio.to_thread(rebuilt_result, archive, key)
             if done is None:
                 raise
-            get_run_logger().info("another run archived this request's images: using them")
+            get_run_logger().info(
+                "this request's images are already archived (by another run, or found again "
+                "from their sidecars): using them, nothing paid"
+            )
             update = {"from_archive": True, "row": row, "extra": dict(extra or {})}
             return [img.model_copy(update=update) for img in done]
     archived = await archive_images.fn(

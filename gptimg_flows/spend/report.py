@@ -3,14 +3,11 @@ cost, unit, provider and time. No Prefect here."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from gptimg_flows.archive.layout import SIDECARS
 from gptimg_flows.archive.store import Archive
 
 GroupBy = Literal["provider", "day"]
@@ -26,25 +23,12 @@ class SpendRow(BaseModel):
     unpriced: int = 0
 
 
-def sidecars(archive: Archive) -> Iterator[dict[str, Any]]:
-    """Every image sidecar in the archive (inputs carry none)."""
-    pattern = archive.path(SIDECARS)
-    for path in sorted(archive.fs.glob(pattern)):
-        with archive.fs.open(path, "rb") as fh:
-            try:
-                record = json.loads(fh.read())
-            except ValueError:
-                continue
-        if isinstance(record, dict) and "sha256" in record:
-            yield record
-
-
 def spend_report(
     archive: Archive, since: date | None = None, by: GroupBy = "provider"
 ) -> list[SpendRow]:
     """Totals per group and unit, for images archived on or after `since` (UTC days)."""
     rows: dict[tuple[str, str], SpendRow] = {}
-    for record in sidecars(archive):
+    for record in archive.sidecars():
         made = _created(record)
         if since is not None and (made is None or made.date() < since):
             continue
