@@ -5,6 +5,7 @@ and a read that lacks credentials is refused clearly before anything is paid."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -123,3 +124,88 @@ async def test_a_prompt_file_read_without_credentials_is_refused_clearly_before_
     assert "credentials" in message and "storage options" in message
     assert "Traceback" not in message and "testing" not in message
     assert emulator.ledger()["submissions"] == []
+
+
+# -- prefect-aws blocks as archives (the aws extra) --------------------------------------------
+
+
+def _minio_bucket(s3_archive: tuple[str, dict[str, Any]]) -> Any:
+    from prefect_aws import MinIOCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    basepath, options = s3_archive
+    bucket, _, folder = basepath.removeprefix("s3://").partition("/")
+    creds = MinIOCredentials(
+        minio_root_user=options["key"],
+        minio_root_password="minio-password-3141592653",  # moto checks no signature
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(
+            endpoint_url=options["client_kwargs"]["endpoint_url"]
+        ),
+    )
+    return S3Bucket(bucket_name=bucket, bucket_folder=folder, credentials=creds)
+
+
+async def test_a_prefect_aws_s3_bucket_with_minio_credentials_is_an_archive(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any],
+    s3_archive: tuple[str, dict[str, Any]],
+    provider_block: Any,
+    emulator: Any,
+) -> None:
+    """As an object, as `s3-bucket/NAME`, as a plain saved name, and named by an ImageArchive:
+    the bucket's folder is the root, the keys come from the MinIO credentials (no AWS_*), the
+    artifact's link opens, and no key lands in a sidecar, a job record or the artifact."""
+    import httpx
+
+    from gptimg_flows import generate_images
+    from tests.test_artifacts import latest
+
+    _, bucket, client = keys_only_in_the_block
+    s3 = _minio_bucket(s3_archive)
+    name = f"content-bucket-{uuid.uuid4().hex[:8]}"
+    await s3.save(name)
+    await ImageArchive(s3_bucket=name).save(f"{name}-archive")
+    secret = s3.credentials.minio_root_password.get_secret_value()
+    kwargs = {"prompt": "a bucket of our own", "size": "1024x1024"}
+    [made] = await generate_images(provider=provider_block("scenario"), archive=s3, **kwargs)
+    assert made.uri.startswith(f"s3://{bucket}/{s3.bucket_folder}/images/")
+    for archive in (f"s3-bucket/{name}", name, f"{name}-archive"):
+        [again] = await generate_images(
+            provider=provider_block("scenario"), archive=archive, **kwargs
+        )
+        assert again.from_archive and again.uri == made.uri
+    assert len(emulator.ledger()["submissions"]) == 1
+
+    body = (await latest("generate-images"))["data"]
+    [url] = re.findall(r"\[open\]\((http[^)]+)\)", body)
+    fetched = httpx.get(url, timeout=10)
+    assert fetched.status_code == 200 and fetched.content[:4] == b"\x89PNG"
+    assert secret not in body
+    listed = client.list_objects_v2(Bucket=bucket)["Contents"]
+    records = [o["Key"] for o in listed if o["Key"].endswith(".json")]
+    assert records and not any(
+        secret.encode() in client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in records
+    )
+    assert secret not in repr(s3) and "minio_root_password" not in str(made.model_dump())
+
+
+async def test_without_the_aws_extra_a_bucket_name_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gptimg_flows.blocks import aws, resolve
+
+    monkeypatch.setattr(aws, "S3Bucket", None)
+    monkeypatch.setattr(resolve, "S3Bucket", None)
+    with pytest.raises(InvalidRequest, match=r"pip install 'gptimg-flows\[aws\]'"):
+        await resolve.resolve_archive("s3-bucket/content-bucket")
+
+
+def test_gptimg_blocks_create_can_name_an_s3_bucket_block() -> None:
+    """`gptimg blocks create --archive s3-bucket/NAME` saves an ImageArchive naming the bucket
+    block (its keys stay in it), so deployments keep `archive: content-archive`."""
+    from gptimg_flows.blocks.from_env import plan_from_env
+
+    planned, _ = plan_from_env({}, prefix="content", archive="s3-bucket/content-bucket")
+    [archive] = planned
+    assert archive.block is ImageArchive and archive.name == "content-archive"
+    assert archive.values == {"s3_bucket": "content-bucket"}

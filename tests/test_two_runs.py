@@ -144,6 +144,8 @@ async def test_a_damaged_job_record_names_its_file_and_the_fix(
     await generate_images(provider=block, **kwargs)
     [path] = (archive_dir / "_jobs").glob("*.json")
     (archive_dir / "_results" / path.name).unlink()
+    for sidecar in archive_dir.glob("images/*/*.json"):  # else the images are found from these
+        sidecar.unlink()
     path.write_bytes(record)
     with pytest.raises(DamagedRecord) as caught:
         await generate_images(provider=block, **kwargs)

@@ -299,6 +299,14 @@ class ImageArchive(Block):
         description="JSON object merged into storage_options, kept secret (e.g. S3 keys).",
     )
 
+    s3_bucket: str | None = Field(
+        default=None,
+        description=(
+            "The name of a saved prefect-aws S3Bucket block to archive into instead of "
+            "basepath: its folder is the root, its credentials give keys, region and "
+            "endpoint (needs `pip install 'gptimg-flows[aws]'`)."
+        ),
+    )
     public_base_url: str | None = Field(
         default=None,
         pattern=r"^https?://",

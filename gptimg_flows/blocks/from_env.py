@@ -37,6 +37,7 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from pydantic import SecretStr, ValidationError
 
+from gptimg_flows.blocks.aws import S3_BUCKET_PREFIX
 from gptimg_flows.blocks.credentials import (
     GptImage2AICredentials,
     ImageArchive,
@@ -179,6 +180,18 @@ def _check_base_url(var: str, value: str) -> str:
     return value
 
 
+def archive_fields(archive: str) -> dict[str, Any]:
+    """The ImageArchive `--archive` saves: `s3-bucket/NAME` names a prefect-aws S3Bucket block
+    (its keys stay in it), anything else is the basepath."""
+    text = archive.strip()
+    if text.startswith(S3_BUCKET_PREFIX):
+        name = text.removeprefix(S3_BUCKET_PREFIX)
+        if not name:
+            raise InvalidRequest("archive: s3-bucket/ names no block", field="archive")
+        return {"s3_bucket": name}
+    return {"basepath": archive_basepath(archive)}
+
+
 def archive_basepath(archive: str) -> str:
     """A URL as given; a local path made absolute (a worker elsewhere cannot use `./out`)."""
     text = archive.strip()
@@ -225,7 +238,7 @@ def plan_from_env(
             PlannedBlock(
                 ImageArchive,
                 block_name(ARCHIVE_BLOCK, prefix),
-                {"basepath": archive_basepath(archive)},
+                archive_fields(archive),
                 ("--archive",),
             )
         )

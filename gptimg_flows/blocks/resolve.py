@@ -16,6 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
+from gptimg_flows.blocks.aws import (
+    S3_BUCKET_PREFIX,
+    S3Bucket,
+    archive_of_bucket,
+    is_s3_bucket,
+    load_s3_bucket,
+)
 from gptimg_flows.blocks.credentials import (
     CREDENTIAL_BLOCKS,
     GptImage2AICredentials,
@@ -38,7 +45,10 @@ ProviderParam = (
     | GptImage2AICredentials
     | str
 )
-ArchiveParam = ImageArchive | str | None
+if S3Bucket is not None:  # with the aws extra, a prefect-aws S3Bucket is an archive too
+    ArchiveParam = ImageArchive | S3Bucket | str | None
+else:
+    ArchiveParam = ImageArchive | str | None  # type: ignore[misc,assignment]
 
 _ARCHIVE_FIX = (
     "set the deployment's `archive` parameter to a saved ImageArchive block, an absolute "
@@ -103,16 +113,28 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         store = Archive(configured) if configured else Archive()
         given = configured
     elif isinstance(archive, ImageArchive):
-        store, given = _open(archive.basepath, archive.get_archive), archive.basepath
+        store = await _archive_of_block(archive)
+        given = store.basepath
+    elif is_s3_bucket(archive):
+        store = archive_of_bucket(archive)
+        given = store.basepath
+    elif not isinstance(archive, str):
+        raise InvalidRequest(
+            f"archive: a {type(archive).__name__} is not an archive; give an ImageArchive or "
+            "prefect-aws S3Bucket block, a saved block's name, a path or an fsspec URL",
+            field="archive",
+        )
     else:
         text = archive.strip()
         if not text:
             raise InvalidRequest("archive: empty path or URL", field="archive")
-        if looks_like_path(text):
-            store, given = open_archive(text), text
+        if text.startswith(S3_BUCKET_PREFIX):
+            store = archive_of_bucket(await load_s3_bucket(text.removeprefix(S3_BUCKET_PREFIX)))
+        elif looks_like_path(text):
+            store = open_archive(text)
         else:
-            block = await _load_archive_block(text)
-            store, given = _open(block.basepath, block.get_archive), block.basepath
+            store = await _archive_of_name(text)
+        given = store.basepath if not looks_like_path(text) else text
     if deployed and given is not None:
         problem = vanishing_reason(store, given)
         if problem:
@@ -121,17 +143,39 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
     return store
 
 
-async def _load_archive_block(name: str) -> ImageArchive:
+async def _archive_of_name(name: str) -> Archive:
+    """A saved ImageArchive block, else (with the aws extra) a saved S3Bucket block."""
     try:
         block: ImageArchive = await ImageArchive.aload(name)
     except ValueError:
-        raise InvalidRequest(
-            f"archive: {name!r} is neither a saved ImageArchive block nor a path/URL (save one "
-            f"with ImageArchive(basepath='s3://bucket/prefix').save({name!r}), or "
-            f"`gptimg blocks create --archive URL`, which saves one named 'archive')",
-            field="archive",
-        ) from None
-    return block
+        pass
+    else:
+        return await _archive_of_block(block)
+    if S3Bucket is not None:
+        try:
+            return archive_of_bucket(await S3Bucket.aload(name))
+        except ValueError:
+            pass
+    raise InvalidRequest(
+        f"archive: {name!r} is neither a saved ImageArchive "
+        + ("or S3Bucket " if S3Bucket is not None else "")
+        + f"block nor a path/URL (save one with ImageArchive(basepath='s3://bucket/prefix')"
+        f".save({name!r}), or `gptimg blocks create --archive URL`, which saves one named "
+        "'archive')",
+        field="archive",
+    )
+
+
+async def _archive_of_block(block: ImageArchive) -> Archive:
+    """An ImageArchive's store: its basepath, or the S3Bucket block it names."""
+    if block.s3_bucket:
+        bucket = await load_s3_bucket(block.s3_bucket)
+        return archive_of_bucket(
+            bucket,
+            public_base_url=block.public_base_url,
+            link_expiry_seconds=block.link_expiry_seconds,
+        )
+    return _open(block.basepath, block.get_archive)
 
 
 def open_archive(basepath: str) -> Archive:
