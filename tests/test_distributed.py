@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +78,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         }
         with running_server(home, _free_port(), extra_env=extra) as env:
             deploy_all(env)
-            workers = {name: start_worker(env, name, home, limit=3) for name in WORKERS}
+            # Workers hold no AWS_* keys: an archive on S3 brings its own (its block's).
+            worker_env = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+            worker_env.update(
+                AWS_EC2_METADATA_DISABLED="true",
+                AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+                AWS_CONFIG_FILE="/nonexistent",
+            )
+            workers = {name: start_worker(worker_env, name, home, limit=3) for name in WORKERS}
             print(f"cluster ready in {time.monotonic() - started:.1f} s")
             try:
                 yield Cluster(env, home, workers)
@@ -258,6 +266,56 @@ def _runs_by_worker(cluster: Cluster) -> dict[str, set[str]]:
         for name, proc in cluster.workers.items()
         if proc.poll() is None
     }
+
+
+async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_the_blocks_keys(
+    cluster: Cluster, emulator: Any, s3_archive: tuple[str, dict[str, Any]]
+) -> None:
+    """The parent (a deployment run on a worker) reads the prompt file from the bucket and every
+    chunk run archives there, with keys that exist only in the saved ImageArchive block."""
+    import json as _json
+
+    import boto3
+
+    from gptimg_flows import ImageArchive
+
+    emulator.configure(latency=0.3, render_mode="stamp")
+    provider = await save_provider(cluster, emulator)
+    basepath, options = s3_archive
+    bucket = basepath.removeprefix("s3://").split("/")[0]
+    endpoint = options["client_kwargs"]["endpoint_url"]
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    rows = "".join(f"item {i},studio,S-{i}\n" for i in range(12))
+    client.put_object(Bucket=bucket, Key="in/rows.csv", Body=("name,style,sku\n" + rows).encode())
+    public = {k: v for k, v in options.items() if k not in ("key", "secret")}
+    secret = _json.dumps({"key": options["key"], "secret": options["secret"]})
+    name = f"bucket-archive-{uuid.uuid4().hex[:6]}"
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        await ImageArchive(
+            basepath=basepath, storage_options=public, secret_storage_options=secret
+        ).asave(name)
+    params: dict[str, Any] = dict(
+        prompts=f"s3://{bucket}/in/rows.csv",
+        prompt_template="product shot of {name}, {style} light",
+        provider=provider,
+        archive=name,
+        chunk_size=4,
+        concurrency=4,
+        **IMAGE,
+    )
+    parent = start_parent(cluster, params)
+    done = await wait_for_run(cluster, parent["id"], timeout=240)
+    assert done["state_type"] == "COMPLETED", (done["state"], _logs(cluster))
+    _assert_paid_once(emulator.ledger(), 12)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=basepath.split("/", 3)[3] + "/images/")
+    images = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".png")]
+    assert len(images) == 12, images
 
 
 async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_paid_twice(

@@ -34,6 +34,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
+from gptimg_flows.blocks.aws import S3_BUCKET_PREFIX, is_s3_bucket
 from gptimg_flows.blocks.credentials import ImageArchive, ProviderSpec, provider_of
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
@@ -292,10 +293,21 @@ def _provider_ref(spec: ProviderSpec) -> str:
 def _archive_ref(archive: ArchiveParam, store: Archive) -> str:
     """What a chunk run opens the same archive from: a saved block's name, a URL, or an
     absolute folder (a relative one would be resolved in each worker's own directory)."""
+    if is_s3_bucket(archive):
+        name = getattr(archive, "_block_document_name", None)
+        if name and not getattr(archive, "_is_anonymous", False):
+            return f"{S3_BUCKET_PREFIX}{name}"
+        raise InvalidRequest(
+            "archive: an unsaved S3Bucket block cannot be handed to chunk runs (its keys would "
+            "travel as parameters); save it (.save(name)) and pass its name",
+            field="archive",
+        )
     if isinstance(archive, ImageArchive):
         name = getattr(archive, "_block_document_name", None)
         if name and not getattr(archive, "_is_anonymous", False):
             return str(name)
+        if archive.s3_bucket:
+            return f"{S3_BUCKET_PREFIX}{archive.s3_bucket}"
         if archive.storage_options or archive.secret_storage_options:
             raise InvalidRequest(
                 "archive: an unsaved ImageArchive with storage options cannot be handed to "
