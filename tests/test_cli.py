@@ -371,3 +371,25 @@ async def test_estimate_and_dry_run_price_without_running_or_paying(
     assert "(token table)" in dry.stdout
     assert _flow_runs() == before and emulator.ledger()["requests"] == {}
     assert not archive_dir.exists()
+
+
+def test_empty_prompts_are_refused_before_the_run_naming_their_rows(tmp_path: Path) -> None:
+    prompts = tmp_path / "rows.csv"
+    prompts.write_text("prompt,sku\na teapot,T-1\n,T-2\n  ,T-3\n")
+    result = CliRunner().invoke(app, ["batch", str(prompts), "--archive", str(tmp_path / "a")])
+    assert result.exit_code == 2, result.output
+    assert "row(s) 1, 2 have an empty prompt" in result.output
+    assert not (tmp_path / "a").exists(), "nothing ran"
+
+
+def test_an_unknown_price_estimate_reads_as_a_sentence() -> None:
+    from gptimg_flows.spend.prices import CostEstimate, Price
+
+    unknown = Price(amount=None, unit="credits", basis="unknown")
+    known = Price(amount=0.04, unit="usd", basis="block-set price")
+    assert CostEstimate.of([(unknown, 1)]).text() == (
+        "unknown (no documented price: set `price_per_image` on the block)"
+    )
+    assert CostEstimate.of([(known, 1), (unknown, 1)]).text() == (
+        "0.04 usd (block-set price) for 1 request(s), and unknown for the other 1"
+    )

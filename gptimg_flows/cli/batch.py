@@ -82,6 +82,13 @@ def batch(
         if not rows:
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
         check_columns(rows, template)
+        if template is None and (empty := [i for i, r in enumerate(rows) if not _prompt_of(r)]):
+            shown = ", ".join(str(i) for i in empty[:10]) + (" …" if len(empty) > 10 else "")
+            raise InvalidRequest(
+                f"prompts: {prompts_file}: row(s) {shown} have an empty prompt (rows count "
+                "from 0, as each image's `row`); fill them or remove them",
+                field="prompts",
+            )
         if dry_run:
             print_estimate(
                 provider,
@@ -125,6 +132,11 @@ def batch(
                 f"{how_many} item(s) failed (first: {first.error_type}: "
                 f"{short_error(first.error_type, first.error)})"
             )
+
+
+def _prompt_of(row: dict[str, Any]) -> str:
+    value = row.get("prompt")
+    return "" if value is None else str(value).strip()
 
 
 class BatchFailed(Exception):

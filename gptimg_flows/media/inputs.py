@@ -75,6 +75,17 @@ async def load_image(
     )
 
 
+def _check_marks_something(rgba: Image.Image) -> None:
+    """A mask with no transparent pixel asks for no change: refused before it is paid for."""
+    lowest = rgba.getchannel("A").getextrema()[0]
+    if isinstance(lowest, int | float) and lowest > 0:
+        raise InvalidRequest(
+            "mask marks nothing to edit: none of its pixels is transparent (alpha 0 marks "
+            "the area to change)",
+            field="mask",
+        )
+
+
 def prepare_mask(mask: InputImage, image: InputImage) -> InputImage:
     """A PNG with alpha (alpha 0 = edit here) of the image's size, from what the user gave.
 
@@ -90,6 +101,7 @@ def prepare_mask(mask: InputImage, image: InputImage) -> InputImage:
     img = Image.open(io.BytesIO(mask.data))
     if mask.has_alpha:
         if mask.mime == "image/png":
+            _check_marks_something(img.convert("RGBA"))
             return mask
         rgba = img.convert("RGBA")
     else:
@@ -104,6 +116,7 @@ def prepare_mask(mask: InputImage, image: InputImage) -> InputImage:
         log.warning("mask has no alpha channel: converting black/white (white = area to edit)")
         rgba = Image.new("RGBA", grey.size, (0, 0, 0, 255))
         rgba.putalpha(grey.point(lambda v: 0 if v >= 128 else 255))
+    _check_marks_something(rgba)
     buf = io.BytesIO()
     rgba.save(buf, "PNG")
     data = buf.getvalue()

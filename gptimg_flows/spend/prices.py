@@ -154,10 +154,17 @@ class CostEstimate(BaseModel):
         )
 
     def text(self) -> str:
-        amounts = cost_text(self.total)
-        if self.unknown:
-            amounts += f" + {self.unknown} request(s) of unknown cost"
-        return f"{amounts} ({'; '.join(self.basis)})"
+        """One sentence: what is known, what is not, and where the figures come from."""
+        known = [b for b in self.basis if b != "unknown"]
+        source = f" ({'; '.join(known)})" if known else ""
+        if not self.unknown:
+            return f"{cost_text(self.total)}{source}"
+        if not self.total:
+            return "unknown (no documented price: set `price_per_image` on the block)"
+        return (
+            f"{cost_text(self.total)}{source} for {self.requests - self.unknown} request(s), "
+            f"and unknown for the other {self.unknown}"
+        )
 
 
 def must_fit(max_cost: float, unit: str, estimate: float, what: str, advice: str = "") -> None:
