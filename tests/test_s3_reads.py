@@ -209,3 +209,26 @@ def test_gptimg_blocks_create_can_name_an_s3_bucket_block() -> None:
     [archive] = planned
     assert archive.block is ImageArchive and archive.name == "content-archive"
     assert archive.values == {"s3_bucket": "content-bucket"}
+
+
+async def test_another_store_is_read_with_its_own_credentials_only_when_asked(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any],
+    s3_archive: tuple[str, dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    archive_dir: Any,
+) -> None:
+    """With a local archive an s3:// prompt file is another store: read anonymously by
+    default (refused above), with the environment's keys only after the documented opt-in."""
+    from gptimg_flows.media.reads import AMBIENT_CREDENTIALS_ENV
+
+    _, bucket, client = keys_only_in_the_block
+    _, options = s3_archive
+    client.put_object(Bucket=bucket, Key="rows.csv", Body=CSV.encode())
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", options["client_kwargs"]["endpoint_url"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    source = f"s3://{bucket}/rows.csv"
+    monkeypatch.setenv(AMBIENT_CREDENTIALS_ENV, "1")
+    estimate = await estimate_cost(prompts=source, provider="offline", prompt_template="{name}")
+    assert estimate.requests == 3

@@ -6,7 +6,9 @@ apply (`ReadRules`), so a deployment's run can be held to narrower ones than a u
   `/dev`), within a size cap; with `roots` set (a deployment's run), only under those roots.
 - **Remote stores** (`s3://`, `gs://`, …): only the listed protocols, never chained URLs
   (`a::b://…`, whose outer scheme is not what is fetched), opened with the storage options the
-  caller gives for that protocol (the archive's), never by surprise from elsewhere.
+  caller gives for that protocol (the archive's). Another store is read anonymously (public
+  objects only) unless `GPTIMG_AMBIENT_STORE_CREDENTIALS=1` says to use its own credential
+  chain: never ambient keys by surprise.
 - **http(s)**: every hop (redirects are followed here, by hand) must resolve to public
   addresses, unless its host is one the caller trusts (the provider's own base URL) or
   `GPTIMG_ALLOW_PRIVATE_URLS=1` is set (local test servers).
@@ -41,6 +43,25 @@ REMOTE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "
 SYSTEM_TREES = ("/proc", "/sys", "/dev")
 #: Redirects followed for one http read.
 MAX_REDIRECTS = 5
+
+
+#: Opt-in: read stores other than the archive's with their own credential chain.
+AMBIENT_CREDENTIALS_ENV = "GPTIMG_AMBIENT_STORE_CREDENTIALS"
+#: How each store is read with no credentials at all (public objects only).
+ANONYMOUS: dict[str, dict[str, Any]] = {
+    "s3": {"anon": True},
+    "s3a": {"anon": True},
+    "gs": {"token": "anon"},
+    "gcs": {"token": "anon"},
+    "az": {"anon": True},
+    "abfs": {"anon": True},
+    "abfss": {"anon": True},
+}
+
+
+def ambient_credentials_allowed() -> bool:
+    """Stores other than the archive's are read anonymously unless this is set on purpose."""
+    return os.environ.get(AMBIENT_CREDENTIALS_ENV, "").lower() in ("1", "true", "yes")
 
 
 def private_urls_allowed() -> bool:
@@ -152,6 +173,9 @@ def read_local(path: str, what: str, rules: ReadRules, max_bytes: int) -> bytes:
 
 def read_remote(url: str, protocol: str, what: str, rules: ReadRules, max_bytes: int) -> bytes:
     options = rules.options_for(protocol)
+    anonymous = protocol not in rules.storage_options and not ambient_credentials_allowed()
+    if anonymous:  # not the archive's store: its keys are not ours to guess
+        options = dict(ANONYMOUS.get(protocol, {}))
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
         size = fs.size(path)
@@ -171,6 +195,15 @@ def read_remote(url: str, protocol: str, what: str, rules: ReadRules, max_bytes:
         raise InvalidRequest(f"{what}: cannot read {url} ({exc})", field=what) from None
     except Exception as exc:  # botocore & co: name the URL and whose options were used
         name = type(exc).__name__
+        if anonymous:
+            raise InvalidRequest(
+                f"{what}: {url} could not be read ({name}). It is not on the archive's store, "
+                "so it was read without credentials (no storage options: public objects "
+                "only). Keep it on the archive's store (read with the archive's storage "
+                f"options), or set {AMBIENT_CREDENTIALS_ENV}=1 on the worker to read other "
+                "stores with their own credential chain (environment, profile)",
+                field=what,
+            ) from None
         used = f"{rules.options_from}'s storage options" if options else "no storage options"
         if "Credentials" in name or "AccessDenied" in str(exc) or isinstance(exc, PermissionError):
             raise InvalidRequest(
