@@ -13,6 +13,7 @@ from gptimg_flows.blocks.resolve import (
     ProviderParam,
     resolve_archive,
     resolve_provider,
+    unkeyed_block,
 )
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
@@ -47,7 +48,15 @@ async def estimate_cost(
         raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
     if requests is None and prompts is None:
         raise InvalidRequest("estimate_cost: pass requests or prompts", field="prompts")
-    adapter = provider_of(await resolve_provider(provider))
+    try:
+        spec = await resolve_provider(provider)
+    except InvalidRequest:
+        # A bare provider name prices with its documented figures: no key needed to ask.
+        unkeyed = unkeyed_block(provider.strip()) if isinstance(provider, str) else None
+        if unkeyed is None:
+            raise
+        spec = unkeyed
+    adapter = provider_of(spec)
     if isinstance(requests, ImageRequest):
         return estimate_requests(adapter, [requests])
     if requests is not None:

@@ -393,3 +393,19 @@ def test_an_unknown_price_estimate_reads_as_a_sentence() -> None:
     assert CostEstimate.of([(known, 1), (unknown, 1)]).text() == (
         "0.04 usd (block-set price) for 1 request(s), and unknown for the other 1"
     )
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_price_needs_no_saved_key_and_a_mistyped_provider_gets_a_suggestion() -> None:
+    """`-p openai` with no block of that name prices from OpenAI's token table; `-p scenari`
+    says what is saved, suggests the near match and names `gptimg blocks create`."""
+    priced = gptimg(
+        "estimate", "a lighthouse", "-p", "openai", "--size", "1024x1024", "--quality", "high"
+    )
+    assert priced.returncode == 0, priced.stderr
+    assert "usd (token table)" in priced.stdout and "nothing was run or paid" in priced.stdout
+    runware = gptimg("estimate", "a lighthouse", "-p", "runware", "--size", "1024x1024")
+    assert runware.returncode == 0 and "unknown (no documented price" in runware.stdout
+    typo = gptimg("estimate", "a lighthouse", "-p", "scenari")
+    assert typo.returncode == 2
+    assert "Did you mean 'scenario'?" in typo.stderr and "gptimg blocks create" in typo.stderr

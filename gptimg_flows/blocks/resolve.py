@@ -10,6 +10,7 @@ temporary directory. Interactive runs (scripts, the CLI, notebooks) keep `./gpti
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 import tempfile
 from collections.abc import Callable
@@ -74,11 +75,43 @@ async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
             return await _load_block(cls, name, name)
         except InvalidRequest:
             continue
+    saved = await saved_provider_names()
+    close = difflib.get_close_matches(name, saved + list(PROVIDER_NAMES), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listed = f"saved: {', '.join(saved)}" if saved else "none is saved"
     raise InvalidRequest(
-        f"provider: no saved credentials block named {name!r} (nor is it 'offline'); save one with "
-        "e.g. ScenarioCredentials(...).save(name) or blocks/from_env.py",
+        f"provider: no saved credentials block named {name!r} (nor is it 'offline'; {listed})."
+        f"{hint} Save one from your keys with `gptimg blocks create` (or "
+        "ScenarioCredentials(...).save(name), blocks/from_env.py)",
         field="provider",
     )
+
+
+#: Our providers' names (what `provider_name` says on each credentials block).
+PROVIDER_NAMES = tuple(cls.provider_name for cls in CREDENTIAL_BLOCKS)
+
+
+async def saved_provider_names() -> list[str]:
+    """The names of the saved credentials blocks (empty when no API answers: a hint only)."""
+    from prefect.client.orchestration import get_client
+
+    slugs = {cls.get_block_type_slug() for cls in CREDENTIAL_BLOCKS}
+    try:
+        async with get_client() as client:
+            docs = await client.read_block_documents(include_secrets=False)
+    except Exception:  # a hint is not worth a second error
+        return []
+    return sorted(d.name for d in docs if d.name and d.block_type and d.block_type.slug in slugs)
+
+
+def unkeyed_block(name: str) -> ProviderCredentials | None:
+    """A provider's credentials block with no key, to price requests before a key is bought
+    (`openai`, `scenario`, …): never saved, never used to call the provider. None if `name`
+    is not one of our providers."""
+    for cls in CREDENTIAL_BLOCKS:
+        if cls.provider_name == name:
+            return cls(**{field: "(no key: estimates only)" for field in cls.secret_fields})
+    return None
 
 
 async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: str) -> ProviderSpec:
