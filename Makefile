@@ -51,10 +51,10 @@ pytest: pytest-fast pytest-slow
 
 # The fast suite in two processes (each with its own Prefect server): about half the time.
 pytest-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m "not slow" -n 2
+	$(BIN)/python -m pytest -q -ra --durations=15 -m "not slow" -n 2
 
 pytest-slow: $(STAMP)
-	$(BIN)/python -m pytest -q -ra -m slow
+	$(BIN)/python -m pytest -q -ra --durations=15 -m slow
 
 test: lint typecheck pytest
 

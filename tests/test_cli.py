@@ -409,3 +409,8 @@ def test_a_price_needs_no_saved_key_and_a_mistyped_provider_gets_a_suggestion() 
     typo = gptimg("estimate", "a lighthouse", "-p", "scenari")
     assert typo.returncode == 2
     assert "Did you mean 'scenario'?" in typo.stderr and "gptimg blocks create" in typo.stderr
+
+
+def test_the_image_count_option_is_shown_once_with_a_word_for_it() -> None:
+    shown = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "120"}).output
+    assert "--count" in shown and "-n" in shown and "--n " not in shown

@@ -136,10 +136,23 @@ def cli(env: dict[str, str], *args: str, timeout: float = 180) -> str:
     return done.stdout
 
 
+#: A busy machine (a contributor's, running other work) answers slowly, not never.
+API_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
+
+
 def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
-    """One API call; a 503 (a busy SQLite server: nothing was done) is tried again."""
-    for _ in range(10):
-        response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    """One API call; a 503 (a busy SQLite server: nothing was done) is tried again, and so is
+    a read that timed out when asking again changes nothing (a GET or a filter)."""
+    repeatable = method == "GET" or path.endswith("/filter")
+    for attempt in range(10):
+        try:
+            response = httpx.request(
+                method, env["PREFECT_API_URL"] + path, json=body, timeout=API_TIMEOUT
+            )
+        except httpx.ReadTimeout:
+            if not repeatable or attempt == 9:
+                raise
+            continue
         if response.status_code != 503:
             break
         time.sleep(1)
