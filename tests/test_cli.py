@@ -414,3 +414,19 @@ def test_a_price_needs_no_saved_key_and_a_mistyped_provider_gets_a_suggestion() 
 def test_the_image_count_option_is_shown_once_with_a_word_for_it() -> None:
     shown = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "120"}).output
     assert "--count" in shown and "-n" in shown and "--n " not in shown
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_an_archive_block_a_deployment_would_refuse_is_warned_about_when_saved(
+    tmp_path: Path,
+) -> None:
+    prefix = f"warn{uuid.uuid4().hex[:8]}"
+    done = gptimg("blocks", "create", "--prefix", prefix, "--archive", str(tmp_path / "arch"))
+    assert done.returncode == 0, done.stderr
+    assert f"warning: the ImageArchive block '{prefix}-archive'" in done.stdout, done.stdout
+    assert (
+        "under the temporary directory" in done.stdout
+        and "a deployment's run will refuse" in done.stdout
+    )
+    shared = gptimg("blocks", "create", "--prefix", prefix, "--archive", "s3://acme/gptimg")
+    assert shared.returncode == 0 and "warning" not in shared.stdout, shared.stdout

@@ -152,10 +152,20 @@ async def test_a_deployment_refuses_an_archive_that_would_vanish_before_paying(
     deploy_all(env)
     provider = await _save_blocks(env, emulator, tmp_path / "content-archive")
     worker_tmp = Path(env["TMPDIR"])
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        await ImageArchive(basepath=str(worker_tmp / "in-a-block")).asave(
+            "tmp-archive", overwrite=True
+        )
     cases = {
         "relative path": ("exports/archive", r"'exports/archive' is a relative path"),
         "unset": (None, r"archive: not set, and a deployment's run would archive into the worker"),
         "temporary folder": (str(worker_tmp / "kept"), r"is under the temporary directory"),
+        # The parameter is right (a saved block): the advice is about the block's path.
+        "a block's temporary folder": (
+            "tmp-archive",
+            r"the ImageArchive block 'tmp-archive' points at .*in-a-block: .*temporary directory"
+            r".*change the block's basepath",
+        ),
     }
     runs = {
         f"daily-content/daily-content#{label}": {"provider": provider, "archive": value}
@@ -171,7 +181,8 @@ async def test_a_deployment_refuses_an_archive_that_would_vanish_before_paying(
         assert run["state_type"] == "FAILED", (label, run["state"], run["worker_log"])
         assert "InvalidRequest" in message and "archive" in message, (label, message)
         assert re.search(expected, message), (label, message)
-        assert "set the deployment's `archive` parameter" in message, message
+        if label != "a block's temporary folder":
+            assert "set the deployment's `archive` parameter" in message, message
     ledger = emulator.ledger()
     assert ledger["submissions"] == [] and ledger["requests"] == {}, ledger
     assert not list(workdir.rglob("*.png")) and not (worker_tmp / "kept").exists()

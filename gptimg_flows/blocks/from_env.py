@@ -47,6 +47,7 @@ from gptimg_flows.blocks.credentials import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
+from gptimg_flows.blocks.resolve import open_archive, vanishing_reason
 from gptimg_flows.errors import InvalidRequest
 
 #: Name of the ImageArchive block `--archive` saves (`<prefix>-archive` with a prefix).
@@ -125,6 +126,7 @@ class EnvReport:
     saved: list[SavedBlock]
     skipped: list[Skipped]
     destination: str
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """Human-readable report: names, types and variable names only."""
@@ -138,6 +140,7 @@ class EnvReport:
             out.append(f"{'skipped':<9}  {s.provider:<{width}}  {s.reason}")
         providers = [b for b in self.saved if b.slug != ImageArchive.get_block_type_slug()]
         archives = [b for b in self.saved if b.slug == ImageArchive.get_block_type_slug()]
+        out.extend(f"warning: {w}" for w in self.warnings)
         if not self.saved:
             out.append("No block saved: none of the variables above is set.")
         elif providers:
@@ -351,7 +354,26 @@ async def save_blocks_from_env(
     )
     async with get_client() as client:
         saved = await save_planned(planned, client)
-        return EnvReport(saved=saved, skipped=skipped, destination=_destination())
+        warnings = [w for p in planned if (w := archive_warning(p)) is not None]
+        return EnvReport(
+            saved=saved, skipped=skipped, destination=_destination(), warnings=warnings
+        )
+
+
+def archive_warning(planned: PlannedBlock) -> str | None:
+    """Why an ImageArchive block being saved would be refused by a deployment's run (its
+    images and job records would not outlive the run), said now rather than on the worker."""
+    basepath = planned.values.get("basepath")
+    if planned.block is not ImageArchive or not isinstance(basepath, str):
+        return None
+    problem = vanishing_reason(open_archive(basepath), basepath)
+    if problem is None:
+        return None
+    return (
+        f"the ImageArchive block {planned.name!r}: {problem}. Scripts may use it; a "
+        "deployment's run will refuse it. Point it at storage every worker shares (an "
+        "absolute folder outside the temporary directory, or an s3:// URL)"
+    )
 
 
 # -- the script ---------------------------------------------------------------------------------

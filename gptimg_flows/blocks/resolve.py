@@ -134,6 +134,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
     Under a deployment, one that would not outlive the run is refused (module docstring).
     """
     deployed = in_deployment_run()
+    block_name: str | None = None  # the saved block the archive came from, if it did
     if archive is None:
         configured = os.environ.get(DEFAULT_ARCHIVE_ENV)
         if deployed and not configured:
@@ -148,6 +149,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
     elif isinstance(archive, ImageArchive):
         store = await _archive_of_block(archive)
         given = store.basepath
+        block_name = getattr(archive, "_block_document_name", None) or "given as the parameter"
     elif is_s3_bucket(archive):
         store = archive_of_bucket(archive)
         given = store.basepath
@@ -167,9 +169,17 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
             store = open_archive(text)
         else:
             store = await _archive_of_name(text)
+            block_name = text
         given = store.basepath if not looks_like_path(text) else text
     if deployed and given is not None:
         problem = vanishing_reason(store, given)
+        if problem and block_name is not None:  # the parameter is right; the block's path is not
+            raise InvalidRequest(
+                f"archive: the ImageArchive block {block_name!r} points at {store.basepath}: "
+                f"{problem}; change the block's basepath to storage every worker shares (an "
+                "absolute folder outside the temporary directory, or an s3:// URL)",
+                field="archive",
+            )
         if problem:
             raise InvalidRequest(f"archive: {problem}; {_ARCHIVE_FIX}", field="archive")
     await asyncio.to_thread(store.sweep_stale)
