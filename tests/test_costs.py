@@ -83,3 +83,19 @@ def test_batch_files_are_split_at_openais_limits() -> None:
     seventy_mb = b"x" * (70 * 1024 * 1024)
     big = [(f"id{i}", seventy_mb) for i in range(5)]  # 70 MB lines: 2 fit in 200 MB
     assert [len(c) for c in split_lines(big)] == [2, 2, 1]
+
+
+def test_the_token_table_is_keyed_by_model_and_another_model_is_not_priced_as_gpt_image_2() -> None:
+    from gptimg_flows.models import ImageRequest
+    from gptimg_flows.providers.openai import OpenAIProvider
+    from gptimg_flows.spend.prices import TokenPrices
+
+    request = ImageRequest(prompt="a lighthouse", size="1024x1024", quality="high")
+    assert OpenAIProvider("k").price(request).basis == "token table"
+    newer = OpenAIProvider("k", model="gpt-image-2.5-mini").price(request)
+    assert newer.amount is None and newer.basis == "unknown"
+    assert "gpt-image-2.5-mini" in newer.note and "token_prices" in newer.note
+    told = OpenAIProvider(
+        "k", model="gpt-image-2.5-mini", token_prices=TokenPrices(image_output=10)
+    )
+    assert told.price(request).amount is not None

@@ -51,7 +51,7 @@ from gptimg_flows.providers._http import ApiClient, default_timeout, require
 from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
 from gptimg_flows.sizes import parse_size
 from gptimg_flows.spend.prices import (
-    GPT_IMAGE_2_PRICES,
+    TOKEN_PRICES_BY_MODEL,
     Price,
     TokenPrices,
     token_estimate,
@@ -240,7 +240,8 @@ class OpenAIProvider(Provider):
                 f"no OpenAI API key: set {API_KEY_ENV} or pass api_key", provider=self.name
             )
         self.model = model
-        self.token_prices = token_prices or GPT_IMAGE_2_PRICES
+        # Another model's prices are never borrowed: unknown until the block sets them.
+        self.token_prices = token_prices or TOKEN_PRICES_BY_MODEL.get(model)
         self._secrets = Secrets(api_key.strip())
         headers = {"Authorization": f"Bearer {api_key.strip()}"}
         if organization:
@@ -258,6 +259,14 @@ class OpenAIProvider(Provider):
 
     def documented_price(self, request: ImageRequest) -> Price:
         """OpenAI's token table, scaled by pixels, at this adapter's token prices."""
+        if self.token_prices is None:
+            return Price(
+                amount=None,
+                unit=COST_UNIT,
+                basis="unknown",
+                note=f"no published token prices for model {self.model!r} here: set "
+                "token_prices (or price_per_image) on the OpenAI block",
+            )
         inputs = len(request.images) if isinstance(request, EditRequest) else 0
         size = request.resolved_pixels() if request.size not in (None, "auto") else (1024, 1536)
         usd = token_estimate(

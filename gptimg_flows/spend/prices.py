@@ -44,16 +44,20 @@ class TokenPrices(BaseModel):
 
 
 GPT_IMAGE_2_PRICES = TokenPrices()
+#: Token prices by OpenAI image model, as published. Another model (gpt-image-2.5 variants
+#: since 2026-09) is priced only when its block says how (`token_prices`, `price_per_image`):
+#: never with another model's prices.
+TOKEN_PRICES_BY_MODEL: dict[str, TokenPrices] = {"gpt-image-2": GPT_IMAGE_2_PRICES}
 
 
-def usage_cost(usage: Any, prices: TokenPrices = GPT_IMAGE_2_PRICES) -> float | None:
+def usage_cost(usage: Any, prices: TokenPrices | None = GPT_IMAGE_2_PRICES) -> float | None:
     """The USD bill of one Images API answer's `usage`, or None if it cannot be read.
 
     Input tokens split into text and image (`input_tokens_details`), each with its cached part
     where the answer gives one; output tokens are image output (`output_tokens_details` may be
-    missing, and gpt-image-2 outputs images).
+    missing, and gpt-image-2 outputs images). None too when the model's prices are unknown.
     """
-    if not isinstance(usage, dict):
+    if not isinstance(usage, dict) or prices is None:
         return None
     inputs = _count(usage.get("input_tokens"))
     output = _count(usage.get("output_tokens"))
