@@ -3,8 +3,11 @@
     python deployments/serve.py            # runs until stopped; schedules fire from here
     python deployments/serve.py --list     # show what would be served
 
-The names, schedules and parameters are read from deployments/prefect.yaml, so the two ways
-of running stay the same.
+The schedules and parameters are read from deployments/prefect.yaml, so the two ways of
+running stay the same. The names are not: each served deployment is `<name>-served`
+(`daily-content/daily-content-served`), because stopping `serve` pauses the deployments it
+serves, and a work-pool deployment of the same name (`prefect deploy`) would be paused with
+them, its 06:00 schedule silently stopped. Served and pool deployments can live side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ def _flow(entrypoint: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+#: What a served deployment's name ends with (never a work-pool deployment's name).
+SERVED_SUFFIX = "-served"
+
+
+def served_name(name: str) -> str:
+    return f"{name}{SERVED_SUFFIX}"
+
+
 def build() -> list[RunnerDeployment]:
     """One RunnerDeployment per entry of prefect.yaml, with its schedules and parameters."""
     spec = yaml.safe_load(SPEC.read_text())
@@ -40,11 +51,14 @@ def build() -> list[RunnerDeployment]:
             Schedule(cron=s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
             for s in entry.get("schedules", [])
         ]
+        parameters = dict(entry.get("parameters", {}))
+        if isinstance(parameters.get("deployment"), str):  # distributed-batch's chunk runs
+            parameters["deployment"] = served_name(parameters["deployment"])
         out.append(
             _flow(entry["entrypoint"]).to_deployment(
-                name=entry["name"],
+                name=served_name(entry["name"]),
                 description=entry.get("description"),
-                parameters=entry.get("parameters", {}),
+                parameters=parameters,
                 schedules=schedules,
             )
         )

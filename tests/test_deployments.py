@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -195,10 +196,49 @@ def test_serve_script_builds_the_same_deployments() -> None:
     finally:
         sys.path.pop(0)
     built = {d.name: d for d in serve.build()}
-    assert set(built) == {"daily-content", "batch-from-file", "distributed-batch"}
-    daily = built["daily-content"].schedules[0].schedule
+    assert set(built) == {
+        "daily-content-served",
+        "batch-from-file-served",
+        "distributed-batch-served",
+    }
+    daily = built["daily-content-served"].schedules[0].schedule
     assert daily.cron == "0 6 * * *" and daily.timezone == "Europe/Paris"
-    assert built["daily-content"].parameters["archive"] == "content-archive"
+    assert built["daily-content-served"].parameters["archive"] == "content-archive"
+    chunks = built["distributed-batch-served"].parameters["deployment"]
+    assert chunks == "batch-generate/batch-from-file-served"
+
+
+def test_serve_beside_the_pool_deployments_leaves_them_running(
+    cli_server: dict[str, str],
+) -> None:
+    """`prefect deploy` then `python deployments/serve.py`, stopped: the pool deployments keep
+    their schedules (serve pauses only what it served, under names of its own)."""
+    env = cli_server
+    deploy_all(env)
+    proc = subprocess.Popen(
+        [sys.executable, "deployments/serve.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            served = api(env, "POST", "/deployments/filter", {})
+            names = {d["name"] for d in served}
+            if "daily-content-served" in names or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert "daily-content-served" in names, names
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output = proc.communicate(timeout=60)[0].decode(errors="replace")
+    pool = api(env, "GET", "/deployments/name/daily-content/daily-content")
+    assert pool["paused"] is False, output[-2000:]
+    assert pool["work_pool_name"] == "gptimg-process"
+    served_after = api(env, "GET", "/deployments/name/daily-content/daily-content-served")
+    assert served_after["work_pool_name"] is None
 
 
 def test_schedule_of_the_daily_deployment(cli_server: dict[str, str]) -> None:
