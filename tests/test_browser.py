@@ -60,9 +60,18 @@ async def test_the_pipeline_artifact_shows_both_images_and_the_edits_source(
         )
     artifact_id = latest_artifact_id(api_url, "generate-edit-archive")
     async with launch_browser() as browser:
-        page = await new_page(browser)
+        page = await new_page(browser, width=1366, height=768)  # a common laptop screen
         markdown = await open_artifact_page(page, ui_url_of(api_url), artifact_id, ui=ui)
         images = await images_loaded(page, markdown, min_count=3)
+        # Every column, the cost and the link included, is on screen without scrolling.
+        columns = await markdown.locator("th").evaluate_all(
+            "cells => cells.map(c => [c.textContent.trim(), c.getBoundingClientRect().right])"
+        )
+        width = await page.evaluate("window.innerWidth")
+    heads = [name for name, _ in columns]
+    assert heads == ["#", "from", "image", "provider", "size", "cost", "review", "prompt", "link"]
+    off_screen = [name for name, right in columns if right > width]
+    assert not off_screen, f"off-screen at {width} px: {off_screen} ({columns})"
     # generated; then the edit's row: its source → the edit
     assert len(images) == 3, images
     assert all(i["naturalWidth"] > 0 for i in images), images

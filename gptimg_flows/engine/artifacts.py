@@ -15,6 +15,7 @@ import html
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect.artifacts import acreate_markdown_artifact
 
@@ -99,9 +100,16 @@ def picture(data_uri: str | None, alt: str) -> str:
 
 
 def link_text(shown: Shown) -> str:
+    """Last in its row and short: a local file is the word `file`, its full path the link's
+    title (shown on hover; the sidecar and the result hold it too), so a long path never
+    pushes the other columns off a laptop's screen."""
     img = shown.image
     if shown.link is None:
-        return code_cell(img.uri)
+        if "://" in img.uri or not img.uri.startswith("/"):
+            name = posixpath.basename(img.uri)
+            return code_cell(name if len(name) <= 16 else f"{name[:6]}…{name[-8:]}")
+        title = img.uri.replace('"', "'").replace("|", "\\|")
+        return f'[file](<{Path(img.uri).as_uri()}> "{title}")'
     if shown.link.expires_at is None:
         return f"[open]({shown.link.url})"
     when = shown.link.expires_at.strftime("%Y-%m-%d %H:%M UTC")
@@ -122,22 +130,25 @@ def review_cell(img: ArchivedImage) -> str:
     return f"{mark}{' (timed out)' if img.review.timed_out else ''}"
 
 
+#: Short columns first, the prompt (which wraps) after them, the link last: at a 1366 px
+#: window every column is on screen (checked in Chromium by tests/test_browser.py).
 HEADER = (
-    "| # | from | image | prompt | provider | size | cost | review | link |\n"
+    "| # | from | image | provider | size | cost | review | prompt | link |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def row(number: int | str, shown: Shown) -> str:
     img = shown.image
-    source = picture(shown.source_thumb, "source") + " →" if img.parents else ""
+    source = picture(shown.source_thumb, "source") if img.parents else ""
+    arrow = "→ " if img.parents else ""  # between the source and the edit, not under one
     label = f"row {img.row}" if img.row is not None else f"image {number}"
     extra = "".join(f"<br>{cell(f'{k}={v}', 60)}" for k, v in sorted(img.extra.items()))
     extra = "" if img.parents else extra  # an edit's extra is its lineage, shown as `from`
     return (
-        f"| {number} | {source} | {picture(shown.thumb, label)} | {cell(img.prompt)}{extra} "
-        f"| {cell(img.provider)} | {img.width}x{img.height} | {cost_cell(img)} "
-        f"| {review_cell(img)} | {link_text(shown)} |"
+        f"| {number} | {source} | {arrow}{picture(shown.thumb, label)} | {cell(img.provider)} "
+        f"| {img.width}x{img.height} | {cost_cell(img)} | {review_cell(img)} "
+        f"| {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
     )
 
 
@@ -194,7 +205,7 @@ async def publish_images(
     for n, page in enumerate(pages, start=1):
         of = f" (page {n} of {len(pages)})" if len(pages) > 1 else ""
         table = (HEADER + "\n" + "\n".join(page)) if page else "*No images.*"
-        body = f"## {cell(title, 120)}{of}\n\n" + (summary if n == 1 else "") + table
+        body = f"## {cell(title, 300)}{of}\n\n" + (summary if n == 1 else "") + table
         body += tail if n == 1 else ""
         page_key = key if n == 1 else f"{key}-page-{n}"
         await acreate_markdown_artifact(markdown=body, key=page_key, description=f"{title}{of}")
