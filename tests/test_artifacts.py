@@ -124,6 +124,8 @@ async def test_a_large_batch_is_a_gallery_in_row_order_split_into_keyed_pages(
     order = [int(n) for p in pages for n in re.findall(r"!\[row (\d+)\]", p["data"])]
     assert order == list(range(7))
     assert "### Failures (1)" in pages[0]["data"] and "multiples of 16" in pages[0]["data"]
+    # Rows count from 0 wherever a person reads them: the failure table says `row`, not `#`.
+    assert "| row | prompt | job | error |" in pages[0]["data"]
 
 
 def test_cells_cannot_break_the_table_or_inject_html() -> None:

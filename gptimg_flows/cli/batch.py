@@ -239,7 +239,7 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
         meta = ", ".join(f"{k}={v}" for k, v in img.extra.items() if k != "derived_from")
         console.print(Text(f"row {img.row}  {img.uri}" + (f"  ({meta})" if meta else "")))
     if result.failures:
-        failures = Table("#", "prompt", "error", title="failures")
+        failures = Table("row", "prompt", "error", title="failures")
         for f in result.failures:
             failures.add_row(
                 str(f.index),

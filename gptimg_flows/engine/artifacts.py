@@ -132,7 +132,7 @@ def review_cell(img: ArchivedImage) -> str:
 
 #: Short columns first, the prompt (which wraps) after them, the link last: at a 1366 px
 #: window every column is on screen (checked in Chromium by tests/test_browser.py).
-HEADER = (
+HEADER = (  # `#` is the gallery's picking number (what the review form takes), not a row
     "| # | from | image | provider | size | cost | review | prompt | link |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
@@ -156,7 +156,7 @@ def failure_table(failures: Sequence[BatchFailure], limit: int = 500) -> str:
     lines = [
         f"### Failures ({len(failures)})",
         "",
-        "| # | prompt | job | error |",
+        "| row | prompt | job | error |",
         "|---|---|---|---|",
     ]
     lines += [
