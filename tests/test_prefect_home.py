@@ -19,7 +19,7 @@ import pytest
 from gptimg_flows.cli.server_check import database_problem, known_revisions
 
 ROOT = Path(__file__).resolve().parents[1]
-NEWER = "27d8f4e1a6c9"  # Prefect 3.9.1's "observed_state_covering_indexes"
+NEWER = "ffffffffffff"  # no Prefect has it: what a database a newer Prefect migrated looks like
 
 
 def newer_home(home: Path) -> Path:
