@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from gptimg_flows import ImageArchive, OpenAIImageCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
-from .support.prefect_cli import ROOT, api, deploy_all
+from .support.prefect_cli import ROOT, api, cli, deploy_all
 
 pytestmark = pytest.mark.slow
 
@@ -269,3 +269,23 @@ def test_schedule_of_the_daily_deployment(cli_server: dict[str, str]) -> None:
     first = datetime.fromisoformat(min(r["expected_start_time"] for r in runs))
     paris = first.astimezone(ZoneInfo("Europe/Paris"))
     assert (paris.hour, paris.minute) == (6, 0)
+
+
+async def test_prefect_deploy_warns_about_an_archive_block_its_runs_would_refuse(
+    cli_server: dict[str, str], tmp_path: Path
+) -> None:
+    """The build step of prefect.yaml looks at `content-archive` when the deployments are
+    created: a folder under the temporary directory is named, with the fix, at deploy time."""
+    env = cli_server
+    deploy_all(env)  # the work pool
+    kept = Path(env["TMPDIR"]) / "content-archive"
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        await ImageArchive(basepath=str(kept)).asave("content-archive", overwrite=True)
+    deploy = ("--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    out = cli(env, *deploy)
+    assert "warning: the ImageArchive block 'content-archive'" in out, out[-3000:]
+    assert "under the temporary directory" in out and "point the block at storage" in out
+    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        await ImageArchive(basepath="s3://acme/gptimg").asave("content-archive", overwrite=True)
+    out = cli(env, *deploy)
+    assert "warning" not in out and "archive block 'content-archive': s3://acme/gptimg" in out
