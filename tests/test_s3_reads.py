@@ -232,3 +232,30 @@ async def test_another_store_is_read_with_its_own_credentials_only_when_asked(
     monkeypatch.setenv(AMBIENT_CREDENTIALS_ENV, "1")
     estimate = await estimate_cost(prompts=source, provider="offline", prompt_template="{name}")
     assert estimate.requests == 3
+
+
+async def test_another_stores_keys_can_live_in_the_archive_block_too(
+    keys_only_in_the_block: tuple[ImageArchive, str, Any],
+    s3_archive: tuple[str, dict[str, Any]],
+    provider_block: Any,
+    emulator: Any,
+    archive_dir: Any,
+) -> None:
+    """A local archive whose block carries the bucket's options for reads
+    (`read_storage_options`): the team's prompt file is read with them, no AWS_* and no opt-in,
+    and the keys stay out of the results."""
+    _, bucket, client = keys_only_in_the_block
+    _, options = s3_archive
+    client.put_object(Bucket=bucket, Key="team/rows.csv", Body=CSV.encode())
+    block = ImageArchive(
+        basepath=str(archive_dir), read_storage_options=json.dumps({"s3": options})
+    )
+    result = await batch_generate(
+        prompts=f"s3://{bucket}/team/rows.csv",
+        prompt_template="{name}, {style} light",
+        provider=provider_block("scenario"),
+        archive=block,
+        size="1024x1024",
+    )
+    assert not result.failures and len(result.images) == 3
+    assert "testing" not in result.model_dump_json()

@@ -87,8 +87,11 @@ class Archive:
         *,
         public_base_url: str | None = None,
         link_expiry_seconds: int = LINK_EXPIRY_SECONDS,
+        read_options: dict[str, dict[str, Any]] | None = None,
     ):
         self.basepath = (basepath or default_basepath()).rstrip("/")
+        #: protocol → fsspec options for files read from other stores (prompt files, inputs).
+        self.read_options = {k: dict(v) for k, v in (read_options or {}).items()}
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.link_expiry_seconds = link_expiry_seconds
         self.storage_options = dict(storage_options or {})

@@ -50,6 +50,7 @@ def archive_of_bucket(
     *,
     public_base_url: str | None = None,
     link_expiry_seconds: int = LINK_EXPIRY_SECONDS,
+    read_options: dict[str, dict[str, Any]] | None = None,
 ) -> Archive:
     """The Archive an S3Bucket block describes."""
     folder = (bucket.bucket_folder or "").strip("/")
@@ -59,6 +60,7 @@ def archive_of_bucket(
         storage_options_of(bucket.credentials),
         public_base_url=public_base_url,
         link_expiry_seconds=link_expiry_seconds,
+        read_options=read_options,
     )
 
 

@@ -299,6 +299,14 @@ class ImageArchive(Block):
         description="JSON object merged into storage_options, kept secret (e.g. S3 keys).",
     )
 
+    read_storage_options: SecretStr | None = Field(
+        default=None,
+        description=(
+            "JSON object, kept secret: protocol → fsspec options for prompt files, images and "
+            'masks this archive\'s runs read from other stores, e.g. {"gs": {"token": ...}} '
+            "(the archive's own store is read with storage_options)."
+        ),
+    )
     s3_bucket: str | None = Field(
         default=None,
         description=(
@@ -333,7 +341,25 @@ class ImageArchive(Block):
             options,
             public_base_url=self.public_base_url,
             link_expiry_seconds=self.link_expiry_seconds,
+            read_options=self.read_options(),
         )
+
+    def read_options(self) -> dict[str, dict[str, Any]]:
+        """`read_storage_options`, parsed (a malformed one is refused, naming the field)."""
+        import json
+
+        if self.read_storage_options is None:
+            return {}
+        try:
+            value = json.loads(self.read_storage_options.get_secret_value())
+        except ValueError:
+            value = None
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise InvalidRequest(
+                "archive: read_storage_options must be a JSON object of protocol → options",
+                field="read_storage_options",
+            )
+        return value
 
 
 # -- adapter cache ------------------------------------------------------------------------------

@@ -217,6 +217,7 @@ async def _archive_of_block(block: ImageArchive) -> Archive:
             bucket,
             public_base_url=block.public_base_url,
             link_expiry_seconds=block.link_expiry_seconds,
+            read_options=block.read_options(),
         )
     return _open(block.basepath, block.get_archive)
 

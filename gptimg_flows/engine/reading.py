@@ -23,9 +23,11 @@ def read_rules(archive: Archive | None, *, provider_base_url: str | None = None)
         roots = roots_from_env()
         if archive is not None and archive.local:
             roots += (os.path.realpath(archive.basepath),)
-    options = {}
-    if archive is not None and not archive.local:
-        options = {archive.protocol: dict(archive.storage_options)}
+    options: dict[str, dict[str, object]] = {}
+    if archive is not None:
+        options.update(archive.read_options)  # other stores, as the archive block says
+        if not archive.local:
+            options[archive.protocol] = dict(archive.storage_options)
     return ReadRules(
         roots=roots,
         trusted_hosts=trusted_host_of(provider_base_url),
