@@ -191,3 +191,23 @@ async def test_a_deleted_result_record_is_rebuilt_from_the_sidecars_not_paid_aga
         assert all(i.from_archive for i in again)
     assert record.exists(), "the result record is written back"
     assert len(emulator.ledger()["submissions"]) == 1
+
+
+def test_a_claim_whose_process_is_gone_on_this_machine_is_dead_at_once(tmp_path: Path) -> None:
+    """A re-run right after a kill -9 need not wait out the 60 s lease: the owner's pid on
+    this host is checked; elsewhere (another host) only the lease tells."""
+    import socket
+
+    archive = Archive(str(tmp_path))
+    claim = try_claim(archive, "d" * 64, {"state": "submitting", "key": "d" * 64})
+    assert claim.record is not None and claim_alive(claim.record)  # this process: alive
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead = {**claim.record, "pid": int(finished.stdout)}
+    assert not claim_alive(dead)
+    elsewhere = {**dead, "host": socket.gethostname() + "-elsewhere"}
+    assert claim_alive(elsewhere), "another machine's claim lives until its lease ends"

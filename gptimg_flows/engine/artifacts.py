@@ -44,8 +44,10 @@ class Shown:
 
 
 #: Characters that would make a user's or a provider's text into markdown (a link, an image
-#: that loads a tracker, emphasis, a heading): each is shown as itself, backslash-escaped.
-_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*_[]()!#~|{}+-"})
+#: that loads a tracker, code, emphasis, a heading): each is shown as itself, backslash-escaped.
+#: `_`, `-` and `+` are left alone: inside a table cell they make nothing worse than italics,
+#: and ids and SKUs (`job_7aa4…`, `S-12`) stay searchable as they are.
+_MARKDOWN = str.maketrans({c: "\\" + c for c in "\\`*[]()!#~|"})
 
 
 def cell(text: str, limit: int = 160) -> str:

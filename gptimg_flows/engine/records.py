@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
+import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -120,6 +122,7 @@ def try_claim(archive: Archive, key: str, submitting: dict[str, Any]) -> ClaimAt
     exactly one pays; the other gets the record it lost to (None if that vanished since)."""
     owner = uuid.uuid4().hex
     record = {**submitting, "owner": owner, "started_at": _now().isoformat()}
+    record.update(host=socket.gethostname(), pid=os.getpid())
     record["lease_until"] = (_now() + timedelta(seconds=CLAIM_LEASE_SECONDS)).isoformat()
     if archive.create_json(job_rel(key), record):
         return ClaimAttempt(owner, record)
@@ -140,12 +143,29 @@ def end_claim(archive: Archive, key: str, record: dict[str, Any]) -> None:
 
 def claim_alive(record: dict[str, Any]) -> bool:
     """A "submitting" claim whose owner renewed it within its lease (a record from before
-    leases existed has none: its owner is taken as gone, as it was then)."""
+    leases existed has none: its owner is taken as gone, as it was then). An owner on this
+    machine whose process is gone is dead at once: a re-run right after a crash need not wait
+    out the lease."""
     try:
         lease = datetime.fromisoformat(str(record["lease_until"]))
     except (KeyError, ValueError):
         return False
-    return record.get("state") == "submitting" and lease > _now()
+    if record.get("state") != "submitting" or lease <= _now():
+        return False
+    return not (record.get("host") == socket.gethostname() and _gone(record.get("pid")))
+
+
+def _gone(pid: object) -> bool:
+    """True when `pid` names no process on this machine (False when unsure)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, owned by someone else
+        return False
+    return False
 
 
 @contextlib.asynccontextmanager
