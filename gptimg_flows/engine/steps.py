@@ -7,8 +7,9 @@ Retry, idempotency and cache policy live here, once:
   backoff and jitter that never undercuts a provider's Retry-After (free reads, a poll or a
   download, first retry in place: see `retry.read_with_retries`);
 - a submit is keyed on the normalised request, its inputs' digests and the output slot; the key's
-  job record in the archive is written before and after the paid call, so a retry, a re-run or a
-  restarted process polls the recorded job instead of paying again;
+  job record in the archive is claimed with an exclusive create before the paid call (of two
+  runs of one request, one pays; the other waits for its job) and holds the job after it, so a
+  retry, a re-run or a restarted process polls the recorded job instead of paying again;
 - a request whose images are already archived (`_results/<key>.json`) is answered from the
   archive with no provider call. Credentials never enter a key, a parameter or a result.
 """
