@@ -163,7 +163,10 @@ def check_local(path: str, what: str, rules: ReadRules) -> str:
 def read_local(path: str, what: str, rules: ReadRules, max_bytes: int) -> bytes:
     real = check_local(path, what, rules)
     # O_NONBLOCK: should the file be swapped for a FIFO after the check, open does not hang.
-    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise InvalidRequest(f"{what}: cannot read {path} ({exc.strerror})", field=what) from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise InvalidRequest(f"{what}: {path} is not a regular file", field=what)
