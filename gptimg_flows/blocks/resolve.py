@@ -149,7 +149,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
     elif isinstance(archive, ImageArchive):
         store = await _archive_of_block(archive)
         given = store.basepath
-        block_name = getattr(archive, "_block_document_name", None) or "given as the parameter"
+        block_name = getattr(archive, "_block_document_name", None) or ""  # "": unsaved
     elif is_s3_bucket(archive):
         store = archive_of_bucket(archive)
         given = store.basepath
@@ -175,7 +175,8 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         problem = vanishing_reason(store, given)
         if problem and block_name is not None:  # the parameter is right; the block's path is not
             raise InvalidRequest(
-                f"archive: the ImageArchive block {block_name!r} points at {store.basepath}: "
+                f"archive: the ImageArchive block{f' {block_name!r}' if block_name else ''} "
+                f"points at {store.basepath}: "
                 f"{problem}; change the block's basepath to storage every worker shares (an "
                 "absolute folder outside the temporary directory, or an s3:// URL)",
                 field="archive",
