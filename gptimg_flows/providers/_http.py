@@ -254,10 +254,11 @@ class ApiClient:
             raise self.redacted(err) from None
 
     def redacted(self, err: ProviderError) -> ProviderError:
-        """`err` with every credential this client sends replaced by `***`."""
-        message = err.message
+        """`err` with every credential this client sends, and anything shaped like an API key
+        (as OpenAI echoes one masked), removed: the one place every adapter's errors pass."""
+        message = _KEY_PATTERN.sub("[redacted key]", err.message)
         for secret in self._secrets:
-            message = message.replace(secret, "***")
+            message = message.replace(secret, "[redacted]")
         if message != err.message:
             err.message = message
             err.args = (err._render(),)
@@ -338,6 +339,8 @@ class ApiClient:
         await self._client.aclose()
 
 
+#: An API key as OpenAI writes one, whole or masked (`sk-proj-****abcd`).
+_KEY_PATTERN = re.compile(r"\b(sk|sess)-[A-Za-z0-9_*\-]{4,}")
 #: Headers that carry credentials (the others, like Accept, are not secret).
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "x-key"})
 
@@ -357,7 +360,7 @@ def secrets_of(headers: Mapping[str, str]) -> list[str]:
             found.add(token)
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 found.update(base64.b64decode(token).decode().split(":", 1))
-    return sorted((s for s in found if len(s) >= 8), key=len, reverse=True)
+    return sorted((s for s in found if s), key=len, reverse=True)
 
 
 def require(body: Any, *path: str | int, provider: str, job_id: str | None = None) -> Any:

@@ -13,7 +13,6 @@ import base64
 import binascii
 import io
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Any, ClassVar
@@ -26,7 +25,6 @@ from gptimg_flows.errors import (
     InvalidRequest,
     JobFailed,
     MalformedResponse,
-    ProviderError,
 )
 from gptimg_flows.media.sniff import magic_mime
 from gptimg_flows.models import (
@@ -74,8 +72,6 @@ ESTIMATE_UNIT = "usd-estimate"
 
 _MIME_BY_FORMAT = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _EXT_BY_MIME = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-#: OpenAI echoes a masked key in 401 messages ("Incorrect API key provided: sk-ab***cd").
-_KEY_PATTERN = re.compile(r"\b(sk|sess)-[A-Za-z0-9_*\-]{4,}")
 
 
 # -- helpers shared with other adapters of the same model (scenario.py) ---------------------
@@ -137,33 +133,6 @@ async def first_image_as_png(image: InputImage) -> InputImage:
         return image
     log.info("converting the first image from %s to PNG to match the PNG mask", image.mime)
     return await asyncio.to_thread(_to_png, image)
-
-
-class Secrets:
-    """Our credentials, kept only to scrub them from error messages; its repr shows nothing."""
-
-    __slots__ = ("_values",)
-
-    def __init__(self, *values: str) -> None:
-        self._values = tuple(v for v in values if v)
-
-    def scrub(self, text: str) -> str:
-        text = _KEY_PATTERN.sub("[redacted key]", text)
-        for value in self._values:
-            text = text.replace(value, "[redacted]")
-        return text
-
-    def __repr__(self) -> str:
-        return "<credentials hidden>"
-
-
-def redact(err: ProviderError, secrets: Secrets) -> ProviderError:
-    """Remove our credentials (whole, or as OpenAI echoes them masked) from an error message."""
-    message = secrets.scrub(err.message)
-    if message != err.message:
-        err.message = message
-        err.args = (err._render(),)
-    return err
 
 
 class OpenAIProvider(Provider):
@@ -242,7 +211,6 @@ class OpenAIProvider(Provider):
         self.model = model
         # Another model's prices are never borrowed: unknown until the block sets them.
         self.token_prices = token_prices or TOKEN_PRICES_BY_MODEL.get(model)
-        self._secrets = Secrets(api_key.strip())
         headers = {"Authorization": f"Bearer {api_key.strip()}"}
         if organization:
             headers["OpenAI-Organization"] = organization
@@ -415,13 +383,9 @@ class OpenAIProvider(Provider):
         data: dict[str, str] | None = None,
         files: Any = None,
     ) -> Any:
-        try:
-            _, body = await self._api.request(
-                method, path, json_body=json_body, data=data, files=files, job_id=job_id
-            )
-        except ProviderError as err:
-            redact(err, self._secrets)
-            raise
+        _, body = await self._api.request(  # the client redacts our key from its errors
+            method, path, json_body=json_body, data=data, files=files, job_id=job_id
+        )
         return body
 
     def _malformed(self, message: str, job_id: str) -> MalformedResponse:

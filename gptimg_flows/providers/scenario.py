@@ -45,7 +45,7 @@ from gptimg_flows.providers._http import (
     status_table,
 )
 from gptimg_flows.providers.base import Capabilities, PreparedInputs, Provider
-from gptimg_flows.providers.openai import Secrets, check_mask, first_image_as_png, redact
+from gptimg_flows.providers.openai import check_mask, first_image_as_png
 
 log = logging.getLogger("gptimg_flows.providers.scenario")
 
@@ -176,7 +176,6 @@ class ScenarioProvider(Provider):
         self.model = model_id
         key, secret = api_key.strip(), api_secret.strip()
         token = base64.b64encode(f"{key}:{secret}".encode()).decode()
-        self._secrets = Secrets(key, secret, token)
         self._api = _ScenarioApiClient(
             self.name,
             base_url,
@@ -342,8 +341,7 @@ class ScenarioProvider(Provider):
             if err.job_id is None and job_id is not None:  # raised by the response hook
                 err.job_id = job_id
                 err.args = (err._render(),)
-            redact(err, self._secrets)
-            raise
+            raise  # the client has redacted our credentials from it
         return body
 
 
