@@ -126,3 +126,27 @@ def prompt_rows(source: str, archive: str | None) -> list[dict[str, Any]]:
         else:
             store = run_command(lambda: resolve_archive(archive))
     return read_prompts(source, read_rules(store))
+
+
+def print_rows_estimate(
+    provider: str,
+    rows: list[dict[str, Any]],
+    as_json: bool,
+    *,
+    size: str | None,
+    quality: str | None,
+    output_format: str | None,
+    template: str | None,
+) -> None:
+    """The estimate of a prompt file's rows, already read by `prompt_rows` (the file and a
+    saved archive block are not fetched a second time), priced as `batch_generate` plans them."""
+    print_estimate(
+        provider,
+        None,
+        as_json,
+        prompts=rows,
+        size=size,
+        quality=quality,
+        output_format=output_format,
+        prompt_template=template,
+    )

@@ -18,7 +18,13 @@ from gptimg_flows.cli.app import (
     SIZE_HELP,
     app,
 )
-from gptimg_flows.cli.args import archive_arg, precheck, print_estimate, prompt_rows, source_arg
+from gptimg_flows.cli.args import (
+    archive_arg,
+    precheck,
+    print_rows_estimate,
+    prompt_rows,
+    source_arg,
+)
 from gptimg_flows.cli.console import (
     OPTIONS,
     run_command,
@@ -90,16 +96,14 @@ def batch(
                 field="prompts",
             )
         if dry_run:
-            print_estimate(
+            print_rows_estimate(
                 provider,
-                None,
+                rows,
                 as_json,
-                prompts=source,
                 size=size,
                 quality=quality,
                 output_format=output_format,
-                prompt_template=template,
-                archive=archive_arg(archive),
+                template=template,
             )
             return
         kwargs: dict[str, Any] = dict(

@@ -23,6 +23,7 @@ from gptimg_flows.cli.args import (
     precheck,
     print_estimate,
     print_images,
+    print_rows_estimate,
     prompt_rows,
     source_arg,
 )
@@ -236,23 +237,18 @@ def estimate(
     with exit_on_error():
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import EditRequest, ImageRequest
-        from gptimg_flows.rows import check_columns
 
         if (prompt is None) == (prompts_file is None):
             raise InvalidRequest("estimate: give a PROMPT or --file PROMPTS", field="prompts")
         if prompts_file is not None:
-            source = source_arg(prompts_file)
-            check_columns(prompt_rows(source, archive_arg(archive)), template)
-            print_estimate(
+            print_rows_estimate(  # its columns are checked as the estimate plans the rows
                 provider,
-                None,
+                prompt_rows(source_arg(prompts_file), archive_arg(archive)),
                 as_json,
-                prompts=source,
                 size=size,
                 quality=quality,
                 output_format=output_format,
-                prompt_template=template,
-                archive=archive_arg(archive),
+                template=template,
             )
             return
         fields: dict[str, Any] = dict(
