@@ -75,11 +75,24 @@ def s3_endpoint() -> Iterator[str]:
     server.stop()
 
 
-@pytest.fixture
-def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
-    """A fresh bucket; returns (basepath, storage_options) for ImageArchive."""
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint: str) -> Any:
+    """A boto3 client of moto's server, with its own keys (tests that must run without AWS_*
+    variables still put and list objects with it)."""
     import boto3
 
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def s3_archive(s3_endpoint: str, s3_client: Any) -> tuple[str, dict[str, Any]]:
+    """A fresh bucket; returns (basepath, storage_options) for ImageArchive."""
     options: dict[str, Any] = {
         "key": "testing",
         "secret": "testing",
@@ -87,13 +100,7 @@ def s3_archive(s3_endpoint: str) -> tuple[str, dict[str, Any]]:
         "skip_instance_cache": True,
     }
     bucket = f"archive-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+    s3_client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}/images-test", options
 
 

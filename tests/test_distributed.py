@@ -269,13 +269,11 @@ def _runs_by_worker(cluster: Cluster) -> dict[str, set[str]]:
 
 
 async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_the_blocks_keys(
-    cluster: Cluster, emulator: Any, s3_archive: tuple[str, dict[str, Any]]
+    cluster: Cluster, emulator: Any, s3_archive: tuple[str, dict[str, Any]], s3_client: Any
 ) -> None:
     """The parent (a deployment run on a worker) reads the prompt file from the bucket and every
     chunk run archives there, with keys that exist only in the saved ImageArchive block."""
     import json as _json
-
-    import boto3
 
     from gptimg_flows import ImageArchive
 
@@ -283,14 +281,7 @@ async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_t
     provider = await save_provider(cluster, emulator)
     basepath, options = s3_archive
     bucket = basepath.removeprefix("s3://").split("/")[0]
-    endpoint = options["client_kwargs"]["endpoint_url"]
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = s3_client
     rows = "".join(f"item {i},studio,S-{i}\n" for i in range(12))
     client.put_object(Bucket=bucket, Key="in/rows.csv", Body=("name,style,sku\n" + rows).encode())
     public = {k: v for k, v in options.items() if k not in ("key", "secret")}

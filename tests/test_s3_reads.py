@@ -9,7 +9,6 @@ import re
 import uuid
 from typing import Any
 
-import boto3
 import pytest
 from PIL import Image
 
@@ -28,18 +27,11 @@ CSV = "name,style,sku\nteapot,studio,T-1\nkettle,outdoor,K-2\nmug,studio,M-3\n"
 
 @pytest.fixture
 def keys_only_in_the_block(
-    monkeypatch: pytest.MonkeyPatch, s3_archive: tuple[str, dict[str, Any]]
+    monkeypatch: pytest.MonkeyPatch, s3_archive: tuple[str, dict[str, Any]], s3_client: Any
 ) -> tuple[ImageArchive, str, Any]:
     """(the archive block, its bucket, a boto3 client) with no AWS_* variable set."""
     basepath, options = s3_archive
-    endpoint = options["client_kwargs"]["endpoint_url"]
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = s3_client
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance metadata either
