@@ -2,7 +2,8 @@
 
 Public API (what users, deployments and docs rely on):
 - blocks: OpenAIImageCredentials, ScenarioCredentials, RunwareCredentials,
-  SkillsVideoCredentials, GptImage2AICredentials, ImageArchive
+  SkillsVideoCredentials, GptImage2AICredentials, ImageArchive, ProviderRoute (several of
+  them as one provider: `provider=[...]` or a saved route)
 - flows: generate_images, edit_image, generate_edit_archive, batch_generate, daily_content,
   distributed_batch (a big batch fanned out as chunk runs of a deployment)
 - review: review_images (pause for a person's decision), ReviewInput (the Resume form)
@@ -21,6 +22,7 @@ from gptimg_flows.blocks.credentials import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
+from gptimg_flows.blocks.route import ProviderRoute
 from gptimg_flows.distributed.flow import distributed_batch
 from gptimg_flows.errors import BudgetExceeded
 from gptimg_flows.estimates import estimate_cost
@@ -47,6 +49,7 @@ __all__ = [
     "ImageRequest",
     "OpenAIImageCredentials",
     "PipelineResult",
+    "ProviderRoute",
     "ReviewDecision",
     "ReviewInput",
     "ReviewRecord",

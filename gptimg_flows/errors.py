@@ -19,6 +19,9 @@ class ProviderError(Exception):
         status_code: int | None = None,
     ) -> None:
         self.message = message
+        #: Nothing was created or billed (the provider refused the submit, or it never left):
+        #: a route may send the request to another member.
+        self.unpaid = False
         self.provider = provider
         self.job_id = job_id
         self.status_code = status_code
@@ -155,6 +158,28 @@ class BudgetExceeded(ProviderError):
     """Paying for this would pass a budget (`max_cost`, or a credentials block's daily spend
     limit), or the cost cannot be estimated for a budget: refused before the provider is
     called. Never retried."""
+
+
+class RoutedElsewhere(ProviderError):
+    """This request was already submitted to another member of its route: it stays there
+    (polled, resumed and downloaded there), never sent to a second seller."""
+
+    def __init__(self, message: str, *, member: str, **kw: object) -> None:
+        self.member = member
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+
+
+def can_move_on(exc: BaseException) -> bool:
+    """A route may try another member: the submit created nothing (`unpaid`), and the seller
+    is down, refusing the account (401/403, no credits, a spend limit) or full (a rate limit
+    waited out). Content refused, a bad request, a lost answer or a failed job never move."""
+    if not isinstance(exc, ProviderError) or not exc.unpaid:
+        return False
+    if isinstance(exc, RateLimited):
+        return exc.gave_up
+    return isinstance(
+        exc, ServerError | TransportError | AuthError | InsufficientCredits | BudgetExceeded
+    )
 
 
 def is_retryable(exc: BaseException) -> bool:

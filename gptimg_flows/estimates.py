@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gptimg_flows.blocks.credentials import provider_of
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -15,6 +14,7 @@ from gptimg_flows.blocks.resolve import (
     resolve_provider,
     unkeyed_block,
 )
+from gptimg_flows.engine.produce import planner_of
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
@@ -56,7 +56,7 @@ async def estimate_cost(
         if unkeyed is None:
             raise
         spec = unkeyed
-    adapter = provider_of(spec)
+    adapter = planner_of(spec)  # a route prices each request at the member it would pick first
     if isinstance(requests, ImageRequest):
         return estimate_requests(adapter, [requests])
     if requests is not None:

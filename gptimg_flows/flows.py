@@ -12,6 +12,7 @@ from datetime import date
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import provider_of
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
@@ -19,13 +20,21 @@ from gptimg_flows.blocks.resolve import (
     resolve_archive,
     resolve_provider,
 )
+from gptimg_flows.blocks.route import Route
 from gptimg_flows.engine.artifacts import publish_images
 from gptimg_flows.engine.batch_api import batch_api_rows
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
-from gptimg_flows.engine.produce import check_timeout, produce, refresh_stamp, run_budget
+from gptimg_flows.engine.produce import (
+    check_timeout,
+    key_of,
+    planner_of,
+    produce,
+    refresh_stamp,
+    run_budget,
+)
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
-from gptimg_flows.engine.records import archived_result, request_key
+from gptimg_flows.engine.records import archived_result
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
@@ -129,7 +138,7 @@ async def generate_images(
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    budget = run_budget(provider_of(spec), max_cost, [request])
+    budget = run_budget(planner_of(spec), max_cost, [request])
     images = await produce(
         spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
     )
@@ -144,7 +153,7 @@ async def generate_images(
 
         async def again(prompt: str, number: int) -> list[ArchivedImage]:
             req = request.model_copy(update={"prompt": prompt})
-            provider_of(spec).validate(req)
+            planner_of(spec).validate(req)
             return await produce(
                 spec,
                 req,
@@ -195,7 +204,7 @@ async def edit_image(
     check_timeout(timeout_seconds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    budget = run_budget(provider_of(spec), max_cost, [request])
+    budget = run_budget(planner_of(spec), max_cost, [request])
     images = await produce(
         spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
     )
@@ -241,13 +250,11 @@ async def _generate_then_edit(
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
-    adapter = provider_of(spec)
+    adapter = planner_of(spec)
     adapter.validate(first)
     adapter.validate(edit)  # both checked before the first credit is spent
     budget = run_budget(adapter, max_cost, [first, edit])
-    if budget is not None and (
-        refresh or not await archived_result(store, request_key(adapter, first, [], "0"))
-    ):
+    if budget is not None and (refresh or not await _any_archived(store, key_of(spec, first))):
         whole = Budget(budget.max_cost, budget.unit)
         whole.reserve(adapter.price(first))
         for _ in range(n):  # every candidate may be approved and edited
@@ -403,7 +410,7 @@ async def batch_generate(
     rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
-    adapter = provider_of(spec)
+    adapter = planner_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)
     metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
@@ -443,8 +450,14 @@ async def batch_generate(
 
     slots = occurrence_slots(requests)
     if batch_api:
+        if isinstance(spec, Route):
+            raise InvalidRequest(
+                "batch_api=True sends rows to OpenAI's Batch API: give one OpenAI block as "
+                "`provider`, not a route",
+                field="batch_api",
+            )
         await batch_api_rows(
-            adapter,
+            provider_of(spec),
             store,
             rows,
             requests,
@@ -521,6 +534,13 @@ async def batch_generate(
     if fail_on_row_failure and failures:
         raise rows_failed(result, len(rows))
     return result
+
+
+async def _any_archived(store: Archive, keys: list[str]) -> bool:
+    for key in keys:
+        if await archived_result(store, key):
+            return True
+    return False
 
 
 def fill_template(template: str, day: date, themes: list[str]) -> str:

@@ -242,6 +242,9 @@ class Job(BaseModel):
     status: JobStatus | None = Field(
         None, description="set when the provider answered synchronously with a finished job"
     )
+    member: str | None = Field(
+        None, description="the route member it was submitted to (a re-run resumes it there)"
+    )
 
 
 class InputImage(BaseModel):
@@ -303,6 +306,9 @@ class ArchivedImage(BaseModel):
     provider: str
     model: str
     prompt: str
+    member: str | None = Field(
+        None, description="the route member (a saved block's name) that made it, when routed"
+    )
     job_id: str | None = None
     seed: str | None = None
     cost: float | None = None

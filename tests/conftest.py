@@ -52,8 +52,10 @@ def _fresh_rate_limiters() -> None:
     """Every test meets the emulator's accounts as a new process would: a pace learned from
     one test's 429s must not slow the next one's submits."""
     from gptimg_flows.engine.rate_limiter import forget_limiters
+    from gptimg_flows.engine.route_health import forget_health
 
     forget_limiters()
+    forget_health()
 
 
 @pytest.fixture

@@ -165,8 +165,9 @@ def test_providers_prints_the_table() -> None:
 def test_blocks_register_registers_every_block_type() -> None:
     result = CliRunner().invoke(app, ["blocks", "register"])
     assert result.exit_code == 0, result.output
-    assert "registered 6 block type(s)" in result.stdout
+    assert "registered 7 block type(s)" in result.stdout
     assert "gptimg-scenario-credentials" in result.stdout
+    assert "gptimg-provider-route" in result.stdout
 
 
 def test_blocks_create_saves_blocks_without_printing_a_key_and_generate_uses_them(

@@ -263,8 +263,12 @@ def test_flow_parameters_render_as_a_typed_form() -> None:
         props = schema["properties"]
         assert "provider" in props and "archive" in props, flow_.name
         refs = [r.get("$ref", r.get("type")) for r in props["provider"]["anyOf"]]
-        assert refs[-1] == "string" and len(refs) == 6, refs
+        # one provider (a block or a name), a saved route, or a list of providers (a route)
+        assert refs[5:] == ["string", "#/definitions/ProviderRoute", "array"], refs
+        assert len(props["provider"]["anyOf"][-1]["items"]["anyOf"]) == 6
         scenario = schema["definitions"]["ScenarioCredentials"]
         assert scenario["block_type_slug"] == "gptimg-scenario-credentials"
+        route = schema["definitions"]["ProviderRoute"]
+        assert route["block_type_slug"] == "gptimg-provider-route"
     gen = generate_images.parameters.model_dump()["properties"]
     assert gen["quality"]["anyOf"][0]["enum"] == ["auto", "low", "medium", "high"]

@@ -13,6 +13,7 @@ from gptimg_flows.blocks.credentials import (
     SkillsVideoCredentials,
     offline_provider,
 )
+from gptimg_flows.blocks.route import ProviderRoute
 
 __all__ = [
     "CREDENTIAL_BLOCKS",
@@ -20,6 +21,7 @@ __all__ = [
     "ImageArchive",
     "OpenAIImageCredentials",
     "ProviderCredentials",
+    "ProviderRoute",
     "RunwareCredentials",
     "ScenarioCredentials",
     "SkillsVideoCredentials",

@@ -95,6 +95,17 @@ class ProviderCredentials(CredentialsBlock, ABC):
         ),
     )
 
+    usd_per_unit: float | None = Field(
+        default=None,
+        gt=0,
+        description=(
+            "What one of this provider's cost units is worth in USD (a Scenario CU, a "
+            "skills.video or gptimage2.ai credit, as your plan prices it): lets a route's "
+            "`cheapest` strategy and a route's max_cost compare it with others. USD providers "
+            "need none."
+        ),
+    )
+
     spend_limit: str | None = Field(
         default=None,
         description=(

@@ -35,10 +35,11 @@ from gptimg_flows.blocks.credentials import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
+from gptimg_flows.blocks.route import Member, ProviderRoute, Route, RoutePolicy, member_name
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OFFLINE_NAMES
 
-ProviderParam = (
+OneProvider = (
     OpenAIImageCredentials
     | ScenarioCredentials
     | RunwareCredentials
@@ -46,6 +47,8 @@ ProviderParam = (
     | GptImage2AICredentials
     | str
 )
+#: A flow's `provider`: one provider, a list of them (a route), or a ProviderRoute block.
+ProviderParam = OneProvider | ProviderRoute | list[OneProvider]
 if S3Bucket is not None:  # with the aws extra, a prefect-aws S3Bucket is an archive too
     ArchiveParam = ImageArchive | S3Bucket | str | None
 else:
@@ -57,8 +60,24 @@ _ARCHIVE_FIX = (
 )
 
 
-async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
-    """A block object, `"offline"`, a saved block's name, or `"<block-type-slug>/<name>"`."""
+async def resolve_provider(provider: ProviderParam) -> ProviderSpec | Route:
+    """One provider (a block object, `"offline"`, a saved block's name, or
+    `"<block-type-slug>/<name>"`), or a route: a list of those, a ProviderRoute block, or a
+    saved one's name. A list of one is that one provider."""
+    if isinstance(provider, ProviderRoute):
+        saved = getattr(provider, "_block_document_name", None)
+        return await _route(saved or "route", provider.providers, provider.policy(), saved)
+    if isinstance(provider, list):
+        if not provider:
+            raise InvalidRequest("provider: an empty list names no provider", field="provider")
+        if len(provider) == 1:
+            return await resolve_provider(provider[0])
+        shown = " → ".join(p if isinstance(p, str) else member_name(p, None) for p in provider)
+        return await _route(shown, provider, RoutePolicy())
+    return await _one_or_saved_route(provider)
+
+
+async def _one_or_saved_route(provider: OneProvider) -> ProviderSpec | Route:
     if isinstance(provider, ProviderCredentials):
         return provider
     name = provider.strip()
@@ -66,6 +85,8 @@ async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
         return name
     if "/" in name:
         slug, _, block_name = name.partition("/")
+        if slug == ProviderRoute.get_block_type_slug():
+            return await _saved_route(block_name)
         for cls in CREDENTIAL_BLOCKS:
             if cls.get_block_type_slug() == slug:
                 return await _load_block(cls, block_name, name)
@@ -75,16 +96,64 @@ async def resolve_provider(provider: ProviderParam) -> ProviderSpec:
             return await _load_block(cls, name, name)
         except InvalidRequest:
             continue
+    try:
+        return await _saved_route(name)
+    except InvalidRequest:
+        pass
     saved = await saved_provider_names()
     close = difflib.get_close_matches(name, saved + list(PROVIDER_NAMES), n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listed = f"saved: {', '.join(saved)}" if saved else "none is saved"
     raise InvalidRequest(
-        f"provider: no saved credentials block named {name!r} (nor is it 'offline'; {listed})."
-        f"{hint} Save one from your keys with `gptimg blocks create` (or "
+        f"provider: no saved credentials block or route named {name!r} (nor is it 'offline'; "
+        f"{listed}).{hint} Save one from your keys with `gptimg blocks create` (or "
         "ScenarioCredentials(...).save(name), blocks/from_env.py)",
         field="provider",
     )
+
+
+def _unused(name: str, taken: set[str]) -> str:
+    """`scenario#2`, `scenario#3`, …: two unsaved blocks of one provider in a route."""
+    return next(f"{name}#{i}" for i in range(2, len(taken) + 3) if f"{name}#{i}" not in taken)
+
+
+async def _saved_route(name: str) -> Route:
+    try:
+        block: ProviderRoute = await ProviderRoute.aload(name)
+    except ValueError:
+        raise InvalidRequest(f"provider: no route {name!r}", field="provider") from None
+    if not isinstance(block, ProviderRoute):
+        raise InvalidRequest(f"provider: {name!r} is not a route", field="provider")
+    return await _route(name, list(block.providers), block.policy(), name)
+
+
+async def _route(
+    shown: str,
+    given: list[OneProvider] | list[str],
+    policy: RoutePolicy,
+    saved: str | None = None,
+) -> Route:
+    """Each member resolved to one provider (a route inside a route is refused), under a name
+    no other member has."""
+    members: list[Member] = []
+    for item in given:
+        spec = await _one_or_saved_route(item)
+        if isinstance(spec, Route):
+            raise InvalidRequest(
+                f"provider: route {shown!r} lists {item!r}, which is a route itself; list its "
+                "providers instead",
+                field="provider",
+            )
+        name = member_name(spec, item.strip() if isinstance(item, str) else None)
+        taken = {m.name for m in members}
+        if name in taken:
+            if isinstance(item, str):
+                raise InvalidRequest(
+                    f"provider: route {shown!r} lists {name!r} twice", field="provider"
+                )
+            name = _unused(name, taken)
+        members.append(Member(name, spec))
+    return Route(shown, tuple(members), policy, saved)
 
 
 #: Our providers' names (what `provider_name` says on each credentials block).
@@ -101,6 +170,7 @@ async def saved_provider_names() -> list[str]:
             docs = await client.read_block_documents(include_secrets=False)
     except Exception:  # a hint is not worth a second error
         return []
+    slugs.add(ProviderRoute.get_block_type_slug())
     return sorted(d.name for d in docs if d.name and d.block_type and d.block_type.slug in slugs)
 
 

@@ -35,7 +35,7 @@ from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
 from gptimg_flows.blocks.aws import S3_BUCKET_PREFIX, is_s3_bucket
-from gptimg_flows.blocks.credentials import ImageArchive, ProviderSpec, provider_of
+from gptimg_flows.blocks.credentials import ImageArchive, ProviderSpec
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -43,10 +43,11 @@ from gptimg_flows.blocks.resolve import (
     resolve_archive,
     resolve_provider,
 )
+from gptimg_flows.blocks.route import ProviderRoute, Route
 from gptimg_flows.distributed.gather import archived_rows, gather_results, publish_report
 from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_groups, make_chunks
 from gptimg_flows.distributed.watch import Watcher
-from gptimg_flows.engine.produce import check_timeout, run_budget
+from gptimg_flows.engine.produce import check_timeout, planner_of, run_budget
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
@@ -122,7 +123,7 @@ async def distributed_batch(
     check_columns(rows, prompt_template)
     spec = await resolve_provider(provider)
     provider_ref, archive_ref = _provider_ref(spec), _archive_ref(archive, store)
-    adapter = provider_of(spec)
+    adapter = planner_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests: dict[int, ImageRequest] = {}
     planned, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)
@@ -134,7 +135,7 @@ async def distributed_batch(
             heartbeat_seconds, lost_after = _default_beats(
                 deployment, heartbeat_seconds, lost_after
             )
-        keys, groups = keys_and_groups(adapter, requests)
+        keys, groups = keys_and_groups(spec, requests)
         done = await archived_rows(store, keys)
         if max_cost is not None:
             check_budget(adapter, requests, done, max_cost)
@@ -275,9 +276,14 @@ def _json_rows(rows: list[Row]) -> list[Row]:
     return decoded
 
 
-def _provider_ref(spec: ProviderSpec) -> str:
+def _provider_ref(spec: ProviderSpec | Route) -> str | list[str]:
     """What a chunk run on another machine loads the provider from: a saved block's
-    `slug/name` (never its secrets as a parameter), or `offline`."""
+    `slug/name` (never its secrets as a parameter), or `offline`; for a route, the saved
+    route's, or each member's."""
+    if isinstance(spec, Route):
+        if spec.saved:
+            return f"{ProviderRoute.get_block_type_slug()}/{spec.saved}"
+        return [str(_provider_ref(m.spec)) for m in spec.members]
     if isinstance(spec, str):
         return spec
     name = getattr(spec, "_block_document_name", None)

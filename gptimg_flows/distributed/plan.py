@@ -13,10 +13,12 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from gptimg_flows.engine.records import request_key
+from gptimg_flows.blocks.credentials import ProviderSpec
+from gptimg_flows.blocks.route import Route
+from gptimg_flows.engine.produce import request_key_of
 from gptimg_flows.models import ArchivedImage, ImageRequest, canonical_json
-from gptimg_flows.providers.base import Provider
 from gptimg_flows.rows import Row, occurrence_slots
+from gptimg_flows.spend.estimate import Pricer
 from gptimg_flows.spend.prices import must_fit
 
 DIGEST_VERSION = 1
@@ -51,14 +53,14 @@ class Chunk:
 
 
 def keys_and_groups(
-    adapter: Provider, requests: dict[int, ImageRequest]
+    spec: ProviderSpec | Route, requests: dict[int, ImageRequest]
 ) -> tuple[dict[int, str], dict[int, str]]:
     """Each row's request key, with the slot batch_generate gives it (its occurrence number
     among identical requests), and each row's fingerprint (identical requests group)."""
     rows = sorted(requests)  # slots count in row order, as batch_generate counts them
     slots = occurrence_slots([requests[i] for i in rows])
     keys = {
-        i: request_key(adapter, requests[i], [], slot) for i, slot in zip(rows, slots, strict=True)
+        i: request_key_of(spec, requests[i], [], slot) for i, slot in zip(rows, slots, strict=True)
     }
     groups = {i: canonical_json(requests[i].fingerprint()) for i in rows}
     return keys, groups
@@ -82,7 +84,7 @@ def plan_chunks(order: list[int], groups: dict[int, str], chunk_size: int) -> li
 
 
 def make_chunks(
-    adapter: Provider,
+    adapter: Pricer,
     rows: list[Row],
     requests: dict[int, ImageRequest],
     groups: dict[int, str],
@@ -124,7 +126,7 @@ def batch_digest(
 
 
 def check_budget(
-    adapter: Provider,
+    adapter: Pricer,
     requests: dict[int, ImageRequest],
     done: dict[int, list[ArchivedImage]],
     max_cost: float,
@@ -134,7 +136,7 @@ def check_budget(
     todo = [r for i, r in requests.items() if i not in done]
     must_fit(
         max_cost,
-        adapter.capabilities.cost_unit,
+        adapter.cost_unit,
         sum(adapter.price(r).amount or 0.0 for r in todo),
         f"the {len(todo)} row(s) not yet archived are",
         "; a distributed batch is refused as a whole (chunk runs cannot share one running "

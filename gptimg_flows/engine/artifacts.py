@@ -22,6 +22,7 @@ from prefect.artifacts import acreate_markdown_artifact
 from gptimg_flows.archive.store import Archive, Link
 from gptimg_flows.archive.thumbnails import load_thumbnail, recent_thumbnail
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
+from gptimg_flows.engine.route_health import MemberStats, run_id, stats_of
 from gptimg_flows.models import ArchivedImage
 from gptimg_flows.results import BatchFailure, ReviewRound, cost_summary
 
@@ -148,10 +149,35 @@ def row(number: int | str, shown: Shown) -> str:
     extra = "".join(f"<br>{cell(f'{k}={v}', 60)}" for k, v in sorted(img.extra.items()))
     extra = "" if img.parents else extra  # an edit's extra is its lineage, shown as `from`
     return (
-        f"| {number} | {source} | {arrow}{picture(shown.thumb, label)} | {cell(img.provider)} "
+        f"| {number} | {source} | {arrow}{picture(shown.thumb, label)} | {provider_cell(img)} "
         f"| {img.width}x{img.height} | {cost_cell(img)} | {review_cell(img)} "
         f"| {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
     )
+
+
+def provider_cell(img: ArchivedImage) -> str:
+    """The provider, and the route member (the saved block) that made the image, if routed."""
+    if img.member and img.member != img.provider:
+        return f"{cell(img.member, 40)}<br>{cell(img.provider)}"
+    return cell(img.provider)
+
+
+def route_table(stats: dict[str, MemberStats]) -> str:
+    """A routed run's part per member: what each made and cost, and why work moved."""
+    if not stats:
+        return ""
+    lines = [
+        "| member | images | from archive | failovers | spilled | cooldowns | cost | USD |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in sorted(stats.items()):
+        cost = ", ".join(f"{v:g} {u}" for u, v in sorted(s.cost.items())) or "-"
+        usd = "-" if s.usd is None or not s.cost else f"{s.usd:g}"
+        lines.append(
+            f"| {cell(name, 60)} | {s.images} | {s.from_archive} | {s.failovers} | {s.spills} "
+            f"| {s.cooldowns} | {cost} | {usd} |"
+        )
+    return "\n".join(lines)
 
 
 def failure_table(failures: Sequence[BatchFailure], limit: int = 500) -> str:
@@ -201,6 +227,8 @@ async def publish_images(
     summary = f"{cost_summary(images)}\n\n"
     if traffic := traffic_text(run_traffic()):
         summary += f"{traffic}\n\n"
+    if routes := route_table(stats_of(run_id())):
+        summary += f"{routes}\n\n"
     tail = f"\n\n{failure_table(failures)}" if failures else ""
     pages = paginate(rows, len((summary + tail).encode()) + 200)
     bodies: list[str] = []

@@ -9,6 +9,7 @@ answers' x-ratelimit figures up through `RATE_HEADERS_SINK` without knowing who 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 import time
 from collections import OrderedDict
@@ -37,6 +38,21 @@ class RunTraffic:
     refused: int = 0
     waited_seconds: float = 0.0
 
+
+@dataclass
+class RoutedSubmit:
+    """Set by a route around one member's try (engine/routing.py): told when the submit's
+    turn comes (the route stops counting it as promised to the account), and how long it may
+    wait for the account's limit before it spills over to another member (None: as long as
+    the block allows)."""
+
+    on_turn: Callable[[], None]
+    wait_seconds: float | None = None
+
+
+ROUTED_SUBMIT: contextvars.ContextVar[RoutedSubmit | None] = contextvars.ContextVar(
+    "gptimg_routed_submit", default=None
+)
 
 #: Flow runs whose counts are kept: a worker serving runs for months must not grow for ever.
 KEPT_RUNS = 1000
@@ -126,11 +142,17 @@ async def paced_submit(
     """`send()` (the paid call) when the account allows; 429s wait and try again (counted for
     this run's artifact), and the pacing is logged once per account when it starts and ends."""
 
+    routed = ROUTED_SUBMIT.get()
+    if routed is not None and routed.wait_seconds is not None:
+        bound = min(bound, routed.wait_seconds)
+
     def refused(exc: RateLimited) -> None:
         _count(refused=1)
         _announce(limiter, exc)
 
     async def send_with_headers() -> T:
+        if routed is not None:
+            routed.on_turn()
         with _headers_to(limiter):
             return await send()
 
@@ -145,6 +167,8 @@ async def paced_submit(
             limiter, n, send_with_headers, bound=bound, on_refused=refused, on_waited=waited
         )
     finally:
+        if routed is not None:
+            routed.on_turn()
         if limiter.waiting == 0:
             _done(limiter)
 

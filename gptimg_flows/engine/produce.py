@@ -13,17 +13,40 @@ from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
-from gptimg_flows.engine.records import archived_result, job_recorded, request_key
+from gptimg_flows.blocks.route import Route
+from gptimg_flows.engine.records import archived_result, job_recorded, request_key, route_key
+from gptimg_flows.engine.routing import Prepared, RoutePlanner, produce_routed
 from gptimg_flows.engine.spend_limit import take_spend
 from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, upload_inputs
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
-from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, InputImage
-from gptimg_flows.providers.base import Provider
+from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest
+from gptimg_flows.spend.estimate import Pricer
 from gptimg_flows.spend.prices import Budget
 
 
+def planner_of(spec: ProviderSpec | Route) -> Pricer:
+    """What checks and prices a request for the flows: the provider, or the route."""
+    return RoutePlanner(spec) if isinstance(spec, Route) else provider_of(spec)
+
+
+def request_key_of(
+    spec: ProviderSpec | Route, request: ImageRequest, digests: list[str], slot: str
+) -> str:
+    """The key a request is claimed and recorded under: the route's, or the provider's."""
+    if isinstance(spec, Route):
+        return route_key(request, digests, slot)
+    return request_key(provider_of(spec), request, digests, slot)
+
+
+def key_of(spec: ProviderSpec | Route, request: ImageRequest) -> list[str]:
+    """The keys a generation's images may be recorded under (slot "0", no inputs)."""
+    if isinstance(spec, Route):
+        return RoutePlanner(spec).keys(request, [], "0")
+    return [request_key(provider_of(spec), request, [], "0")]
+
+
 async def produce(
-    spec: ProviderSpec,
+    spec: ProviderSpec | Route,
     request: ImageRequest,
     archive: Archive,
     *,
@@ -41,19 +64,34 @@ async def produce(
     upload or submit. A job already on record (a resumed run) takes nothing again.
     """
     logger = get_run_logger()
-    adapter = provider_of(spec)
-    adapter.validate(request)  # before anything is read, uploaded or paid
-    digests: list[str] = []
-    parents: list[str] = []
-    loaded: list[InputImage] = []
-    mask: InputImage | None = None
+    planner_of(spec).validate(request)  # before anything is read, uploaded or paid
+    prepared = Prepared(loaded=[], mask=None, digests=[], parents=[])
     if isinstance(request, EditRequest):
         loaded, mask = await load_edit_inputs(request, archive)
-        digests = [img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else [])
-        parents = [archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded]
+        prepared = Prepared(
+            loaded=loaded,
+            mask=mask,
+            digests=[img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else []),
+            parents=[archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded],
+        )
     if refresh:
         slot = f"{slot}{refresh_stamp()}"
-    key = request_key(adapter, request, digests, slot)
+    if isinstance(spec, Route):
+        return await produce_routed(
+            spec,
+            request,
+            archive,
+            prepared,
+            slot=slot,
+            refresh=refresh,
+            timeout_seconds=timeout_seconds,
+            extra=extra,
+            row=row,
+            budget=budget,
+        )
+    adapter = provider_of(spec)
+    loaded, mask, parents = prepared.loaded, prepared.mask, prepared.parents
+    key = request_key(adapter, request, prepared.digests, slot)
     if not refresh and (found := await archived_result(archive, key)):
         logger.info(
             "%d image(s) for this request are already archived: no provider call", len(found)
@@ -101,7 +139,7 @@ def check_timeout(timeout_seconds: float) -> None:
 
 
 def run_budget(
-    adapter: Provider, max_cost: float | None, requests: list[ImageRequest]
+    adapter: Pricer, max_cost: float | None, requests: list[ImageRequest]
 ) -> Budget | None:
     """The run's `max_cost` budget; a price nobody can estimate is refused up front, with how
     to set one."""
@@ -113,4 +151,4 @@ def run_budget(
         price = adapter.price(request)
         if price.amount is None:
             raise BudgetExceeded(f"max_cost={max_cost:g} cannot be kept: {price.note}")
-    return Budget(max_cost, adapter.capabilities.cost_unit)
+    return Budget(max_cost, adapter.cost_unit)

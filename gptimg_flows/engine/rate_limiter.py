@@ -252,6 +252,17 @@ class AccountLimiter:
         with self._lock:
             return max(0.0, self.read_hold_until - now)
 
+    def expected_wait(self, n: int, now: float, ahead: int = 0) -> float:
+        """About how long a submit of `n` images asked for now would wait for its turn, with
+        `ahead` more images promised to this account but not queued yet (a route's guess of
+        where a request goes soonest)."""
+        with self._lock:
+            at = self._send_time(now) - now
+            if self.rate is None:
+                return max(0.0, at)
+            queued = sum(w.n for w in self._queue) + ahead
+            return max(0.0, at) + queued / self.rate
+
     def waited(self, seconds: float) -> None:
         with self._lock:
             self.stats.waited_seconds += max(0.0, seconds)

@@ -55,6 +55,20 @@ def request_key(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+def route_key(request: ImageRequest, input_digests: Sequence[str], slot: str) -> str:
+    """The idempotency key of one request sent through a route: the same whichever member
+    makes it, so a re-run finds its job or images without knowing which one did, and one
+    claim stops two members from both being paid for it."""
+    payload = {
+        "v": KEY_VERSION,
+        "route": True,
+        "request": request.fingerprint(),
+        "inputs": list(input_digests),
+        "slot": slot,
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
 async def job_recorded(archive: Archive, key: str) -> bool:
     """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
     record = await asyncio.to_thread(archive.read_json, job_rel(key))
@@ -228,6 +242,7 @@ async def write_images(
             provider=job.provider,
             model=job.model,
             prompt=prompt,
+            member=job.member,
             job_id=job.job_id,
             seed=image.seed,
             cost=cost_each,

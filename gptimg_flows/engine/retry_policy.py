@@ -16,7 +16,7 @@ from prefect.logging import get_run_logger
 from prefect.tasks import Task
 
 from gptimg_flows.engine.retry import READ_ATTEMPTS, backoff_delay
-from gptimg_flows.errors import RateLimited, RetryableError, is_retryable
+from gptimg_flows.errors import RateLimited, RetryableError, can_move_on, is_retryable
 
 #: Task retries of a transient error, unless the credentials block says otherwise.
 RETRIES = 5
@@ -29,15 +29,30 @@ _retry_after_hint: contextvars.ContextVar[float | None] = contextvars.ContextVar
 
 def retry_on_retryable(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect `retry_condition_fn`: retry only transient errors; remember any Retry-After."""
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        try:
-            state.result(raise_on_failure=True)
-        except BaseException as raised:
-            exc = raised
+    exc = _raised(state)
     retry = exc is not None and is_retryable(exc)
     _retry_after_hint.set(exc.retry_after if isinstance(exc, RateLimited) else None)
     return retry
+
+
+def retry_unless_moving(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """A route member's `retry_condition_fn`: a submit refused before anything was created
+    goes to the next member at once instead of waiting out retries here."""
+    exc = _raised(state)
+    if exc is not None and can_move_on(exc):
+        _retry_after_hint.set(None)
+        return False
+    return retry_on_retryable(task, task_run, state)
+
+
+def _raised(state: State[Any]) -> BaseException | None:
+    if isinstance(state.data, BaseException):
+        return state.data
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as raised:
+        return raised
+    return None
 
 
 class _Backoff(list[float]):

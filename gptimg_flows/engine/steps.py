@@ -55,6 +55,7 @@ from gptimg_flows.engine.retry_policy import (
     RETRY_OPTIONS,
     log_read_retry,
     retry_delays,
+    retry_unless_moving,
 )
 from gptimg_flows.errors import (
     DamagedRecord,
@@ -62,6 +63,8 @@ from gptimg_flows.errors import (
     MalformedResponse,
     OutputExpired,
     ProviderError,
+    RateLimited,
+    RoutedElsewhere,
     SubmitUncertain,
     TransportError,
 )
@@ -160,15 +163,20 @@ async def submit_job(
     key: str,
     archive: Archive,
     timeout_seconds: float | None = None,
+    member: str | None = None,
 ) -> Job:
     """The one paid call, guarded by the key's job record so it happens once per key.
 
     Paced by the account's rate limiter: a 429 created nothing, so it waits and tries again
-    (never a task retry) until the block's `rate_limit_wait_seconds` (or `timeout_seconds`)."""
+    (never a task retry) until the block's `rate_limit_wait_seconds` (or `timeout_seconds`).
+    `member`: the route member this is sent to (recorded with the job; a key already held by
+    another member raises RoutedElsewhere)."""
     logger = get_run_logger()
     adapter = provider_of(provider)
     adapter.validate(request)
-    submitting = {"state": "submitting", "key": key, "provider": adapter.name}
+    submitting: dict[str, Any] = {"state": "submitting", "key": key, "provider": adapter.name}
+    if member is not None:
+        submitting["member"] = member
     limiter = account_limiter(provider, adapter)
     while True:
         # Claim at once only when nothing will wait: a claim made before a long wait for the
@@ -181,7 +189,7 @@ async def submit_job(
         else:
             record = await asyncio.to_thread(archive.read_json, job_rel(key))
         if record is not None:
-            found = await _job_of_record(adapter, archive, key, request, record)
+            found = await _job_of_record(adapter, archive, key, request, record, member)
             if found is None:
                 continue  # the claim we lost to was withdrawn (its submit was refused)
             return found
@@ -196,6 +204,11 @@ async def submit_job(
             )
         except _ClaimedElsewhere:
             continue  # another run claimed the key while this one waited for the limiter
+        except RateLimited as exc:
+            if held:
+                await asyncio.shield(asyncio.to_thread(archive.delete, job_rel(key)))
+            exc.unpaid = exc.gave_up  # every try was refused (withdrawn) or never sent
+            raise
         except BaseException:
             if held:  # claimed up front, never used: no call was made, so nothing is owed
                 await asyncio.shield(asyncio.to_thread(archive.delete, job_rel(key)))
@@ -231,13 +244,15 @@ async def _claimed_submit(
             try:
                 job = await adapter.submit(request, inputs, key)
             except TransportError as exc:
-                withdraw = not exc.request_sent  # nothing reached the provider
+                withdraw = exc.unpaid = not exc.request_sent  # nothing reached the provider
                 raise
             except MalformedResponse:
                 raise  # a 2xx answer we cannot read: the job may exist and be billed
-            except ProviderError:
-                withdraw = True  # the provider refused the call (a 429 among others)
+            except ProviderError as exc:
+                withdraw = exc.unpaid = True  # the provider refused the call (a 429 among others)
                 raise
+            if submitting.get("member"):
+                job = job.model_copy(update={"member": submitting["member"]})
             job = await _stage_inline(archive, job)
     except BaseException:
         # After the renewals stopped, so this write is the last: a withdrawn claim lets the
@@ -253,11 +268,17 @@ async def _claimed_submit(
 
 
 async def _job_of_record(
-    adapter: Provider, archive: Archive, key: str, request: ImageRequest, record: Any
+    adapter: Provider,
+    archive: Archive,
+    key: str,
+    request: ImageRequest,
+    record: Any,
+    member: str | None = None,
 ) -> Job | None:
     """The job a key's record leads to, without paying: the recorded job; another live run's
     job once it has one (None if that run's claim is withdrawn: the caller claims again); a
-    dead claim's job looked up by key, or SubmitUncertain where the provider cannot."""
+    dead claim's job looked up by key, or SubmitUncertain where the provider cannot. A record
+    of another route member's submit raises RoutedElsewhere: the request stays there."""
     logger = get_run_logger()
     if isinstance(record, dict) and claim_alive(record):
         logger.info(
@@ -270,6 +291,12 @@ async def _job_of_record(
             return None
     if not isinstance(record, dict):
         raise _damaged(archive, key, "it is not a JSON object")
+    held_by = _member_of(record)
+    if member is not None and held_by is not None and held_by != member:
+        raise RoutedElsewhere(
+            f"this request was submitted to route member {held_by!r}: it stays there",
+            member=held_by,
+        )
     if record.get("job"):
         try:
             job = Job.model_validate(record["job"])
@@ -299,6 +326,12 @@ async def _job_of_record(
     # (unless another run replaced the claim meanwhile).
     await asyncio.to_thread(_withdraw_if_same, archive, key, record)
     return None
+
+
+def _member_of(record: dict[str, Any]) -> str | None:
+    job = record.get("job")
+    held_by = job.get("member") if isinstance(job, dict) else record.get("member")
+    return held_by if isinstance(held_by, str) else None
 
 
 def _damaged(archive: Archive, key: str, problem: str) -> DamagedRecord:
@@ -418,6 +451,7 @@ async def run_job(
     key: str,
     archive: Archive,
     timeout_seconds: float = 900.0,
+    member: str | None = None,
 ) -> tuple[Job, JobStatus, list[DownloadedImage]]:
     """submit_job → wait_for_job → download_outputs as one task run: what the flows use.
 
@@ -426,7 +460,7 @@ async def run_job(
     of three per request is what keeps a 500-image batch from drowning the Prefect server in
     task-run events (see bench/RESULTS.md).
     """
-    job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds)
+    job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds, member)
     status = await wait_for_job.fn(provider, job, timeout_seconds)
     images = await download_outputs.fn(provider, job, status, archive)
     return job, status, images
@@ -443,6 +477,7 @@ async def make_images(
     extra: dict[str, Any] | None = None,
     timeout_seconds: float = 900.0,
     row: int | None = None,
+    member: str | None = None,
 ) -> list[ArchivedImage]:
     """One request from submit to archive, in one task run: what the flows use.
 
@@ -456,9 +491,13 @@ async def make_images(
         await submit_allowance(provider)
         try:
             job, status, images = await run_job.fn(
-                provider, request, inputs, key, archive, timeout_seconds
+                provider, request, inputs, key, archive, timeout_seconds, member
             )
-        except ProviderError:
+        except RoutedElsewhere:
+            raise
+        except ProviderError as exc:
+            if exc.unpaid:
+                raise  # nothing was created under this key: nobody else's images either
             # Another run of this request (it held the claim) may have archived the images
             # meanwhile and removed what both were reading (its staged outputs): theirs are ours.
             done = await archived_result(archive, key)
@@ -479,16 +518,22 @@ async def make_images(
     return archived
 
 
-def make_images_for(spec: ProviderSpec) -> Task[Any, Any]:
-    """`make_images` with as many retries as the provider's block asks for."""
-    return _make_images_with(spec.retries if isinstance(spec, ProviderCredentials) else RETRIES)
+def make_images_for(spec: ProviderSpec, *, may_move: bool = False) -> Task[Any, Any]:
+    """`make_images` with as many retries as the provider's block asks for. `may_move`: a
+    route member with others to move to, so a submit refused before anything was created is
+    not retried here (the route sends it elsewhere at once)."""
+    retries = spec.retries if isinstance(spec, ProviderCredentials) else RETRIES
+    return _make_images_with(retries, may_move)
 
 
 @functools.cache
-def _make_images_with(retries: int) -> Task[Any, Any]:
-    if retries == RETRIES:
+def _make_images_with(retries: int, may_move: bool) -> Task[Any, Any]:
+    if retries == RETRIES and not may_move:
         return make_images
-    return make_images.with_options(retries=retries, retry_delay_seconds=retry_delays(retries))
+    options: dict[str, Any] = {"retries": retries, "retry_delay_seconds": retry_delays(retries)}
+    if may_move:
+        options["retry_condition_fn"] = retry_unless_moving
+    return make_images.with_options(**options)
 
 
 @task(name="archive-images", **RETRY_OPTIONS)

@@ -349,6 +349,10 @@ class Provider(ABC):
         return None
 
     @property
+    def cost_unit(self) -> str:
+        return self.capabilities.cost_unit
+
+    @property
     def account(self) -> str:
         """Which account this adapter spends (a digest of provider, base URL and key): the
         unit a rate limit applies to."""

@@ -8,16 +8,26 @@ request the provider would refuse costs nothing and is noted, as a batch would r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from gptimg_flows.errors import ProviderError
 from gptimg_flows.models import ImageRequest
-from gptimg_flows.providers.base import Provider
 from gptimg_flows.rows import Row, check_columns, plan_rows
 from gptimg_flows.spend.prices import CostEstimate, Price
 
 
-def estimate_requests(adapter: Provider, requests: Sequence[ImageRequest]) -> CostEstimate:
+class Pricer(Protocol):
+    """What prices a request: one provider's adapter, or a route (engine/routing.py)."""
+
+    @property
+    def cost_unit(self) -> str: ...
+
+    def validate(self, request: ImageRequest) -> None: ...
+
+    def price(self, request: ImageRequest) -> Price: ...
+
+
+def estimate_requests(adapter: Pricer, requests: Sequence[ImageRequest]) -> CostEstimate:
     """The expected cost of these requests, each priced after the adapter's own checks."""
     notes: list[str] = []
     estimate = CostEstimate.of([(price_of(adapter, r, notes), r.n) for r in requests])
@@ -25,7 +35,7 @@ def estimate_requests(adapter: Provider, requests: Sequence[ImageRequest]) -> Co
 
 
 def estimate_rows(
-    adapter: Provider,
+    adapter: Pricer,
     rows: list[Row],
     defaults: dict[str, Any],
     prompt_template: str | None,
@@ -39,7 +49,7 @@ def estimate_rows(
     return estimate.model_copy(update={"notes": estimate.notes + left_out})
 
 
-def price_of(adapter: Provider, request: ImageRequest, notes: list[str] | None = None) -> Price:
+def price_of(adapter: Pricer, request: ImageRequest, notes: list[str] | None = None) -> Price:
     """One request's price, after the adapter's own checks (a refused request costs 0)."""
     try:
         adapter.validate(request)
@@ -47,5 +57,5 @@ def price_of(adapter: Provider, request: ImageRequest, notes: list[str] | None =
         if notes is None:
             raise
         notes.append(f"refused, costs nothing: {exc}")
-        return Price(amount=0.0, unit=adapter.capabilities.cost_unit, basis="free")
+        return Price(amount=0.0, unit=adapter.cost_unit, basis="free")
     return adapter.price(request)

@@ -83,6 +83,23 @@ class ForcedFault(BaseModel):
     count: int = Field(1, ge=1)
 
 
+class Outage(BaseModel):
+    """One provider down for a while, counted from when the config naming it was set: every
+    submit (and, with scope "all", every poll) answers 503 with Retry-After, or 500. Nothing
+    is created or charged while it lasts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ProviderName
+    start: float = Field(0.0, ge=0, description="seconds after the config was set")
+    end: float | None = Field(None, ge=0, description="seconds after; None: until reset")
+    status: Literal[500, 503] = 503
+    scope: Literal["submit", "all"] = "all"
+
+    def active(self, elapsed: float) -> bool:
+        return elapsed >= self.start and (self.end is None or elapsed < self.end)
+
+
 def _check_rates(rates: dict[str, float]) -> dict[str, float]:
     for kind, rate in rates.items():
         if not 0.0 <= rate <= 1.0:
@@ -124,6 +141,10 @@ class EmulatorConfig(BaseModel):
     )
     rate_limits: dict[str, RateLimit] = Field(
         default_factory=dict, description="per provider: a token bucket of paid submits per key"
+    )
+    outages: list[Outage] = Field(
+        default_factory=list,
+        description="providers down on a schedule (seconds from when this config was set)",
     )
     pad_to_bytes: int | None = Field(
         None, ge=0, description="pad PNG outputs to about this size with an ancillary chunk"

@@ -133,6 +133,7 @@ class Emulator:
         self._http: httpx.AsyncClient | None = None
         self.batch_store: Any = None  # routes_openai_batch keeps files and batches here
         self.buckets: dict[str, TokenBucket] = {}  # rate_limits: one per provider and key
+        self.outages_from = time.monotonic()  # outages are scheduled from the config's time
 
     # -- control --------------------------------------------------------------------------
 
@@ -151,9 +152,12 @@ class Emulator:
         self._refundable.clear()
         self.batch_store = None
         self.buckets.clear()
+        self.outages_from = time.monotonic()
 
     def configure(self, partial: Mapping[str, Any]) -> EmulatorConfig:
         self.config = self.config.merged(dict(partial))
+        if "outages" in partial:
+            self.outages_from = time.monotonic()
         if "seed" in partial:
             self.faults.rng.seed(self.config.seed)
         if "force" in partial:
@@ -196,6 +200,8 @@ class Emulator:
 
     def submit_fault(self, provider: str, path: str) -> Response | None:
         """A fault that stops a submit before any job exists (so nothing is charged)."""
+        if down := self.outage(provider, "submit", path):
+            return down
         kind = self.fault(provider, "submit", path)
         retry = self.config.retry_after
         if kind == "submit_429":
@@ -210,7 +216,22 @@ class Emulator:
             return html_error_response()
         return None
 
+    def outage(self, provider: str, stage: str, path: str) -> Response | None:
+        """The answer of a provider that is down now (config `outages`), if it is."""
+        elapsed = time.monotonic() - self.outages_from
+        for outage in self.config.outages:
+            if outage.provider != provider or not outage.active(elapsed):
+                continue
+            if stage != "submit" and outage.scope == "submit":
+                continue
+            self.ledger.fault(f"outage_{outage.status}", provider, path)
+            retry = self.config.retry_after if outage.status == 503 else None
+            return shapes.server_error(provider, outage.status, retry_after=retry)
+        return None
+
     def poll_fault(self, provider: str, path: str) -> Response | None:
+        if down := self.outage(provider, "poll", path):
+            return down
         kind = self.fault(provider, "poll", path)
         if kind == "poll_429":
             return shapes.rate_limited(provider, self.config.retry_after)

@@ -1,0 +1,138 @@
+"""A route: several sellers of GPT Image 2 used as one provider. The saved block a deployment
+names (`ProviderRoute`), and what a flow runs once it is resolved (`Route`): its members in
+order, each under the name sidecars, artifacts and the spend report show, and the policy that
+picks among them. The decisions themselves are engine/routing.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, ConfigDict, Field
+
+from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec
+
+_DOCS = "https://github.com/gptimg-flows/gptimg-flows#routes"
+
+Strategy = Literal["order", "cheapest"]
+
+
+class RoutePolicy(BaseModel):
+    """How a route picks a member and when it stops sending one work."""
+
+    model_config = ConfigDict(frozen=True)
+
+    strategy: Strategy = Field(
+        default="order",
+        description=(
+            "order: the first healthy member that can make the request; cheapest: the lowest "
+            "estimate per image in USD (members priced in credits need `usd_per_unit` on "
+            "their block; a member with no price or conversion goes after those with one)."
+        ),
+    )
+    failures_to_cool: int = Field(
+        default=3,
+        ge=1,
+        description="A member whose submits fail this many times in a row cools down.",
+    )
+    failure_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description=(
+            "... or whose submits fail more than this share of the time over window_seconds "
+            "(once at least 4 were tried there)."
+        ),
+    )
+    window_seconds: float = Field(default=60.0, gt=0)
+    cooldown_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long a member gets no work after it cooled down; then one probe.",
+    )
+    spill_after_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "A member whose rate limit would keep a request waiting longer than this sends it "
+            "to the next member instead (a route's throughput is the sum of its members')."
+        ),
+    )
+
+
+class ProviderRoute(Block):
+    """Several credentials blocks as one provider: `provider: content-route` in a deployment.
+
+    Example:
+        ```python
+        from gptimg_flows import ProviderRoute
+        ProviderRoute(providers=["runware-prod", "scenario-prod"], strategy="cheapest").save(
+            "content-route"
+        )
+        ```
+    """
+
+    _block_type_name = "GPT Image Provider Route"
+    _block_type_slug = "gptimg-provider-route"
+    _documentation_url = _DOCS  # type: ignore[assignment]
+    _description = "Route each image request to one of several GPT Image 2 providers."
+
+    providers: list[str] = Field(
+        min_length=1,
+        description=(
+            "Saved credentials block names (or 'offline'), in order of preference: each one a "
+            "member of the route."
+        ),
+    )
+    strategy: Strategy = RoutePolicy.model_fields["strategy"].default
+    failures_to_cool: int = Field(default=3, ge=1)
+    failure_ratio: float = Field(default=0.5, gt=0, le=1)
+    window_seconds: float = Field(default=60.0, gt=0)
+    cooldown_seconds: float = Field(default=30.0, ge=0)
+    spill_after_seconds: float = Field(default=5.0, ge=0)
+
+    policy_fields: ClassVar[tuple[str, ...]] = tuple(RoutePolicy.model_fields)
+
+    def policy(self) -> RoutePolicy:
+        return RoutePolicy(**{f: getattr(self, f) for f in self.policy_fields})
+
+
+@dataclass(frozen=True)
+class Member:
+    """One seller in a route: its name (a saved block's, `offline`, or the provider's for an
+    unsaved block) and what it resolved to."""
+
+    name: str
+    spec: ProviderSpec
+
+    @property
+    def usd_per_unit(self) -> float | None:
+        return self.spec.usd_per_unit if isinstance(self.spec, ProviderCredentials) else None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A resolved route: what `produce` is handed instead of one provider."""
+
+    name: str
+    members: tuple[Member, ...]
+    policy: RoutePolicy
+    #: the saved ProviderRoute block it was loaded from (what a chunk run on another worker
+    #: loads), or None for a list given in the call
+    saved: str | None = None
+
+    def member(self, name: str) -> Member | None:
+        return next((m for m in self.members if m.name == name), None)
+
+
+def member_name(spec: ProviderSpec, given: str | None) -> str:
+    """A member's shown name: what the user wrote, else the saved block's name, else the
+    provider's."""
+    if given:
+        return given
+    if isinstance(spec, ProviderCredentials):
+        saved = getattr(spec, "_block_document_name", None)
+        return str(saved) if saved else spec.provider_name
+    return str(spec)
