@@ -207,3 +207,123 @@ async def test_a_route_no_member_of_which_can_make_the_request_is_refused_before
     assert "runware:" in text and "gptimage2ai:" in text and "mask" in text
     assert emulator.ledger()["submissions"] == []
     assert not any(emulator.ledger()["requests"].values()), "nothing was even uploaded"
+
+
+async def test_members_refusing_the_account_or_the_connection_pass_work_on_and_cost_nothing(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    """A wrong key (401), an empty account (no credits) and a port nobody listens on: each
+    request moves on to the next member, none of them is paid, and the failover is logged."""
+    from tests.conftest import free_port
+
+    emulator.configure(latency=0.05, balance={"runware": 0.0})
+    refused = provider_block("scenario", base_url=f"http://127.0.0.1:{free_port()}/v1")
+    wrong_key = provider_block("skillsvideo", api_key="not-the-key")
+    empty = provider_block("runware")
+    healthy = provider_block("gptimage2ai")
+    result: BatchResult = await batch_generate(
+        prompts=[f"refusing members {i}" for i in range(6)],
+        provider=[refused, wrong_key, empty, healthy],
+        archive=str(archive_dir),
+        concurrency=2,
+    )
+    assert not result.failures, result.failures
+    assert {i.member for i in result.images} == {"gptimage2ai"}
+    ledger = emulator.ledger()
+    assert len(ledger["submissions"]) == 6 and _paid(ledger, "gptimage2ai") == 6
+    assert ledger["credits"].get("runware", 0.0) == 0.0
+    table = await _artifact("batch-generate")
+    for name in ("scenario", "skillsvideo", "runware"):
+        assert f"| {name} | 0 | 0 |" in table, table
+
+
+async def test_a_request_whose_every_member_refuses_reports_the_last_reason(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    emulator.configure(outages=[{"provider": "scenario"}, {"provider": "gptimage2ai"}])
+    with pytest.raises(Exception) as raised:
+        await generate_images(
+            prompt="nobody is up",
+            provider=[provider_block("scenario", retries=0), provider_block("gptimage2ai")],
+            archive=str(archive_dir),
+        )
+    assert "503" in str(raised.value)
+    assert emulator.ledger()["submissions"] == []
+
+
+async def test_kill_9_mid_routed_batch_then_rerun_pays_each_row_once_and_never_at_two_members(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    """A routed batch (runware, then gptimage2.ai for what spills over) killed with jobs
+    running at both; the re-run resumes each submitted row at the member that has it."""
+    from tests.test_crash_resume import _kill_9_flow_process, _wait_for
+
+    total = 30
+    emulator.configure(latency=1.5, render_mode="stamp")
+    await provider_block("runware").save("kill-first", overwrite=True)
+    await provider_block("gptimage2ai").save("kill-second", overwrite=True)
+    kwargs: dict[str, Any] = {
+        "prompts": [f"routed crash {i}" for i in range(total)],
+        "archive": str(archive_dir),
+        "concurrency": 8,
+    }
+    spec = {"flow": "batch_generate", "provider": ["kill-first", "kill-second"], "kwargs": kwargs}
+
+    def both_paid_some() -> None:
+        def paid(provider: str, at_least: int) -> Any:
+            return lambda: _paid(emulator.ledger(), provider) >= at_least
+
+        _wait_for(paid("runware", 3), 120, "rows paid at runware")
+        # runware stops taking new jobs: the rows left move to gptimage2.ai mid-batch
+        emulator.configure(outages=[{"provider": "runware", "scope": "submit"}])
+        _wait_for(paid("gptimage2ai", 6), 120, "rows moved over to gptimage2.ai")
+
+    _kill_9_flow_process(spec, when=both_paid_some)
+    before = emulator.ledger()["submissions"]
+    assert len(before) < total
+
+    emulator.configure(outages=[])  # runware is back: a re-run could send rows to either
+    result: BatchResult = await batch_generate(provider=["kill-first", "kill-second"], **kwargs)
+
+    subs = emulator.ledger()["submissions"]
+    uncertain = [f for f in result.failures if f.error_type == "SubmitUncertain"]
+    assert len(result.failures) == len(uncertain), result.failures
+    assert len(result.images) + len(uncertain) == total
+    assert len(uncertain) <= 8, "only submits in flight at the kill can be uncertain"
+    # each row paid once in all: as many submissions as rows made (or in doubt), no body twice
+    assert len({s["body_sha256"] for s in subs}) == len(subs), "a request was submitted twice"
+    assert total - len(uncertain) <= len(subs) <= total
+    by_job = {s["job_id"]: s["provider"] for s in subs}
+    for img in result.images:
+        member_provider = {"kill-first": "runware", "kill-second": "gptimage2ai"}[img.member]
+        assert by_job[img.job_id] == member_provider, "an image from the member that was paid"
+    first_run = {s["job_id"] for s in before}
+    resumed = [i for i in result.images if i.job_id in first_run and not i.from_archive]
+    assert resumed, "rows submitted before the kill were resumed at their member"
+
+
+def test_the_cli_takes_a_route_as_names_with_commas_and_spend_groups_by_member(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    from tests.test_cli import gptimg
+
+    emulator.configure(latency=0.05, outages=[{"provider": "scenario"}])
+    provider_block("scenario").save("cli-route-down", overwrite=True)
+    provider_block("gptimage2ai").save("cli-route-up", overwrite=True)
+    made = gptimg(
+        "generate",
+        "a routed lighthouse",
+        "-p",
+        "cli-route-down,cli-route-up",
+        "--archive",
+        str(archive_dir),
+    )
+    assert made.returncode == 0, made.stderr
+    assert emulator.ledger()["submissions"][0]["provider"] == "gptimage2ai"
+    report = gptimg("spend", str(archive_dir))
+    assert report.returncode == 0, report.stderr
+    assert "cli-route-up (gptimage2ai)" in report.stdout and "10  credits" in report.stdout
+    priced = gptimg("estimate", "a price", "-p", "cli-route-down,cli-route-up")
+    assert priced.returncode == 0, priced.stderr
+    # priced at the member the route would pick first, which documents no price
+    assert "estimate: unknown" in priced.stdout and "Scenario documents no price" in priced.stdout

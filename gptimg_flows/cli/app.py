@@ -74,7 +74,10 @@ def _env_defaults_applied() -> contextlib.AbstractContextManager[Any]:
     )
 
 
-PROVIDER_HELP = "A saved credentials block name (see `gptimg blocks create`), or `offline`."
+PROVIDER_HELP = (
+    "A saved credentials block name (see `gptimg blocks create`), `offline`, a saved "
+    "ProviderRoute, or a route as names with commas (`runware-prod,scenario-prod`)."
+)
 ARCHIVE_HELP = (
     "A saved ImageArchive block name, a folder (./name for a new one) or an fsspec URL "
     "(default: $GPTIMG_ARCHIVE or ./gptimg-archive)."

@@ -16,6 +16,7 @@ from gptimg_flows.cli.console import (
 )
 
 if TYPE_CHECKING:
+    from gptimg_flows.blocks.resolve import ProviderParam
     from gptimg_flows.models import ArchivedImage, ExtraValue, ImageRequest
     from gptimg_flows.spend.prices import CostEstimate
 
@@ -54,6 +55,12 @@ def extras_arg(items: list[str] | None) -> dict[str, ExtraValue]:
     return out
 
 
+def provider_arg(text: str) -> ProviderParam:
+    """`-p a,b,c` is a route of three members; one name is one provider."""
+    names: list[Any] = [n.strip() for n in text.split(",")]
+    return names if len(names) > 1 else text
+
+
 def precheck(
     provider: str, archive: str | None, timeout: float, request: ImageRequest | None = None
 ) -> None:
@@ -78,7 +85,7 @@ def print_estimate(
     from gptimg_flows.estimates import estimate_cost
 
     async def work() -> CostEstimate:
-        return await estimate_cost(requests, provider=provider, **batch)
+        return await estimate_cost(requests, provider=provider_arg(provider), **batch)
 
     estimate = run_command(work, status="estimating…")
     if as_json:

@@ -23,6 +23,7 @@ from gptimg_flows.cli.args import (
     precheck,
     print_rows_estimate,
     prompt_rows,
+    provider_arg,
     source_arg,
 )
 from gptimg_flows.cli.console import (
@@ -108,7 +109,7 @@ def batch(
             return
         kwargs: dict[str, Any] = dict(
             prompts=source,
-            provider=provider,
+            provider=provider_arg(provider),
             archive=archive_arg(archive),
             concurrency=concurrency,
             size=size,

@@ -25,6 +25,7 @@ from gptimg_flows.cli.args import (
     print_images,
     print_rows_estimate,
     prompt_rows,
+    provider_arg,
     source_arg,
 )
 from gptimg_flows.cli.console import (
@@ -129,7 +130,7 @@ def generate(
             from gptimg_flows.flows import generate_images
 
             images: list[ArchivedImage] = await generate_images(
-                provider=provider,
+                provider=provider_arg(provider),
                 archive=archive_arg(archive),
                 refresh=refresh,
                 timeout_seconds=timeout,
@@ -198,7 +199,7 @@ def edit(
 
             images: list[ArchivedImage] = await edit_image(
                 image=images_in if len(images_in) > 1 else images_in[0],
-                provider=provider,
+                provider=provider_arg(provider),
                 archive=archive_arg(archive),
                 refresh=refresh,
                 timeout_seconds=timeout,
@@ -306,7 +307,9 @@ def spend(
         None, help="A saved ImageArchive block, folder or fsspec URL (default: as generate's)."
     ),
     since: str | None = typer.Option(None, help="Only images archived on or after YYYY-MM-DD."),
-    by: str = typer.Option("provider", help="Group by provider or day."),
+    by: str = typer.Option(
+        "provider", help="Group by provider (a route's images by member) or day."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """What was paid for the images in an archive, read from their sidecars."""
@@ -336,7 +339,8 @@ def spend(
         if not rows:
             typer.echo(f"no archived images under {store.basepath}")
             return
-        typer.echo(f"{by:<12} {'images':>7} {'paid':>14}  unit")
+        width = max([12, *(len(r.group) for r in rows)])
+        typer.echo(f"{by:<{width}} {'images':>7} {'paid':>14}  unit")
         for r in rows:
             unpriced = f"  ({r.unpriced} without a cost)" if r.unpriced else ""
-            typer.echo(f"{r.group:<12} {r.images:>7} {r.amount:>14g}  {r.unit}{unpriced}")
+            typer.echo(f"{r.group:<{width}} {r.images:>7} {r.amount:>14g}  {r.unit}{unpriced}")

@@ -14,7 +14,7 @@ GroupBy = Literal["provider", "day"]
 
 
 class SpendRow(BaseModel):
-    """Spend of one group (a provider, or a day) in one cost unit."""
+    """Spend of one group (a provider or route member, or a day) in one cost unit."""
 
     group: str
     unit: str
@@ -32,11 +32,8 @@ def spend_report(
         made = _created(record)
         if since is not None and (made is None or made.date() < since):
             continue
-        group = (
-            str(record.get("provider", "?"))
-            if by == "provider"
-            else (made.date().isoformat() if made else "unknown")
-        )
+        day = made.date().isoformat() if made else "unknown"
+        group = _seller(record) if by == "provider" else day
         unit = str(record.get("cost_unit") or "?")
         row = rows.setdefault((group, unit), SpendRow(group=group, unit=unit, images=0, amount=0))
         row.images += 1
@@ -46,6 +43,16 @@ def spend_report(
         else:
             row.unpriced += 1
     return [rows[k] for k in sorted(rows)]
+
+
+def _seller(record: dict[str, Any]) -> str:
+    """The provider, or for a routed image the route member that made it (and its provider):
+    two accounts of one provider in a route are two rows."""
+    provider = str(record.get("provider", "?"))
+    member = record.get("member")
+    if isinstance(member, str) and member and member != provider:
+        return f"{member} ({provider})"
+    return provider
 
 
 def _created(record: dict[str, Any]) -> datetime | None:
