@@ -23,9 +23,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows import ImageArchive, OpenAIImageCredentials
+from gptimg_flows import ImageArchive, OpenAIImageCredentials, ProviderRoute, RunwareCredentials
 from gptimg_flows.testing.config import EMULATOR_KEYS
 
+from .conftest import free_port
 from .support.prefect_cli import ROOT, api, cli, deploy_all
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,13 @@ async def _save_blocks(env: dict[str, str], emulator: Any, archive: Path) -> str
         await OpenAIImageCredentials(
             api_key=str(EMULATOR_KEYS["openai"]), base_url=emulator.base_url("openai")
         ).asave("deploy-openai", overwrite=True)
+        # A route whose first member is down (nobody listens on its port): a deployment names
+        # the saved route as its provider, and the worker's runs fail over to OpenAI.
+        dead = f"http://127.0.0.1:{free_port()}/v1"
+        await RunwareCredentials(api_key="k", base_url=dead).asave("deploy-dead", overwrite=True)
+        await ProviderRoute(providers=["deploy-dead", "deploy-openai"]).asave(
+            "deploy-route", overwrite=True
+        )
     return "deploy-openai"
 
 
@@ -114,8 +122,11 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     env = {**env, "GPTIMG_READ_ROOTS": str(inputs)}
     runs = {
         "daily-content/daily-content": {"provider": provider, "run_date": "2026-11-23"},
-        "batch-generate/batch-from-file": {"provider": provider, "prompts": str(prompts)},
-        "batch-generate/batch-from-file#outside": {"provider": provider, "prompts": str(elsewhere)},
+        "batch-generate/batch-from-file": {"provider": "deploy-route", "prompts": str(prompts)},
+        "batch-generate/batch-from-file#outside": {
+            "provider": "deploy-route",
+            "prompts": str(elsewhere),
+        },
     }
     worker_tmp = Path(env["TMPDIR"])
     workdir = tmp_path / "worker"
@@ -137,6 +148,8 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     sidecars = [json.loads(p.read_text()) for p in archive.glob("images/*/*.json")]
     assert any("23 November 2026" in s["prompt"] for s in sidecars), sidecars
     assert any(s["parents"] for s in sidecars), "the edit's sidecar names its source"
+    routed = [s for s in sidecars if s["prompt"] in BATCH_PROMPTS]
+    assert [s["member"] for s in routed] == ["deploy-openai"] * len(BATCH_PROMPTS), routed
     assert not list(workdir.rglob("images")), "nothing was archived in the worker's cwd"
 
     second = _run_flows(env, runs, workdir)

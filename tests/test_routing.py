@@ -30,10 +30,13 @@ def _paid(ledger: dict[str, Any], provider: str) -> int:
 
 async def _artifact(key: str) -> str:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     async with get_client() as client:
         found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])), limit=1
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
         )
     return str(found[0].data)
 
@@ -160,7 +163,7 @@ async def test_cheapest_picks_by_price_in_usd_and_skips_members_that_cannot(
     ledger = emulator.ledger()
     assert _paid(ledger, "scenario") == 1 and _paid(ledger, "runware") == 2
     assert _paid(ledger, "gptimage2ai") == 0
-    table = await _artifact("generate-images")
+    table = await _artifact("generate-images")  # the last run's: the WebP one
     assert "| cheap-runware | 1 | 0 | 0 | 0 | 0 |" in table, table
 
 
@@ -327,3 +330,31 @@ def test_the_cli_takes_a_route_as_names_with_commas_and_spend_groups_by_member(
     assert priced.returncode == 0, priced.stderr
     # priced at the member the route would pick first, which documents no price
     assert "estimate: unknown" in priced.stdout and "Scenario documents no price" in priced.stdout
+
+
+async def test_refresh_through_a_route_pays_once_for_a_new_image(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    route = [provider_block("runware"), provider_block("gptimage2ai")]
+    first = await generate_images(prompt="a fresh one", provider=route, archive=str(archive_dir))
+    again = await generate_images(prompt="a fresh one", provider=route, archive=str(archive_dir))
+    fresh = await generate_images(
+        prompt="a fresh one", provider=route, archive=str(archive_dir), refresh=True
+    )
+    assert again[0].from_archive and again[0].sha256 == first[0].sha256
+    assert not fresh[0].from_archive and fresh[0].sha256 != first[0].sha256
+    assert len(emulator.ledger()["submissions"]) == 2
+
+
+async def test_images_made_before_the_provider_became_a_route_are_not_paid_again(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    runware = provider_block("runware")
+    alone = await generate_images(prompt="made alone", provider=runware, archive=str(archive_dir))
+    routed = await generate_images(
+        prompt="made alone",
+        provider=[provider_block("gptimage2ai"), runware],
+        archive=str(archive_dir),
+    )
+    assert routed[0].from_archive and routed[0].sha256 == alone[0].sha256
+    assert len(emulator.ledger()["submissions"]) == 1

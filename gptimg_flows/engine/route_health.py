@@ -1,8 +1,8 @@
 """What a process knows about each route member's account: failures in a row and over a window,
 cooldowns and their probe, and the images promised to its rate limiter but not queued there
 yet. Plus what each flow run's routes did (images, failovers, spills, cooldowns, cost per
-member), for its artifact and logs. It calls no Prefect API and reads no provider JSON;
-time is passed in.
+member), for its artifact and logs. It reads no provider JSON and asks Prefect only which
+flow run it is in; time is passed in.
 
 Why per account, not per route: two routes (or two runs) sending to one seller see the same
 outage, and the same limit.

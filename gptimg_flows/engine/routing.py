@@ -224,6 +224,7 @@ async def produce_routed(
             adapter = provider_of(member.spec)
             if (
                 isinstance(exc, ServerError)
+                and exc.status_code != 503  # "unavailable": the request was not taken
                 and adapter.capabilities.can_find_job_by_key
                 and await _found_after_all(adapter, archive, key, request, member)
             ):
@@ -413,8 +414,9 @@ def _account(member: Member) -> str:
 async def _found_after_all(
     adapter: Provider, archive: Archive, key: str, request: ImageRequest, member: Member
 ) -> bool:
-    """After a 5xx, a provider that can be asked by our key (Runware) says whether the job
-    exists after all; if it does, it is recorded and the request stays there."""
+    """After a 5xx other than 503, a provider that can be asked by our key (Runware) says
+    whether the job exists after all; if it does, it is recorded and the request stays there
+    (as it does when the provider cannot be asked: no word is no leave to pay elsewhere)."""
     probe = Job(
         provider=adapter.name,
         model=adapter.capabilities.model,
