@@ -358,3 +358,34 @@ async def test_images_made_before_the_provider_became_a_route_are_not_paid_again
     )
     assert routed[0].from_archive and routed[0].sha256 == alone[0].sha256
     assert len(emulator.ledger()["submissions"]) == 1
+
+
+async def test_a_routes_max_cost_is_in_usd_when_its_members_units_differ(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    from gptimg_flows.errors import BudgetExceeded
+
+    runware = provider_block("runware", price_per_image=0.05)
+    credits = provider_block("gptimage2ai", usd_per_unit=0.004)  # 10 credits: $0.04
+    with pytest.raises(BudgetExceeded, match=r"0\.04"):
+        await generate_images(
+            prompt="over budget",
+            provider=[credits, runware],
+            archive=str(archive_dir),
+            max_cost=0.03,
+        )
+    with pytest.raises(BudgetExceeded, match="usd_per_unit"):
+        await generate_images(
+            prompt="no conversion",
+            provider=[provider_block("gptimage2ai"), runware],
+            archive=str(archive_dir),
+            max_cost=1.0,
+        )
+    assert emulator.ledger()["submissions"] == []
+    made = await generate_images(
+        prompt="within budget",
+        provider=[credits, runware],
+        archive=str(archive_dir),
+        max_cost=0.05,
+    )
+    assert made[0].member == "gptimage2ai" and made[0].cost_unit == "credits"

@@ -7,7 +7,7 @@ picks among them. The decisions themselves are engine/routing.py's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,10 +19,9 @@ _DOCS = "https://github.com/gptimg-flows/gptimg-flows#routes"
 Strategy = Literal["order", "cheapest"]
 
 
-class RoutePolicy(BaseModel):
-    """How a route picks a member and when it stops sending one work."""
-
-    model_config = ConfigDict(frozen=True)
+class PolicyFields(BaseModel):
+    """How a route picks a member and when it stops sending one work (the saved block's
+    fields, and the policy a resolved route runs)."""
 
     strategy: Strategy = Field(
         default="order",
@@ -62,7 +61,19 @@ class RoutePolicy(BaseModel):
     )
 
 
-class ProviderRoute(Block):
+class _Members(BaseModel):
+    """A route's members (first in the block's form)."""
+
+    providers: list[str] = Field(
+        min_length=1,
+        description=(
+            "Saved credentials block names (or 'offline'), in order of preference: each one a "
+            "member of the route."
+        ),
+    )
+
+
+class ProviderRoute(Block, PolicyFields, _Members):
     """Several credentials blocks as one provider: `provider: content-route` in a deployment.
 
     Example:
@@ -79,24 +90,12 @@ class ProviderRoute(Block):
     _documentation_url = _DOCS  # type: ignore[assignment]
     _description = "Route each image request to one of several GPT Image 2 providers."
 
-    providers: list[str] = Field(
-        min_length=1,
-        description=(
-            "Saved credentials block names (or 'offline'), in order of preference: each one a "
-            "member of the route."
-        ),
-    )
-    strategy: Strategy = RoutePolicy.model_fields["strategy"].default
-    failures_to_cool: int = Field(default=3, ge=1)
-    failure_ratio: float = Field(default=0.5, gt=0, le=1)
-    window_seconds: float = Field(default=60.0, gt=0)
-    cooldown_seconds: float = Field(default=30.0, ge=0)
-    spill_after_seconds: float = Field(default=5.0, ge=0)
-
-    policy_fields: ClassVar[tuple[str, ...]] = tuple(RoutePolicy.model_fields)
-
     def policy(self) -> RoutePolicy:
-        return RoutePolicy(**{f: getattr(self, f) for f in self.policy_fields})
+        return RoutePolicy(**{f: getattr(self, f) for f in RoutePolicy.model_fields})
+
+
+class RoutePolicy(PolicyFields):
+    model_config = ConfigDict(frozen=True)
 
 
 @dataclass(frozen=True)

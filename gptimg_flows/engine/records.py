@@ -69,6 +69,15 @@ def route_key(request: ImageRequest, input_digests: Sequence[str], slot: str) ->
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+def member_of_record(record: Any) -> str | None:
+    """The route member a key's job record (or claim) names: where its request stays."""
+    if not isinstance(record, dict):
+        return None
+    job = record.get("job")
+    held_by = job.get("member") if isinstance(job, dict) else record.get("member")
+    return held_by if isinstance(held_by, str) else None
+
+
 async def job_recorded(archive: Archive, key: str) -> bool:
     """A paid submit for this key is on record (a re-run resumes it: nothing new to pay)."""
     record = await asyncio.to_thread(archive.read_json, job_rel(key))

@@ -31,7 +31,13 @@ from gptimg_flows.blocks.credentials import provider_of
 from gptimg_flows.blocks.route import Member, Route
 from gptimg_flows.engine import route_health as health
 from gptimg_flows.engine.pacing import ROUTED_SUBMIT, RoutedSubmit, account_limiter
-from gptimg_flows.engine.records import archived_result, record_job, request_key, route_key
+from gptimg_flows.engine.records import (
+    archived_result,
+    member_of_record,
+    record_job,
+    request_key,
+    route_key,
+)
 from gptimg_flows.engine.spend_limit import take_spend
 from gptimg_flows.engine.steps import make_images_for, upload_inputs
 from gptimg_flows.errors import (
@@ -59,6 +65,13 @@ def usd_rate(member: Member, adapter: Provider) -> float | None:
     if adapter.cost_unit == USD:
         return 1.0
     return member.usd_per_unit
+
+
+def amount_in(amount: float, adapter: Provider, unit: str, rate: float | None) -> float | None:
+    """A member's bill in the route's budget unit (None: not convertible)."""
+    if adapter.cost_unit == unit:
+        return amount
+    return round(amount * rate, 9) if unit == USD and rate is not None else None
 
 
 def in_unit(price: Price, unit: str, rate: float | None, member: str) -> Price:
@@ -180,7 +193,7 @@ async def produce_routed(
                 _count_images(route, answered)
                 return answered
     record = await asyncio.to_thread(archive.read_json, job_rel(key))
-    held_by = _member_of(record)
+    held_by = member_of_record(record)
     moved_from: dict[str, BaseException] = {}
     spilled: set[str] = set()
     deadline = time.monotonic() + timeout_seconds
@@ -373,11 +386,7 @@ async def _attempt(
         mine = [i for i in archived if not i.from_archive]
         costs = [i.cost for i in mine if i.cost is not None]
         billed = sum(costs) if costs or not mine else None
-        converted = None
-        if billed is not None:
-            bill = Price(amount=billed, unit=adapter.cost_unit, basis="billed")
-            converted = in_unit(bill, unit, rate, member.name).amount
-        budget.settle(held, converted)
+        budget.settle(held, None if billed is None else amount_in(billed, adapter, unit, rate))
     return archived
 
 
@@ -433,14 +442,6 @@ async def _found_after_all(
         return False
     await record_job(archive, probe.model_copy(update={"job_id": found.job_id}))
     return True
-
-
-def _member_of(record: Any) -> str | None:
-    if not isinstance(record, dict):
-        return None
-    job = record.get("job")
-    held_by = job.get("member") if isinstance(job, dict) else record.get("member")
-    return held_by if isinstance(held_by, str) else None
 
 
 def _count_images(route: Route, images: list[ArchivedImage]) -> None:

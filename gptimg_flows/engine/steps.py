@@ -42,6 +42,7 @@ from gptimg_flows.engine.records import (
     end_claim,
     held_claim,
     job_recorded,
+    member_of_record,
     rebuilt_result,
     record_job,
     try_claim,
@@ -204,12 +205,9 @@ async def submit_job(
             )
         except _ClaimedElsewhere:
             continue  # another run claimed the key while this one waited for the limiter
-        except RateLimited as exc:
-            if held:
-                await asyncio.shield(asyncio.to_thread(archive.delete, job_rel(key)))
-            exc.unpaid = exc.gave_up  # every try was refused (withdrawn) or never sent
-            raise
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, RateLimited):
+                exc.unpaid = exc.gave_up  # every try was refused (withdrawn) or never sent
             if held:  # claimed up front, never used: no call was made, so nothing is owed
                 await asyncio.shield(asyncio.to_thread(archive.delete, job_rel(key)))
             raise
@@ -291,7 +289,7 @@ async def _job_of_record(
             return None
     if not isinstance(record, dict):
         raise _damaged(archive, key, "it is not a JSON object")
-    held_by = _member_of(record)
+    held_by = member_of_record(record)
     if member is not None and held_by is not None and held_by != member:
         raise RoutedElsewhere(
             f"this request was submitted to route member {held_by!r}: it stays there",
@@ -326,12 +324,6 @@ async def _job_of_record(
     # (unless another run replaced the claim meanwhile).
     await asyncio.to_thread(_withdraw_if_same, archive, key, record)
     return None
-
-
-def _member_of(record: dict[str, Any]) -> str | None:
-    job = record.get("job")
-    held_by = job.get("member") if isinstance(job, dict) else record.get("member")
-    return held_by if isinstance(held_by, str) else None
 
 
 def _damaged(archive: Archive, key: str, problem: str) -> DamagedRecord:
