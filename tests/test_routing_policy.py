@@ -153,3 +153,17 @@ async def test_provider_names_a_route_as_a_list_and_a_list_of_one_is_that_provid
         await resolve_provider(["offline", "offline"])
     with pytest.raises(InvalidRequest, match="empty"):
         await resolve_provider([])
+
+
+def test_chunk_runs_of_a_distributed_batch_load_a_route_by_its_saved_names() -> None:
+    from gptimg_flows.distributed.flow import _provider_ref
+
+    saved = Route("content-route", (Member("offline", "offline"),), RoutePolicy(), "content-route")
+    assert _provider_ref(saved) == "gptimg-provider-route/content-route"
+    listed = Route(
+        "a → b", (Member("offline", "offline"), Member("x", "offline-lenient")), RoutePolicy()
+    )
+    assert _provider_ref(listed) == ["offline", "offline-lenient"]
+    unsaved = Route("r", (Member("runware", RunwareCredentials(api_key="k")),), RoutePolicy())
+    with pytest.raises(InvalidRequest, match="saved block"):
+        _provider_ref(unsaved)

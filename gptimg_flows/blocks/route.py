@@ -127,11 +127,12 @@ class Route:
 
 
 def member_name(spec: ProviderSpec, given: str | None) -> str:
-    """A member's shown name: what the user wrote, else the saved block's name, else the
+    """A member's shown name: the saved block's name (however it was named: `runware-prod`
+    or `gptimg-runware-credentials/runware-prod`), else what the user wrote, else the
     provider's."""
+    saved = getattr(spec, "_block_document_name", None)
+    if isinstance(spec, ProviderCredentials) and saved:
+        return str(saved)
     if given:
         return given
-    if isinstance(spec, ProviderCredentials):
-        saved = getattr(spec, "_block_document_name", None)
-        return str(saved) if saved else spec.provider_name
-    return str(spec)
+    return spec.provider_name if isinstance(spec, ProviderCredentials) else str(spec)
