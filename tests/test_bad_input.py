@@ -508,7 +508,7 @@ CASES = [
         Case(
             gen("no-such-block"),
             InvalidRequest,
-            r"no saved credentials block named 'no-such-block'",
+            r"no saved credentials block or route named 'no-such-block'",
             field="provider",
         ),
         id="missing-credentials-block",

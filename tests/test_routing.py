@@ -247,13 +247,17 @@ async def test_a_request_whose_every_member_refuses_reports_the_last_reason(
     with pytest.raises(Exception) as raised:
         await generate_images(
             prompt="nobody is up",
-            provider=[provider_block("scenario", retries=0), provider_block("gptimage2ai")],
+            provider=[
+                provider_block("scenario", retries=0),
+                provider_block("gptimage2ai", retries=0),
+            ],
             archive=str(archive_dir),
         )
     assert "503" in str(raised.value)
     assert emulator.ledger()["submissions"] == []
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_routed_batch_then_rerun_pays_each_row_once_and_never_at_two_members(
     provider_block: Any, emulator: Any, archive_dir: Path
 ) -> None:
