@@ -376,6 +376,7 @@ async def batch_generate(
     on_review_timeout: OnTimeout = "reject",
     max_review_rounds: int = 3,
     fail_on_row_failure: bool = False,
+    row_numbers: list[int] | None = None,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -401,6 +402,9 @@ async def batch_generate(
     order (images of rows that failed are not shown). A `new_prompt` there is a prompt
     template for a new round of every row (`{prompt}` is the row's own prompt, other columns
     as in `prompt_template`).
+
+    `row_numbers`: each prompt's row in a larger input (distributed_batch's chunk runs pass
+    it), so sidecars, results and failures name the input's row, not the chunk's.
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
@@ -409,10 +413,12 @@ async def batch_generate(
     store = await resolve_archive(archive)
     rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)
+    row_of = _row_numbers(row_numbers, len(rows))
     spec = await resolve_provider(provider)
     adapter = planner_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
     requests, failures = plan_rows(rows, defaults, prompt_template, adapter.validate)
+    _renumber(failures, row_of)
     metadata = sorted(set().union(*(row_metadata(r).keys() for r in rows)) if rows else set())
     if metadata:
         logger.info("columns kept as each image's metadata (not sent): %s", ", ".join(metadata))
@@ -439,13 +445,13 @@ async def batch_generate(
                     slot=slot,
                     refresh=refresh,
                     timeout_seconds=timeout_seconds,
-                    row=i,
+                    row=row_of[i],
                     extra=extra,
                     budget=budget,
                 )
-                into[i] = on_row(made, i, extra)
+                into[i] = on_row(made, row_of[i], extra)
             except Exception as exc:  # one item's failure is reported, not fatal
-                failed.append(row_failure(i, rows[i], req.prompt, exc))
+                failed.append(row_failure(row_of[i], rows[i], req.prompt, exc))
         await progress.advance()  # an API call: not while holding a slot
 
     slots = occurrence_slots(requests)
@@ -455,6 +461,11 @@ async def batch_generate(
                 "batch_api=True sends rows to OpenAI's Batch API: give one OpenAI block as "
                 "`provider`, not a route",
                 field="batch_api",
+            )
+        if row_numbers is not None:
+            raise InvalidRequest(
+                "row_numbers is for distributed_batch's chunk runs, which do not use the Batch API",
+                field="row_numbers",
             )
         await batch_api_rows(
             provider_of(spec),
@@ -487,7 +498,7 @@ async def batch_generate(
             """A new round of every row from the reviewer's template (its own slots)."""
             made: dict[int, list[ArchivedImage]] = {}
             again, refused = plan_rows(rows, defaults, template, adapter.validate)
-            failures.extend(refused)
+            failures.extend(_renumber(refused, row_of))
             await asyncio.gather(
                 *(
                     one(i, req, f"{slots[i]}:round-{number}", made, failures)
@@ -534,6 +545,25 @@ async def batch_generate(
     if fail_on_row_failure and failures:
         raise rows_failed(result, len(rows))
     return result
+
+
+def _renumber(failures: list[BatchFailure], number: list[int]) -> list[BatchFailure]:
+    """Failures planning found, under the input's row numbers."""
+    for failure in failures:
+        failure.index = number[failure.index]
+    return failures
+
+
+def _row_numbers(given: list[int] | None, count: int) -> list[int]:
+    if given is None:
+        return list(range(count))
+    if len(given) != count or len(set(given)) != count or min(given, default=0) < 0:
+        raise InvalidRequest(
+            f"row_numbers: {len(given)} distinct numbers of 0 or more are needed, one for each "
+            f"of the {count} prompts",
+            field="row_numbers",
+        )
+    return list(given)
 
 
 async def _any_archived(store: Archive, keys: list[str]) -> bool:

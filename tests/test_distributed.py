@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import json
 import os
 import signal
 import socket
@@ -157,11 +159,18 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     # 300 prompts (the last a repeat of the first: a second image, so it shares chunk 0 to
     # keep its own request key), one the provider's moderation refuses (a failure of its row
     # in chunk 5, not paid) and one no provider would take (refused before any chunk run).
-    prompts: list[Any] = [f"distributed prompt {i}" for i in range(299)] + ["distributed prompt 0"]
-    prompts.append({"prompt": "a FORBIDDEN poster", "sku": "moderated"})
-    prompts.append({"prompt": "a size Runware refuses", "size": "100x100", "sku": "bad"})
+    # A CSV whose `sku` column is each row's own: the sidecars must join back to it by `row`.
+    prompts = [f"distributed prompt {i}" for i in range(299)] + ["distributed prompt 0"]
+    archive.mkdir(parents=True)
+    table = archive / "inputs.csv"  # under the archive: a deployment's run may read it
+    with table.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["prompt", "sku", "size"])
+        out.writerows([p, f"sku-{i}", ""] for i, p in enumerate(prompts))
+        out.writerow(["a FORBIDDEN poster", "moderated", ""])
+        out.writerow(["a size Runware refuses", "bad", "100x100"])
     params: dict[str, Any] = dict(
-        prompts=prompts,
+        prompts=str(table),
         provider=provider,
         archive=str(archive),
         chunk_size=50,
@@ -215,6 +224,10 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     assert all(img.from_archive for img in again.images)
     assert again.cost == {"usd": 0.0} and again.images_cost == {"usd": pytest.approx(12.0)}
     assert [(f.index, f.error_type, f.extra) for f in again.failures] == failed
+    # Joined back to the CSV by the sidecars alone: every row found once, with its own sku.
+    sidecars = [json.loads(p.read_text()) for p in archive.glob("images/*/*.json")]
+    joined = sorted((sc["row"], sc["extra"]["sku"], sc["prompt"]) for sc in sidecars)
+    assert joined == [(i, f"sku-{i}", p) for i, p in enumerate(prompts)], joined[:5]
     print(f"300 prompts over 3 workers (parent on a worker): {first:.1f} s; re-run {rerun:.1f} s")
 
 

@@ -130,7 +130,7 @@ async def distributed_batch(
     requests.update((i, r) for i, r in enumerate(planned) if r is not None)
     run_budget(adapter, max_cost, list(requests.values()))  # an unknown price is refused here
     async with get_client() as client:
-        settable = await _check_deployment(client, deployment)
+        settable, numbered = await _check_deployment(client, deployment)
         if not settable:
             heartbeat_seconds, lost_after = _default_beats(
                 deployment, heartbeat_seconds, lost_after
@@ -159,6 +159,7 @@ async def distributed_batch(
             options,
             chunk_size,
             budgeted=max_cost is not None,
+            numbered=numbered,
         )
         logger.info(
             "%d row(s) in %d chunk(s) of up to %d; %d already archived, %d invalid; batch %s",
@@ -222,10 +223,11 @@ def _check_watch_options(
     return lost_after
 
 
-async def _check_deployment(client: PrefectClient, name: str) -> bool:
+async def _check_deployment(client: PrefectClient, name: str) -> tuple[bool, bool]:
     """The chunk deployment exists and runs batch_generate (whose archive records this flow
     reads), before any chunk run is created. Returns whether its work pool takes an `env`
-    job variable, through which chunk runs are told how often to beat."""
+    job variable, through which chunk runs are told how often to beat, and whether its runs
+    take `row_numbers` (a deployment made before they existed does not)."""
     try:
         found = await client.read_deployment_by_name(name)
     except (ObjectNotFound, ValueError):
@@ -241,11 +243,20 @@ async def _check_deployment(client: PrefectClient, name: str) -> bool:
             f"deployment: {name!r} runs the flow {flow_name!r}; chunks must run batch-generate",
             field="deployment",
         )
+    parameters = (found.parameter_openapi_schema or {}).get("properties", {})
+    numbered = "row_numbers" in parameters
+    if not numbered:
+        get_run_logger().warning(
+            "deployment %r predates `row_numbers`: its chunk runs record each image's row "
+            "within its chunk in the sidecar (the result still has the input's row); deploy "
+            "it again to record the input's row",
+            name,
+        )
     if not found.work_pool_name:
-        return False  # served (`prefect serve`): runs take the serving process's settings
+        return False, numbered  # served (`prefect serve`): the serving process beats
     pool = await client.read_work_pool(found.work_pool_name)
     variables = (pool.base_job_template or {}).get("variables", {}).get("properties", {})
-    return "env" in variables
+    return "env" in variables, numbered
 
 
 def _default_beats(deployment: str, heartbeat_seconds: int, lost_after: float) -> tuple[int, float]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import PrefectClient
@@ -25,13 +27,21 @@ from gptimg_flows.archive.layout import job_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.distributed.plan import Chunk
 from gptimg_flows.engine.artifacts import cell, failure_table
-from gptimg_flows.engine.records import archived_result
+from gptimg_flows.engine.records import read_result
 from gptimg_flows.models import ArchivedImage
 from gptimg_flows.results import BatchFailure, BatchResult, cost_summary
 from gptimg_flows.rows import Row, on_row, row_metadata, row_prompt
 
-#: Archive reads in flight while looking up which rows are done.
-ARCHIVE_READS = 64
+#: Archive reads in flight while looking up which rows are done: the threads of a pool of
+#: their own (a 20,000-row batch on S3 neither takes the default pool every other part of
+#: the process shares, nor opens 20,000 reads at once: bench/archive_scan.py).
+ARCHIVE_READS = 32
+#: Keys handed to the pool at a time (what waits in memory for a thread).
+SCAN_WINDOW = 1024
+_POOL = ThreadPoolExecutor(ARCHIVE_READS, thread_name_prefix="gptimg-archive-scan")
+
+K = TypeVar("K")
+V = TypeVar("V")
 #: Failures listed in the report (all of them are in the result).
 REPORT_FAILURES = 200
 REPORT_KEY = "distributed-batch"
@@ -43,14 +53,23 @@ _EXCEPTION = re.compile(r"\b([A-Z]\w*): (.*)", re.S)
 
 async def archived_rows(store: Archive, keys: dict[int, str]) -> dict[int, list[ArchivedImage]]:
     """Rows whose images are all in the archive now."""
-    gate = asyncio.Semaphore(ARCHIVE_READS)
+    found = await scan(keys.items(), lambda key: read_result(store, key))
+    return {i: images for i, images in found.items() if images}
 
-    async def one(key: str) -> list[ArchivedImage] | None:
-        async with gate:
-            return await archived_result(store, key)
 
-    found = await asyncio.gather(*(one(k) for k in keys.values()))
-    return {i: images for i, images in zip(keys, found, strict=True) if images}
+async def scan(items: Iterable[tuple[K, str]], read: Callable[[str], V]) -> dict[K, V]:
+    """`read(key)` for each (row, key) on the scan's own pool of ARCHIVE_READS threads, in
+    windows of SCAN_WINDOW keys."""
+    loop = asyncio.get_running_loop()
+    pending = list(items)
+    out: dict[K, V] = {}
+    for start in range(0, len(pending), SCAN_WINDOW):
+        window = pending[start : start + SCAN_WINDOW]
+        values = await asyncio.gather(
+            *(loop.run_in_executor(_POOL, read, key) for _, key in window)
+        )
+        out.update((row, value) for (row, _), value in zip(window, values, strict=True))
+    return out
 
 
 async def gather_results(
@@ -74,12 +93,10 @@ async def gather_results(
     chunk_of = {i: c for c in chunks for i in c.rows}
     missing = sorted(i for i in keys if i not in by_row)
     errors = await _task_errors(client, {i: chunk_of[i] for i in missing}, keys)
-    records = await asyncio.gather(
-        *(asyncio.to_thread(store.read_json, job_rel(keys[i])) for i in missing)
-    )
-    for i, record in zip(missing, records, strict=True):
+    records = await scan(((i, keys[i]) for i in missing), lambda key: store.read_json(job_rel(key)))
+    for i in missing:
         error = errors.get(i)
-        failures.append(_missing_row(i, rows[i], chunk_of[i], error, record))
+        failures.append(_missing_row(i, rows[i], chunk_of[i], error, records[i]))
     failures.sort(key=lambda f: f.index)
     images = [img for i in sorted(by_row) for img in on_row(by_row[i], i, row_metadata(rows[i]))]
     return images, failures

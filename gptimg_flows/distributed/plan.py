@@ -92,9 +92,12 @@ def make_chunks(
     options: dict[str, Any],
     chunk_size: int,
     budgeted: bool,
+    numbered: bool = True,
 ) -> list[Chunk]:
     """Each chunk with the parameters of its runs. With a budget, each gets its own rows'
-    estimate (rows archived already cost nothing): together never more than max_cost."""
+    estimate (rows archived already cost nothing): together never more than max_cost.
+    `numbered`: the runs are told each prompt's row in the input (`row_numbers`), which
+    their sidecars record."""
     chunks = []
     for index, members in enumerate(plan_chunks(list(requests), groups, chunk_size)):
         todo = [i for i in members if i not in done]
@@ -102,6 +105,8 @@ def make_chunks(
         if budgeted:
             cap = round(sum(adapter.price(requests[i]).amount or 0.0 for i in todo), 9)
         parameters = {**options, "prompts": [rows[i] for i in members], "max_cost": cap}
+        if numbered:
+            parameters["row_numbers"] = list(members)
         chunks.append(Chunk(index, members, parameters, todo=len(todo)))
     return chunks
 
