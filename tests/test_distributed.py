@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections import Counter
@@ -47,7 +48,14 @@ from .support.cluster import (
     wait_for_run,
 )
 from .support.postgres import postgres_server
-from .support.prefect_cli import api, deploy_all, running_server, start_worker, stop_workers
+from .support.prefect_cli import (
+    api,
+    cli,
+    deploy_all,
+    running_server,
+    start_worker,
+    stop_workers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -99,9 +107,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 stop_workers(workers.values())
 
 
-def _runs(cluster: Cluster, archive: Path) -> list[dict[str, Any]]:
+def _runs(
+    cluster: Cluster, archive: Path, deployment_name: str = BATCH_DEPLOYMENT
+) -> list[dict[str, Any]]:
     """The chunk runs (runs of the batch deployment) writing into `archive`."""
-    deployment = api(cluster.env, "GET", f"/deployments/name/{BATCH_DEPLOYMENT}")
+    deployment = api(cluster.env, "GET", f"/deployments/name/{deployment_name}")
     body = {"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 200}
     runs: list[dict[str, Any]] = api(cluster.env, "POST", "/flow_runs/filter", body)
     return [r for r in runs if r["parameters"].get("archive") == str(archive)]
@@ -404,3 +414,89 @@ async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_
         f"kill -9 of {victim} at {killed_at:.1f} s ({len(doomed)} chunk run(s) lost); "
         f"batch done at {total:.1f} s"
     )
+
+
+async def test_c_a_chunk_run_whose_worker_died_before_starting_it_is_cancelled_and_run_again(
+    cluster: Cluster, emulator: Any, tmp_path: Path
+) -> None:
+    """A worker takes both chunk runs (Pending) and starts their processes, which (on this
+    worker only) sleep before running the flow; worker and processes are killed then.
+    Nothing would ever start them: the parent cancels them once Pending past
+    start_timeout_seconds and starts them again, and a second worker runs the new attempts.
+    Nothing is paid twice."""
+    emulator.configure(latency=0.2, render_mode="stamp")
+    provider = await save_provider(cluster, emulator)
+    env = cluster.env
+    pools = {p["name"] for p in api(env, "POST", "/work_pools/filter", {})}
+    if "gptimg-slow-start" not in pools:
+        cli(env, "work-pool", "create", "gptimg-slow-start", "--type", "process")
+    base = api(env, "GET", "/deployments/name/batch-generate/batch-from-file")
+    fields = ("flow_id", "entrypoint", "path", "pull_steps", "parameter_openapi_schema")
+    body = {k: base[k] for k in fields if base.get(k) is not None}
+    body.update(
+        name="slow-start",
+        work_pool_name="gptimg-slow-start",
+        # a worker started with GPTIMG_TEST_START_DELAY starts its runs' processes late
+        job_variables={
+            "command": "sh -c 'sleep ${GPTIMG_TEST_START_DELAY:-0}; "
+            f"exec {sys.executable} -m prefect.engine'"
+        },
+    )
+    api(env, "POST", "/deployments/", body)
+    archive = tmp_path / "archive"
+
+    def chunk_runs() -> list[dict[str, Any]]:
+        return _runs(cluster, archive, "batch-generate/slow-start")
+
+    params: dict[str, Any] = dict(
+        prompts=[f"slow start {i}" for i in range(8)],
+        provider=provider,
+        archive=str(archive),
+        chunk_size=4,
+        concurrency=4,
+        deployment="batch-generate/slow-start",
+        start_timeout_seconds=8,
+        **IMAGE,
+    )
+    slow_env = {**env, "GPTIMG_TEST_START_DELAY": "30"}
+    first = start_worker(slow_env, "slow-1", cluster.home, limit=4, pool="gptimg-slow-start")
+    second = None
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            parent = asyncio.create_task(distributed_batch(**params, return_state=True))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            runs = chunk_runs()
+            if len(runs) == 2 and all(r["state_type"] == "PENDING" for r in runs):
+                break
+        else:
+            raise AssertionError(("the worker did not take both chunk runs", chunk_runs()))
+        family = _descendants(first.pid)
+        os.kill(first.pid, signal.SIGKILL)
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        first.wait(10)
+        taken = {r["id"] for r in chunk_runs()}
+        while time.monotonic() < deadline + 60:
+            await asyncio.sleep(0.5)
+            states = {r["id"]: r["state_type"] for r in chunk_runs()}
+            if all(states.get(i) == "CANCELLED" for i in taken) and len(states) == 4:
+                break
+        else:
+            raise AssertionError(("not cancelled and started again", chunk_runs()))
+        second = start_worker(env, "slow-2", cluster.home, limit=4, pool="gptimg-slow-start")
+        state = await asyncio.wait_for(parent, timeout=180)
+        result = await state.result()
+    finally:
+        stop_workers([w for w in (first, second) if w is not None])
+    assert not result.failures and [img.row for img in result.images] == list(range(8))
+    _assert_paid_once(emulator.ledger(), 8)
+    runs = {r["id"]: r for r in chunk_runs()}
+    for run_id in taken:
+        assert runs[run_id]["state_type"] == "CANCELLED"
+        assert "never started it" in runs[run_id]["state"]["message"], runs[run_id]["state"]
+    assert Counter(r["state_type"] for r in runs.values()) == {"CANCELLED": 2, "COMPLETED": 2}
+    report = read_report(cluster, str(state.state_details.flow_run_id))
+    assert report.count("(never started)") == 2, report

@@ -84,6 +84,7 @@ async def distributed_batch(
     heartbeat_seconds: int = MIN_HEARTBEAT_SECONDS,
     lost_after_seconds: float | None = None,
     fail_on_row_failure: bool = False,
+    start_timeout_seconds: float = 600.0,
 ) -> BatchResult:
     """Split the rows into chunks of `chunk_size`, run each as a flow run of `deployment`
     (a deployment of batch_generate) on whichever worker takes it, and gather one result.
@@ -98,7 +99,10 @@ async def distributed_batch(
     times. Chunk runs beat every `heartbeat_seconds` (passed to them as
     PREFECT_FLOWS_HEARTBEAT_FREQUENCY); a running chunk run with no heartbeat for
     `lost_after_seconds` (default 3 beats) is taken for lost with its machine, marked Crashed,
-    and started again. (A run its worker left Pending is not detected: Prefect gives no sign.)
+    and started again. A chunk run that never starts is cancelled and started again (also up
+    to `chunk_retries` times) once it has been Pending for `start_timeout_seconds` (the
+    worker that took it died before starting it), or Scheduled that long past its start while
+    its work pool has no online worker; the log and the report's "runs replaced" say so.
 
     Re-running with the same rows and options adopts the chunk runs already started (same
     idempotency keys) and starts nothing for chunks whose rows are all archived; a chunk whose
@@ -118,6 +122,12 @@ async def distributed_batch(
     lost_after = _check_watch_options(
         chunk_size, chunk_retries, heartbeat_seconds, lost_after_seconds
     )
+    if not start_timeout_seconds > 0:
+        raise InvalidRequest(
+            f"start_timeout_seconds={start_timeout_seconds:g}; it must be a positive number of "
+            "seconds",
+            field="start_timeout_seconds",
+        )
     store = await resolve_archive(archive)
     rows = _json_rows(await asyncio.to_thread(read_prompts, prompts, read_rules(store)))
     check_columns(rows, prompt_template)
@@ -178,6 +188,7 @@ async def distributed_batch(
             heartbeat_seconds=heartbeat_seconds,
             lost_after=lost_after,
             set_beats=settable,
+            start_timeout=start_timeout_seconds,
         )
         await watcher.run(client)
         images, failures = await gather_results(client, store, rows, keys, done, chunks, failures)

@@ -217,7 +217,7 @@ async def publish_report(
         f"{len(result.images)} image(s), {len(result.failures)} failed row(s). "
         f"{cost_summary(result.images)}. Batch `{digest[:12]}`.",
         "",
-        "| chunk | rows | run | state | restarts | crashed runs | images | failed rows |",
+        "| chunk | rows | run | state | restarts | runs replaced | images | failed rows |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in chunks:
@@ -228,7 +228,7 @@ async def publish_report(
             run, state = cell(c.run.name or str(c.run.id)), c.state.value if c.state else "?"
         lines.append(
             f"| {c.index} | {span} | {run} | {state} | {c.restarts} | "
-            f"{', '.join(r[:8] for r in c.crashed_runs) or '-'} | "
+            f"{_replaced(c)} | "
             f"{sum(images_by_row.get(i, 0) for i in c.rows)} | "
             f"{sum(1 for i in c.rows if i in failed)} |"
         )
@@ -237,3 +237,10 @@ async def publish_report(
     await acreate_markdown_artifact(
         markdown="\n".join(lines), key=REPORT_KEY, description="distributed batch report"
     )
+
+
+def _replaced(chunk: Chunk) -> str:
+    """The chunk's runs that were started again, and why."""
+    runs = [f"{r[:8]} (crashed)" for r in chunk.crashed_runs]
+    runs += [f"{r[:8]} (never started)" for r in chunk.unstarted_runs]
+    return ", ".join(runs) or "-"

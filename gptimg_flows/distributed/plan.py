@@ -38,7 +38,9 @@ class Chunk:
     restarts: int = 0
     run: FlowRun | None = None
     crashed_runs: list[str] = field(default_factory=list)
-    gave_up: bool = False  # crashed more often than chunk_retries allows
+    #: runs cancelled because they never started (left Pending, or no worker to take them)
+    unstarted_runs: list[str] = field(default_factory=list)
+    gave_up: bool = False  # crashed (or never started) more often than chunk_retries allows
     last_beat: datetime | None = None
 
     @property

@@ -2,7 +2,10 @@
 
 Each chunk's run is created (or, on a re-run, adopted) through run_deployment under an
 idempotency key; one filter call follows them all; a running one that stops beating is
-marked Crashed, and a crashed one is started again under its next attempt.
+marked Crashed, and a crashed one is started again under its next attempt. A run that never
+starts is cancelled and started again too: one left Pending past `start_timeout` (the worker
+that took it died before starting it: a live worker starts a run in seconds), or one still
+Scheduled (Late) past it while its pool has no online worker.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 from prefect.logging import get_run_logger
-from prefect.states import Crashed
+from prefect.states import Cancelled, Crashed
 
 from gptimg_flows.distributed.plan import FINAL, Chunk
 
@@ -38,6 +41,36 @@ STARTS_AT_ONCE = 8
 #: The setting through which chunk runs are told how often to beat, and the event they send.
 HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+#: A worker whose last heartbeat is older than this many of its intervals is taken for gone
+#: (the server's own ONLINE/OFFLINE lags behind a killed worker).
+WORKER_BEATS_MISSED = 2
+
+
+def unstarted_reason(
+    run: FlowRun, now: datetime, start_timeout: float, pool_online: bool | None
+) -> str | None:
+    """Why a chunk run that never started is given up on, or None while it may still start:
+    Pending past `start_timeout` (its worker died before starting it), or Scheduled past its
+    start by `start_timeout` with no online worker in its pool (`pool_online` False)."""
+    state = run.state
+    if state is None:
+        return None
+    if state.type is StateType.PENDING:
+        waited = (now - state.timestamp).total_seconds()
+        if waited > start_timeout:
+            return (
+                f"Pending for {waited:.0f} s: the worker that took it never started it (a live "
+                "worker starts a run in seconds)"
+            )
+    if state.type is StateType.SCHEDULED and pool_online is False:
+        due = run.expected_start_time or state.timestamp
+        waited = (now - due).total_seconds()
+        if waited > start_timeout:
+            return (
+                f"not started {waited:.0f} s after it was due, and work pool "
+                f"{run.work_pool_name!r} has no online worker"
+            )
+    return None
 
 
 @dataclass
@@ -51,6 +84,7 @@ class Watcher:
     heartbeat_seconds: int
     lost_after: float
     set_beats: bool = True  # the pool takes `env`: chunk runs beat every heartbeat_seconds
+    start_timeout: float = 600.0
     _progress: UUID | None = None
 
     def beats_every(self, run: FlowRun) -> float:
@@ -87,6 +121,7 @@ class Watcher:
             await asyncio.sleep(delay)
             changed = await self._refresh(client, active)
             changed |= await self._crash_lost(client, active)
+            changed |= await self._replace_unstarted(client, active)
             for chunk in active:
                 if chunk.state is not StateType.CRASHED or chunk.gave_up:
                     continue
@@ -157,6 +192,60 @@ class Watcher:
         chunk.restarts += 1
         chunk.attempt += 1
         await self._start(client, chunk)
+
+    async def _replace_unstarted(self, client: PrefectClient, chunks: list[Chunk]) -> bool:
+        """Cancel and start again the chunk runs that never started (unstarted_reason)."""
+        waiting = [
+            c
+            for c in chunks
+            if c.run is not None
+            and c.state in (StateType.PENDING, StateType.SCHEDULED)
+            and not c.gave_up
+        ]
+        if not waiting:
+            return False
+        now = datetime.now(UTC)
+        online: dict[str, bool | None] = {}
+        replaced = False
+        logger = get_run_logger()
+        for chunk in waiting:
+            assert chunk.run is not None
+            pool = chunk.run.work_pool_name
+            if chunk.state is StateType.SCHEDULED and pool and pool not in online:
+                online[pool] = await _pool_online(client, pool, now)
+            why = unstarted_reason(chunk.run, now, self.start_timeout, online.get(pool or ""))
+            if why is None:
+                continue
+            cancel: State[Any] = Cancelled(message=f"distributed-batch: {why}")
+            result = await client.set_flow_run_state(chunk.run.id, cancel)
+            if result.status is not SetStateStatus.ACCEPT:
+                continue  # it started meanwhile
+            replaced = True
+            chunk.unstarted_runs.append(str(chunk.run.id))
+            if chunk.restarts >= self.chunk_retries:
+                chunk.gave_up = True
+                chunk.run = await client.read_flow_run(chunk.run.id)
+                logger.error(
+                    "chunk %d: run %r %s; cancelled, not started again (%d restart(s) made)",
+                    chunk.index,
+                    chunk.run.name,
+                    why,
+                    chunk.restarts,
+                )
+                continue
+            logger.warning(
+                "chunk %d: run %r %s; cancelled and started again (restart %d of %d): nothing "
+                "was paid for its rows",
+                chunk.index,
+                chunk.run.name,
+                why,
+                chunk.restarts + 1,
+                self.chunk_retries,
+            )
+            chunk.restarts += 1
+            chunk.attempt += 1
+            await self._start(client, chunk)
+        return replaced
 
     async def _refresh(self, client: PrefectClient, chunks: list[Chunk]) -> bool:
         """One filter call (a page per 200 runs) for every chunk run still going."""
@@ -239,3 +328,18 @@ class Watcher:
                 chunk.run = await client.read_flow_run(chunk.run.id)
                 crashed = True
         return crashed
+
+
+async def _pool_online(client: PrefectClient, pool: str, now: datetime) -> bool | None:
+    """Whether any worker of `pool` beat recently (None: the pool's workers cannot be read,
+    e.g. a served deployment's runs, which have no pool)."""
+    try:
+        workers = await client.read_workers_for_work_pool(pool)
+    except Exception:  # no answer about the pool: decide nothing from it
+        return None
+    for worker in workers:
+        beat = worker.last_heartbeat_time
+        every = worker.heartbeat_interval_seconds or 30
+        if beat is not None and (now - beat).total_seconds() <= WORKER_BEATS_MISSED * every:
+            return True
+    return False

@@ -81,9 +81,15 @@ def running_server(
 
 
 def start_worker(
-    env: dict[str, str], name: str | None, cwd: Path, *, limit: int, log: Path | None = None
+    env: dict[str, str],
+    name: str | None,
+    cwd: Path,
+    *,
+    limit: int,
+    log: Path | None = None,
+    pool: str = "gptimg-process",
 ) -> subprocess.Popen[bytes]:
-    """`prefect worker start` on the gptimg-process pool, at most `limit` flow runs at once,
+    """`prefect worker start` on `pool` (gptimg-process), at most `limit` flow runs at once,
     in `cwd` (where its flow runs start). Its output, stderr included, goes to `log` (by
     default `cwd/<name>.log`); with no `name`, Prefect names it."""
     path = log or cwd / f"{name or 'worker'}.log"
@@ -97,7 +103,7 @@ def start_worker(
                 "worker",
                 "start",
                 "--pool",
-                "gptimg-process",
+                pool,
                 *named,
                 "--limit",
                 str(limit),
