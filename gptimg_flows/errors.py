@@ -149,6 +149,11 @@ class SubmitUncertain(ProviderError):
     """
 
 
+class BatchPending(ProviderError):
+    """A Batch API batch holding this request was still running when the run stopped waiting
+    (`batch_wait_seconds`): a later run collects its images; nothing is sent again."""
+
+
 class DamagedRecord(ProviderError):
     """A record in the archive cannot be read (truncated, not JSON, the wrong shape). The
     message names the file and what to do. Not retried: a second read finds the same bytes."""

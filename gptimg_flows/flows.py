@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date
+from typing import Any
 
 from prefect import flow
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.blocks.credentials import provider_of
+from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -22,7 +23,7 @@ from gptimg_flows.blocks.resolve import (
 )
 from gptimg_flows.blocks.route import Route
 from gptimg_flows.engine.artifacts import publish_images
-from gptimg_flows.engine.batch_api import batch_api_rows
+from gptimg_flows.engine.batch_api import batch_api_rows, batch_produce, check_batch_edit
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
 from gptimg_flows.engine.produce import (
     check_timeout,
@@ -50,6 +51,7 @@ from gptimg_flows.models import (
     Resolution,
     build_request,
 )
+from gptimg_flows.providers.base import Provider
 from gptimg_flows.results import (
     BatchFailure,
     BatchResult,
@@ -186,8 +188,14 @@ async def edit_image(
     refresh: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
+    batch_api: bool = False,
+    batch_wait_seconds: float = 86400.0,
+    batch_poll_seconds: float = 30.0,
 ) -> list[ArchivedImage]:
-    """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says."""
+    """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says.
+
+    `batch_api=True` (an OpenAI block) sends the edit through OpenAI's Batch API at half the
+    price (see batch_generate); its size must be auto, 1024x1024, 1536x1024 or 1024x1536."""
     request = build_request(
         EditRequest,
         images=[image] if isinstance(image, str) else image,
@@ -205,9 +213,20 @@ async def edit_image(
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(planner_of(spec), max_cost, [request])
-    images = await produce(
-        spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
-    )
+    if batch_api:
+        images = await batch_produce(
+            _batch_provider(spec),
+            store,
+            [(request, "0", {})],
+            refresh_stamp=refresh_stamp() if refresh else None,
+            budget=budget,
+            wait_seconds=batch_wait_seconds,
+            poll_seconds=batch_poll_seconds,
+        )
+    else:
+        images = await produce(
+            spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+        )
     await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
 
@@ -231,6 +250,9 @@ async def _generate_then_edit(
     on_review_timeout: OnTimeout,
     max_review_rounds: int,
     key: str,
+    batch_api: bool = False,
+    batch_wait_seconds: float = 86400.0,
+    batch_poll_seconds: float = 30.0,
 ) -> PipelineResult:
     """generate_edit_archive's steps, also run by daily_content in its own flow run (so a
     deployment's review suspends the deployment's run, not a subflow)."""
@@ -259,9 +281,37 @@ async def _generate_then_edit(
         whole.reserve(adapter.price(first))
         for _ in range(n):  # every candidate may be approved and edited
             whole.reserve(adapter.price(edit))  # all must fit before the first is paid
-    candidates = await produce(
-        spec, first, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
-    )
+    stamp = refresh_stamp() if refresh else None
+
+    async def make(items: list[tuple[ImageRequest, str, dict[str, Any]]]) -> list[ArchivedImage]:
+        """The requests through the Batch API as one batch, or each made at once."""
+        if batch_api:
+            return await batch_produce(
+                _batch_provider(spec),
+                store,
+                items,
+                refresh_stamp=stamp,
+                budget=budget,
+                wait_seconds=batch_wait_seconds,
+                poll_seconds=batch_poll_seconds,
+            )
+        made: list[ArchivedImage] = []
+        for req, slot, extra in items:
+            made += await produce(
+                spec,
+                req,
+                store,
+                slot=slot,
+                refresh=refresh,
+                timeout_seconds=timeout_seconds,
+                extra=extra or None,
+                budget=budget,
+            )
+        return made
+
+    if batch_api:
+        check_batch_edit(edit)  # before the generation is paid
+    candidates = await make([(first, "0", {})])
     generated, to_edit = candidates, candidates
     reviews: list[ReviewRound] = []
     if review:
@@ -272,30 +322,16 @@ async def _generate_then_edit(
         async def again(new_prompt: str, number: int) -> list[ArchivedImage]:
             req = first.model_copy(update={"prompt": new_prompt})
             adapter.validate(req)
-            return await produce(
-                spec,
-                req,
-                store,
-                slot=f"round-{number}",
-                refresh=refresh,
-                timeout_seconds=timeout_seconds,
-                budget=budget,
-            )
+            return await make([(req, f"round-{number}", {})])
 
         generated = await rounds.run(candidates, prompt, again)
         to_edit, reviews = rounds.approved, rounds.records
-    edited: list[ArchivedImage] = []
-    for source in to_edit:
-        request = edit.model_copy(update={"images": [source.uri]})
-        edited += await produce(
-            spec,
-            request,
-            store,
-            refresh=refresh,
-            timeout_seconds=timeout_seconds,
-            extra={"derived_from": source.uri},
-            budget=budget,
-        )
+    edited = await make(
+        [
+            (edit.model_copy(update={"images": [source.uri]}), "0", {"derived_from": source.uri})
+            for source in to_edit
+        ]
+    )
     both = generated + edited
     result = PipelineResult(
         generated=generated,
@@ -326,9 +362,17 @@ async def generate_edit_archive(
     review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     on_review_timeout: OnTimeout = "reject",
     max_review_rounds: int = 3,
+    batch_api: bool = False,
+    batch_wait_seconds: float = 86400.0,
+    batch_poll_seconds: float = 30.0,
 ) -> PipelineResult:
     """Generate `n` candidates, edit each (with the mask, if given), and archive all with
     lineage.
+
+    `batch_api=True` (an OpenAI block): the candidates go as one Batch API batch at half the
+    price, and once it is done (and reviewed, with `review=True`) the edits as a second one;
+    each waits up to `batch_wait_seconds` (a later run collects a batch still running, and
+    sends nothing again).
 
     `review=True`: the run pauses once the candidates are archived, and only those a person
     approves are edited (none approved: nothing more is paid). With `max_cost`, generating and
@@ -352,6 +396,9 @@ async def generate_edit_archive(
         on_review_timeout=on_review_timeout,
         max_review_rounds=max_review_rounds,
         key="generate-edit-archive",
+        batch_api=batch_api,
+        batch_wait_seconds=batch_wait_seconds,
+        batch_poll_seconds=batch_poll_seconds,
     )
 
 
@@ -566,6 +613,16 @@ def _row_numbers(given: list[int] | None, count: int) -> list[int]:
     return list(given)
 
 
+def _batch_provider(spec: ProviderSpec | Route) -> Provider:
+    if isinstance(spec, Route):
+        raise InvalidRequest(
+            "batch_api=True sends requests to OpenAI's Batch API: give one OpenAI block as "
+            "`provider`, not a route",
+            field="batch_api",
+        )
+    return provider_of(spec)
+
+
 async def _any_archived(store: Archive, keys: list[str]) -> bool:
     for key in keys:
         if await archived_result(store, key):
@@ -603,11 +660,16 @@ async def daily_content(
     review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     on_review_timeout: OnTimeout = "reject",
     max_review_rounds: int = 3,
+    batch_api: bool = False,
+    batch_wait_seconds: float = 86400.0,
+    batch_poll_seconds: float = 30.0,
 ) -> PipelineResult:
     """The scheduled pipeline: fill the prompt with the run's date and theme, then generate
     `n` candidates → (review) → edit (with the mask) → archive. The date is the run's
     scheduled day, so a late or re-run run makes the same image (and pays nothing twice).
-    Under a worker, `review=True` suspends the run (the worker is free) until answered."""
+    Under a worker, `review=True` suspends the run (the worker is free) until answered.
+    `batch_api=True` (an OpenAI block) makes both steps Batch API batches at half the price
+    (see generate_edit_archive): a nightly schedule can wait for them."""
     from prefect.runtime import flow_run
 
     day = run_date or flow_run.scheduled_start_time.date()
@@ -632,4 +694,7 @@ async def daily_content(
         on_review_timeout=on_review_timeout,
         max_review_rounds=max_review_rounds,
         key="daily-content",
+        batch_api=batch_api,
+        batch_wait_seconds=batch_wait_seconds,
+        batch_poll_seconds=batch_poll_seconds,
     )

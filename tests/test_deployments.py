@@ -121,7 +121,13 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     elsewhere.write_text(json.dumps({"prompt": "read from a folder nobody opened"}) + "\n")
     env = {**env, "GPTIMG_READ_ROOTS": str(inputs)}
     runs = {
-        "daily-content/daily-content": {"provider": provider, "run_date": "2026-11-23"},
+        # The nightly pipeline at half price: its generation, then its edit, as two batches.
+        "daily-content/daily-content": {
+            "provider": provider,
+            "run_date": "2026-11-23",
+            "batch_api": True,
+            "batch_poll_seconds": 0.5,
+        },
         "batch-generate/batch-from-file": {"provider": "deploy-route", "prompts": str(prompts)},
         "batch-generate/batch-from-file#outside": {
             "provider": "deploy-route",
@@ -148,6 +154,10 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     sidecars = [json.loads(p.read_text()) for p in archive.glob("images/*/*.json")]
     assert any("23 November 2026" in s["prompt"] for s in sidecars), sidecars
     assert any(s["parents"] for s in sidecars), "the edit's sidecar names its source"
+    batches = emulator.ledger()["batches"]
+    assert [b["lines"] for b in batches] == [1, 1], batches
+    daily = [s for s in sidecars if s["prompt"] not in BATCH_PROMPTS]
+    assert {s["job_id"] for s in daily} == {b["batch_id"] for b in batches}, daily
     routed = [s for s in sidecars if s["prompt"] in BATCH_PROMPTS]
     assert [s["member"] for s in routed] == ["deploy-openai"] * len(BATCH_PROMPTS), routed
     assert not list(workdir.rglob("images")), "nothing was archived in the worker's cwd"

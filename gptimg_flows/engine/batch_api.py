@@ -1,4 +1,6 @@
 """A batch sent through OpenAI's Batch API (half price, done within 24 h), with resume.
+Generations and edits alike (an edit's inputs are uploaded as files its line names; a batch
+holds one kind).
 
 Never pay twice:
 - each row keeps its request key (the `custom_id` of its line, the same key a synchronous
@@ -18,7 +20,7 @@ import asyncio
 import hashlib
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,24 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from gptimg_flows import errors as _errors
 from gptimg_flows.archive.layout import batch_rel, job_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.engine.records import archived_result, request_key, write_images
-from gptimg_flows.errors import InvalidRequest, MalformedResponse, TransportError
+from gptimg_flows.engine.steps import load_edit_inputs
+from gptimg_flows.errors import InvalidRequest, MalformedResponse, ProviderError, TransportError
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
-from gptimg_flows.models import ArchivedImage, ImageRequest, Job, JobState, JobStatus, OutputRef
+from gptimg_flows.models import (
+    ArchivedImage,
+    EditRequest,
+    ImageRequest,
+    InputImage,
+    Job,
+    JobState,
+    JobStatus,
+    OutputRef,
+)
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.openai import OpenAIProvider
 from gptimg_flows.providers.openai_batch import (
@@ -41,8 +54,12 @@ from gptimg_flows.providers.openai_batch import (
     BatchStatus,
     LineResult,
     OpenAIBatchAPI,
+    endpoint_of,
     request_line,
     split_lines,
+)
+from gptimg_flows.providers.openai_batch import (
+    check_batch_edit as check_batch_edit,
 )
 from gptimg_flows.results import BatchFailure
 from gptimg_flows.rows import Row, row_metadata, row_prompt
@@ -57,6 +74,13 @@ class BatchItem:
     request: ImageRequest
     key: str
     extra: dict[str, Any]
+    #: an edit's loaded inputs and mask (uploaded as files when its batch is sent), and the
+    #: archive URIs of its inputs (the images' lineage)
+    inputs: list[InputImage] = field(default_factory=list)
+    mask: InputImage | None = None
+    parents: list[str] = field(default_factory=list)
+    #: a batch row's position goes in its sidecars; a single run's requests have none
+    sidecar_row: bool = True
 
 
 def record_id(keys: Sequence[str]) -> str:
@@ -104,16 +128,18 @@ async def submit_openai_batch(
             archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
         )
     await asyncio.to_thread(archive.write_json, batch_rel(record), state)
+    refs = await _uploaded_inputs(api, items)
     with tempfile.TemporaryDirectory(prefix="gptimg-batch-") as tmp:
         path = Path(tmp) / f"{record}.jsonl"
         with path.open("wb") as fh:  # streamed to disk, then streamed up: flat memory
             for item in items:
-                fh.write(request_line(api.provider, item.key, item.request))
+                images, mask = refs.get(item.key, ([], None))
+                fh.write(request_line(api.provider, item.key, item.request, images, mask))
         file_id = await api.upload(path)
     state["file_id"] = file_id
     await asyncio.to_thread(archive.write_json, batch_rel(record), state)
     try:
-        created = await api.create(file_id, {METADATA_KEY: record})
+        created = await api.create(file_id, {METADATA_KEY: record}, endpoint_of(items[0].request))
     except (TransportError, MalformedResponse) as exc:
         if isinstance(exc, TransportError) and not exc.request_sent:
             await asyncio.to_thread(archive.delete, batch_rel(record))
@@ -121,6 +147,30 @@ async def submit_openai_batch(
     await _write_created(archive, record, state, created)
     logger.info("created OpenAI batch %s with %d line(s)", created.id, len(items))
     return created.id
+
+
+async def _uploaded_inputs(
+    api: OpenAIBatchAPI, items: list[BatchItem]
+) -> dict[str, tuple[list[str], str | None]]:
+    """Each edit's inputs and mask checked as a synchronous edit checks them, then uploaded
+    once each (by digest) as files its line names: {key: (image file ids, mask file id)}."""
+    uploaded: dict[str, str] = {}
+
+    async def file_of(image: InputImage, name: str) -> str:
+        if image.sha256 not in uploaded:
+            uploaded[image.sha256] = await api.upload_image(image.data, image.mime, name)
+        return uploaded[image.sha256]
+
+    out: dict[str, tuple[list[str], str | None]] = {}
+    for item in items:
+        if not item.inputs:
+            continue
+        assert isinstance(item.request, EditRequest)
+        prepared = await api.provider.upload_inputs(item.request, item.inputs, item.mask)
+        images = [await file_of(img, f"image-{img.sha256[:12]}") for img in prepared.images]
+        mask = await file_of(prepared.mask, "mask.png") if prepared.mask is not None else None
+        out[item.key] = (images, mask)
+    return out
 
 
 async def _write_created(
@@ -209,7 +259,15 @@ async def _archive_line(
     )
     status = JobStatus(job_id=batch_id, state=JobState.SUCCEEDED, cost=line.cost, cost_unit="usd")
     archived, no_preview = await write_images(
-        spooled, archive, item.key, job, status, item.request.prompt, [], item.extra, item.row
+        spooled,
+        archive,
+        item.key,
+        job,
+        status,
+        item.request.prompt,
+        item.parents,
+        item.extra,
+        item.row if item.sidecar_row else None,
     )
     for sha, why in no_preview:
         get_run_logger().warning("no preview for %s: %s", sha[:12], why)
@@ -230,14 +288,23 @@ async def recorded_batches(archive: Archive, items: list[BatchItem]) -> dict[str
 
 
 def new_batches(api: OpenAIBatchAPI, items: list[BatchItem]) -> dict[str, list[BatchItem]]:
-    """Rows not yet in any batch, split at OpenAI's limits, each chunk under its record id."""
+    """Rows not yet in any batch, split at OpenAI's limits (and by endpoint: generations and
+    edits go in batches of their own), each chunk under its record id."""
     by_key = {i.key: i for i in items}
-    lines = ((i.key, request_line(api.provider, i.key, i.request)) for i in items)
     out: dict[str, list[BatchItem]] = {}
-    for chunk in split_lines(lines):
-        keys = [k for k, _ in chunk]
-        out[record_id(keys)] = [by_key[k] for k in keys]
+    for endpoint in sorted({endpoint_of(i.request) for i in items}):
+        lines = ((i.key, _sized_line(api, i)) for i in items if endpoint_of(i.request) == endpoint)
+        for chunk in split_lines(lines):
+            keys = [k for k, _ in chunk]
+            out[record_id(keys)] = [by_key[k] for k in keys]
     return out
+
+
+def _sized_line(api: OpenAIBatchAPI, item: BatchItem) -> bytes:
+    """The line as it will be sent (file ids are as long as these stand-ins)."""
+    images = [f"file-{img.sha256[:24]}" for img in item.inputs]
+    mask = f"file-{item.mask.sha256[:24]}" if item.mask is not None else None
+    return request_line(api.provider, item.key, item.request, images, mask)
 
 
 async def run_through_batch_api(
@@ -345,3 +412,68 @@ async def batch_api_rows(
                 extra=row_metadata(rows[row]),
             )
         )
+
+
+async def batch_produce(
+    adapter: Provider,
+    store: Archive,
+    requests: list[tuple[ImageRequest, str, dict[str, Any]]],
+    *,
+    refresh_stamp: str | None,
+    budget: Budget | None,
+    wait_seconds: float,
+    poll_seconds: float,
+) -> list[ArchivedImage]:
+    """A run's own requests ((request, slot, extra): one edit, a pipeline's candidates or its
+    edits) through the Batch API as one batch, under the keys a synchronous run uses (either
+    finds the other's images). Inputs are read and checked first; each request reserves half
+    its price in `budget` before anything is sent. The first request without images raises
+    its error (BatchPending while the batch runs on)."""
+    stamp = refresh_stamp or ""
+    items: list[BatchItem] = []
+    for index, (request, slot, extra) in enumerate(requests):
+        adapter.validate(request)
+        check_batch_edit(request)
+        digests: list[str] = []
+        inputs: list[InputImage] = []
+        mask: InputImage | None = None
+        parents: list[str] = []
+        if isinstance(request, EditRequest):
+            inputs, mask = await load_edit_inputs(request, store)
+            digests = [i.sha256 for i in inputs] + (["mask:" + mask.sha256] if mask else [])
+            parents = [store.uri(Archive.image_rel(i.sha256, i.mime)) for i in inputs]
+            await asyncio.gather(*(asyncio.to_thread(_keep_input, store, i) for i in inputs))
+        key = request_key(adapter, request, digests, slot + stamp)
+        items.append(
+            BatchItem(index, request, key, dict(extra), inputs, mask, parents, sidecar_row=False)
+        )
+    held: dict[str, float] = {}
+    if budget is not None:
+        for item in items:
+            if not await archived_result(store, item.key):
+                price = adapter.price(item.request)
+                half = None if price.amount is None else round(price.amount * BATCH_DISCOUNT, 9)
+                held[item.key] = budget.reserve(price.model_copy(update={"amount": half}))
+    images, errors = await run_through_batch_api(
+        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+    )
+    if budget is not None:
+        for key, amount in held.items():
+            mine = [i for i in images if i.request_key == key and not i.from_archive]
+            costs = [i.cost for i in mine if i.cost is not None]
+            budget.settle(amount, sum(costs) if mine and costs else None)
+    if errors:
+        row = min(errors)
+        kind, message = errors[row]
+        error = getattr(_errors, kind, None)
+        if not (isinstance(error, type) and issubclass(error, ProviderError)):
+            error = ProviderError
+        raise error(message, provider="openai")
+    order = {item.key: item.row for item in items}
+    images.sort(key=lambda img: order.get(img.request_key or "", 0))
+    return [img.model_copy(update={"row": None}) for img in images]
+
+
+def _keep_input(store: Archive, image: InputImage) -> None:
+    """An edit's input in the archive (content-addressed): what its images' lineage names."""
+    store.put_bytes(image.data, Archive.image_rel(image.sha256, image.mime), overwrite=False)

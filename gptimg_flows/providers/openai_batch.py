@@ -1,9 +1,17 @@
-"""OpenAI's Batch API for image generations: the wire format, at half the price. No Prefect.
+"""OpenAI's Batch API for image generations and edits: the wire format, at half the price.
+No Prefect.
 
 A batch is a JSONL file of requests (`custom_id`, `method`, `url`, `body`) uploaded with
 `POST /files` (purpose `batch`), then `POST /batches`; it finishes within 24 h and its output
-file holds one JSONL line per `custom_id` with the images response (b64_json + usage). The
-orchestration (records, polling, archiving) lives in `engine/batch_api.py`.
+file holds one JSONL line per `custom_id` with the images response (b64_json + usage). One
+batch holds one endpoint: generations and edits go in batches of their own.
+
+An edit's line carries the JSON edit body: its input images and mask as references. We upload
+each input once as a file (purpose `vision`) and send `{"file_id": …}`: a data URL would put
+the image in every line that uses it, base64-encoded (a third larger), inside the 200 MB input
+file, and up to 20,971,520 characters each. The JSON edit takes fewer sizes than the multipart
+one (`BATCH_EDIT_SIZES`): another size is refused before anything is uploaded or paid.
+The orchestration (records, polling, archiving) lives in `engine/batch_api.py`.
 """
 
 from __future__ import annotations
@@ -17,12 +25,16 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptimg_flows.errors import MalformedResponse
-from gptimg_flows.models import ImageRequest
+from gptimg_flows.errors import InvalidRequest, MalformedResponse
+from gptimg_flows.models import EditRequest, ImageRequest
 from gptimg_flows.providers.openai import OpenAIProvider
 from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
 
-ENDPOINT = "/v1/images/generations"
+GENERATIONS = "/v1/images/generations"
+EDITS = "/v1/images/edits"
+ENDPOINT = GENERATIONS
+#: The sizes OpenAI's JSON edit body (the only edit a batch line carries) takes.
+BATCH_EDIT_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
 #: OpenAI's limits for one batch input file.
 MAX_LINES = 50_000
 MAX_BYTES = 200 * 1024 * 1024
@@ -57,10 +69,40 @@ class LineResult(BaseModel):
     error: str | None = None
 
 
-def request_line(provider: OpenAIProvider, custom_id: str, request: ImageRequest) -> bytes:
-    """One JSONL line: our request key as `custom_id`, the same body a synchronous call sends."""
+def endpoint_of(request: ImageRequest) -> str:
+    return EDITS if isinstance(request, EditRequest) else GENERATIONS
+
+
+def check_batch_edit(request: ImageRequest) -> None:
+    """An edit a batch line can carry: its size is one the JSON edit body takes."""
+    if not isinstance(request, EditRequest):
+        return
+    size = request.size if request.size is not None else "auto"
+    if request.resolution is not None or size not in BATCH_EDIT_SIZES:
+        raise InvalidRequest(
+            f"size={size!r}: an edit sent through the Batch API takes size "
+            f"{', '.join(BATCH_EDIT_SIZES)} (OpenAI's JSON edit body); choose one of those, "
+            "or send this edit with batch_api=False",
+            field="size",
+        )
+
+
+def request_line(
+    provider: OpenAIProvider,
+    custom_id: str,
+    request: ImageRequest,
+    images: list[str] | None = None,
+    mask: str | None = None,
+) -> bytes:
+    """One JSONL line: our request key as `custom_id`, the same fields a synchronous call
+    sends; an edit's inputs (and mask) as the file ids they were uploaded under."""
     body = provider.build_fields(request)
-    line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+    if isinstance(request, EditRequest):
+        body["images"] = [{"file_id": f} for f in images or []]
+        if mask is not None:
+            body["mask"] = {"file_id": mask}
+    url = endpoint_of(request)
+    line = {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
     return (json.dumps(line, separators=(",", ":")) + "\n").encode()
 
 
@@ -96,13 +138,21 @@ class OpenAIBatchAPI:
             )
         return str(self._field(body, "id"))
 
-    async def create(self, input_file_id: str, metadata: dict[str, str]) -> BatchStatus:
+    async def upload_image(self, data: bytes, mime: str, name: str) -> str:
+        """`POST /files` (purpose `vision`): an edit's input, referenced by its file id."""
+        files: dict[str, tuple[str, bytes, str]] = {"file": (name, data, mime)}
+        _, body = await self._api.request("POST", "/files", data={"purpose": "vision"}, files=files)
+        return str(self._field(body, "id"))
+
+    async def create(
+        self, input_file_id: str, metadata: dict[str, str], endpoint: str = GENERATIONS
+    ) -> BatchStatus:
         _, body = await self._api.request(
             "POST",
             "/batches",
             json_body={
                 "input_file_id": input_file_id,
-                "endpoint": ENDPOINT,
+                "endpoint": endpoint,
                 "completion_window": "24h",
                 "metadata": metadata,
             },

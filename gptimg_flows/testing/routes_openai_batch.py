@@ -1,6 +1,8 @@
-"""OpenAI's Files and Batch API, emulated for image generations (docs/wire.md).
+"""OpenAI's Files and Batch API, emulated for image generations and edits (docs/wire.md).
 
-`POST /files` (multipart `file` + `purpose=batch`) keeps the JSONL; `POST /batches` starts a
+`POST /files` (multipart `file` + `purpose=batch`) keeps the JSONL, and with `purpose=vision`
+an edit's input image, which an edit line names as `{"file_id": …}` (or carries as an
+`image_url` data URL); `POST /batches` starts a
 batch that runs for the provider's latency (validating → in_progress → finalizing →
 completed); on the first look after that, every line is drawn, billed at half the token price
 and written to an output file, one JSONL line per `custom_id`. `GET /batches?limit=` lists
@@ -10,6 +12,8 @@ batches with their metadata, newest first.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
 import json
 import time
@@ -23,11 +27,13 @@ from starlette.routing import Route
 from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
 from gptimg_flows.testing import shapes
 from gptimg_flows.testing.faults import DroppedConnection
-from gptimg_flows.testing.images import OutputSpec
+from gptimg_flows.testing.images import OutputSpec, StoredInput
 from gptimg_flows.testing.routes_openai import Invalid, P, _b64, _params, usage_for
 from gptimg_flows.testing.state import Emulator, endpoint, new_id, output_seed
 
 ENDPOINT = "/v1/images/generations"
+EDITS = "/v1/images/edits"
+PURPOSES = ("batch", "vision", "user_data")
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Batch:
     created: float
     latency: float
     created_at: int
+    endpoint: str = ENDPOINT
     output_file_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -53,7 +60,7 @@ class Batch:
         return {
             "id": self.batch_id,
             "object": "batch",
-            "endpoint": ENDPOINT,
+            "endpoint": self.endpoint,
             "input_file_id": self.input_file_id,
             "completion_window": "24h",
             "status": self.status(now),
@@ -84,8 +91,11 @@ async def upload_file(request: Request, emu: Emulator) -> Response:
         return shapes.unauthorized(P)
     form = await request.form(max_part_size=200 * 1024 * 1024)
     upload = form.get("file")
-    if form.get("purpose") != "batch" or upload is None or isinstance(upload, str):
-        return shapes.invalid(P, "Expected a `file` part and purpose=batch.", param="file")
+    purpose = form.get("purpose")
+    if purpose not in PURPOSES or upload is None or isinstance(upload, str):
+        return shapes.invalid(
+            P, "Expected a `file` part and purpose batch, vision or user_data.", param="file"
+        )
     data = await upload.read()
     file_id = new_id("file-")
     store_of(emu).files[file_id] = data
@@ -94,7 +104,7 @@ async def upload_file(request: Request, emu: Emulator) -> Response:
             "id": file_id,
             "object": "file",
             "bytes": len(data),
-            "purpose": "batch",
+            "purpose": purpose,
             "filename": upload.filename,
             "created_at": int(time.time()),
         }
@@ -112,8 +122,10 @@ async def create_batch(request: Request, emu: Emulator) -> Response:
     file_id = body.get("input_file_id")
     if file_id not in store.files:
         return shapes.invalid(P, f"No such file: {file_id!r}", param="input_file_id")
-    if body.get("endpoint") != ENDPOINT or body.get("completion_window") != "24h":
-        return shapes.invalid(P, "Only /v1/images/generations within 24h.", param="endpoint")
+    if body.get("endpoint") not in (ENDPOINT, EDITS) or body.get("completion_window") != "24h":
+        return shapes.invalid(
+            P, "Only /v1/images/generations or /v1/images/edits within 24h.", param="endpoint"
+        )
     metadata = body.get("metadata") or {}
     if not isinstance(metadata, dict) or len(metadata) > 16:
         return shapes.invalid(P, "metadata: at most 16 string pairs.", param="metadata")
@@ -125,6 +137,7 @@ async def create_batch(request: Request, emu: Emulator) -> Response:
         created=emu.now(),
         latency=emu.config.latency_for(P),
         created_at=int(time.time()),
+        endpoint=body["endpoint"],
         counts={"total": len(lines), "completed": 0, "failed": 0},
     )
     store.batches[batch.batch_id] = batch
@@ -196,8 +209,14 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
     custom_id = str(line.get("custom_id"))
     body = line.get("body") or {}
     path = "/v1/batches"
+    inputs: list[StoredInput] = []
+    mask: StoredInput | None = None
     try:
-        params = _params(body, None)
+        if line.get("url") != batch.endpoint:
+            raise Invalid(f"This batch's lines go to {batch.endpoint}.", "url")
+        if batch.endpoint == EDITS:
+            inputs, mask = await _edit_inputs(emu, body)
+        params = _params(body, inputs[0] if inputs else None)
     except Invalid as exc:
         batch.counts["failed"] += 1
         return _line(custom_id, 400, {"error": {"message": str(exc), "param": exc.param}})
@@ -214,12 +233,16 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
             seed=output_seed(emu.config, job_id, i),
             transparent=params.background == "transparent",
             quality=params.compression,
+            base=inputs[0].sha256 if inputs else None,
+            mask=mask.sha256 if mask else None,
         )
         for i in range(params.n)
     ]
     data = await asyncio.gather(*(emu.renderer.get(s, emu.config.render_mode) for s in specs))
     encoded = await asyncio.to_thread(_b64, list(data), params.fmt, emu.config.pad_to_bytes)
-    usage = usage_for(params.prompt, params.width, params.height, params.quality, 0, params.n)
+    usage = usage_for(
+        params.prompt, params.width, params.height, params.quality, len(inputs), params.n
+    )
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     emu.ledger.submission(P, job_id, params.n, digest, key=custom_id, path=path)
     emu.ledger.charge(P, job_id, round((usage_cost(usage) or 0.0) * BATCH_DISCOUNT, 9))
@@ -231,6 +254,52 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
         "size": f"{params.width}x{params.height}",
     }
     return _line(custom_id, 200, answer)
+
+
+EDIT_SIZES = ("auto", "1024x1024", "1536x1024", "1024x1536")
+
+
+async def _edit_inputs(
+    emu: Emulator, body: dict[str, Any]
+) -> tuple[list[StoredInput], StoredInput | None]:
+    """A JSON edit's `images` and `mask`, each `{"file_id": …}` or `{"image_url": data URL}`."""
+    refs = body.get("images")
+    if not isinstance(refs, list) or not 1 <= len(refs) <= 16:
+        raise Invalid("'images' must list 1 to 16 image references.", "images")
+    if body.get("size", "auto") not in EDIT_SIZES:
+        raise Invalid(f"Invalid size {body.get('size')!r}: one of {', '.join(EDIT_SIZES)}.", "size")
+    inputs = [await _stored(emu, _ref_bytes(emu, r, "images"), "images") for r in refs]
+    mask: StoredInput | None = None
+    if body.get("mask") is not None:
+        mask = await _stored(emu, _ref_bytes(emu, body["mask"], "mask"), "mask")
+        if not mask.has_alpha or (mask.width, mask.height) != (inputs[0].width, inputs[0].height):
+            raise Invalid("The mask must have an alpha channel and the image's size.", "mask")
+    return inputs, mask
+
+
+async def _stored(emu: Emulator, data: bytes, param: str) -> StoredInput:
+    try:
+        return await emu.inputs.add(data)
+    except ValueError as exc:
+        raise Invalid(f"'{param}': invalid image file: {exc}", param) from None
+
+
+def _ref_bytes(emu: Emulator, ref: Any, param: str) -> bytes:
+    if not isinstance(ref, dict) or len(ref) != 1:
+        raise Invalid(f"'{param}': each reference has exactly one of file_id, image_url.", param)
+    if "file_id" in ref:
+        data = store_of(emu).files.get(str(ref["file_id"]))
+        if data is None:
+            raise Invalid(f"No such file: {ref['file_id']!r}", param)
+        return data
+    url = str(ref.get("image_url", ""))
+    head, _, payload = url.partition(",")
+    if not head.startswith("data:") or not head.endswith(";base64"):
+        raise Invalid(f"'{param}': this emulator takes data URLs and file ids only.", param)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(f"'{param}': the data URL is not base64.", param) from None
 
 
 def _line(custom_id: str, status: int, body: dict[str, Any]) -> bytes:
