@@ -315,3 +315,33 @@ def test_review_images_is_public_api() -> None:
 
     params = inspect.signature(review_images).parameters
     assert {"candidates", "archive", "prompt", "timeout_seconds", "on_timeout"} <= set(params)
+
+
+async def test_review_works_between_the_two_batches_of_a_batch_api_pipeline(
+    archive_dir: Path, emulator: Any, provider_block: Any
+) -> None:
+    """The candidates come back from one batch, a person approves one, and only that one
+    goes to the second batch: two batches, three lines in all."""
+    emulator.configure(latency=0.3)
+    result, [form] = await reviewed(
+        generate_edit_archive(
+            prompt="review: a batch lighthouse",
+            edit_prompt="review: add a batch storm",
+            n=2,
+            provider=provider_block("openai"),
+            archive=str(archive_dir),
+            size="1024x1024",
+            quality="low",
+            review=True,
+            batch_api=True,
+            batch_poll_seconds=0.2,
+        ),
+        {"approved": [1]},
+    )
+    assert isinstance(result, PipelineResult)
+    assert form.count("data:image/webp;base64,") == 2, form
+    batches = emulator.ledger()["batches"]
+    assert [b["lines"] for b in batches] == [1, 1], batches
+    [edited] = result.edited
+    assert edited.parents == [result.generated[0].uri]
+    assert edited.job_id == batches[1]["batch_id"]
