@@ -162,3 +162,23 @@ async def test_kill_9_mid_edit_batch_then_rerun_creates_no_second_batch(
     assert len(made) == 1
     ledger = emulator.ledger()
     assert len(ledger["batches"]) == 1 and len(ledger["submissions"]) == 1
+
+
+async def test_an_edit_batch_over_max_cost_is_refused_before_anything_is_sent(
+    emulator: Any, provider_block: Any, tmp_path: Path
+) -> None:
+    from gptimg_flows.errors import BudgetExceeded
+
+    source, mask = _inputs(tmp_path)
+    with pytest.raises(BudgetExceeded):
+        await edit_image(
+            image=source,
+            mask=mask,
+            prompt="a storm sky",
+            provider=provider_block("openai"),
+            archive=str(tmp_path / "a"),
+            batch_api=True,
+            max_cost=0.0001,
+            **FAST,
+        )
+    assert emulator.ledger()["requests"] == {}
