@@ -393,3 +393,24 @@ async def test_a_routes_max_cost_is_in_usd_when_its_members_units_differ(
         max_cost=0.05,
     )
     assert made[0].member == "gptimage2ai" and made[0].cost_unit == "credits"
+
+
+async def test_a_request_whose_members_are_all_cooling_waits_until_its_timeout_then_says_so(
+    provider_block: Any, emulator: Any, archive_dir: Path
+) -> None:
+    from gptimg_flows.errors import ServerError
+
+    emulator.configure(outages=[{"provider": "scenario"}, {"provider": "gptimage2ai"}])
+    await provider_block("scenario", retries=0).save("cool-a", overwrite=True)
+    await provider_block("gptimage2ai", retries=0).save("cool-b", overwrite=True)
+    route = ProviderRoute(providers=["cool-a", "cool-b"], failures_to_cool=1, cooldown_seconds=60)
+    await route.save("cool-route", overwrite=True)
+    with pytest.raises(ServerError, match="503"):
+        await generate_images(prompt="first", provider="cool-route", archive=str(archive_dir))
+    started = time.monotonic()
+    with pytest.raises(ServerError, match="cooling down"):
+        await generate_images(
+            prompt="second", provider="cool-route", archive=str(archive_dir), timeout_seconds=2
+        )
+    assert 1.5 < time.monotonic() - started < 30
+    assert emulator.ledger()["submissions"] == []

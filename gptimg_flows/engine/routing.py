@@ -300,10 +300,11 @@ async def _pick(
             continue  # another request took its probe meanwhile: choose again
         until = min(health.cooling_until(_account(m)) for m in left)
         if now >= deadline:
-            raise InvalidRequest(
+            raise ServerError(
                 f"every member of route {route.name!r} that can make this request is cooling "
-                "down after failures, and the run's timeout_seconds has passed",
-                field="provider",
+                "down after failures, and the run's timeout_seconds has passed (nothing was "
+                "paid for it)",
+                provider=route.name,
             )
         await asyncio.sleep(min(max(until - now, 0.05), 1.0, max(deadline - now, 0.05)))
 
