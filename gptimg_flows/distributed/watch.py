@@ -104,7 +104,6 @@ class Watcher:
         return f"gptimg-distributed:{self.digest}:chunk-{chunk.index}:attempt-{chunk.attempt}"
 
     async def run(self, client: PrefectClient) -> None:
-        logger = get_run_logger()
         active = [c for c in self.chunks if c.todo]
         self._progress = await acreate_progress_artifact(
             progress=self._percent(), description="distributed batch: chunks done"
@@ -125,15 +124,9 @@ class Watcher:
             for chunk in active:
                 if chunk.state is not StateType.CRASHED or chunk.gave_up:
                     continue
-                if chunk.restarts < self.chunk_retries:
-                    await self._restart(client, chunk)
-                else:
-                    chunk.gave_up = True
-                    logger.error(
-                        "chunk %d: run crashed again after %d restart(s); not restarted again",
-                        chunk.index,
-                        chunk.restarts,
-                    )
+                assert chunk.run is not None
+                message = chunk.run.state.message if chunk.run.state else ""
+                await self._start_again(client, chunk, f"crashed ({message})", chunk.crashed_runs)
                 changed = True
             if (percent := self._percent()) != last_percent:
                 last_percent = percent
@@ -176,19 +169,34 @@ class Watcher:
                 chunk.crashed_runs.append(str(run.id))
             chunk.attempt += 1
 
-    async def _restart(self, client: PrefectClient, chunk: Chunk) -> None:
+    async def _start_again(
+        self, client: PrefectClient, chunk: Chunk, why: str, replaced: list[str] | None
+    ) -> None:
+        """The next attempt of a chunk whose run crashed or never started, while
+        `chunk_retries` allows (the run goes in `replaced`); else the chunk is given up."""
         assert chunk.run is not None
-        get_run_logger().warning(
-            "chunk %d: run %r crashed (%s); starting it again (restart %d of %d): archived "
-            "rows are answered from the archive and recorded jobs resumed, so nothing is "
-            "paid twice",
+        logger = get_run_logger()
+        if chunk.restarts >= self.chunk_retries:
+            chunk.gave_up = True
+            logger.error(
+                "chunk %d: run %r %s; not started again (%d restart(s) made)",
+                chunk.index,
+                chunk.run.name,
+                why,
+                chunk.restarts,
+            )
+            return
+        logger.warning(
+            "chunk %d: run %r %s; starting it again (restart %d of %d): archived rows are "
+            "answered from the archive and recorded jobs resumed, so nothing is paid twice",
             chunk.index,
             chunk.run.name,
-            chunk.run.state.message if chunk.run.state else "",
+            why,
             chunk.restarts + 1,
             self.chunk_retries,
         )
-        chunk.crashed_runs.append(str(chunk.run.id))
+        if replaced is not None:
+            replaced.append(str(chunk.run.id))
         chunk.restarts += 1
         chunk.attempt += 1
         await self._start(client, chunk)
@@ -207,7 +215,6 @@ class Watcher:
         now = datetime.now(UTC)
         online: dict[str, bool | None] = {}
         replaced = False
-        logger = get_run_logger()
         for chunk in waiting:
             assert chunk.run is not None
             pool = chunk.run.work_pool_name
@@ -222,29 +229,8 @@ class Watcher:
                 continue  # it started meanwhile
             replaced = True
             chunk.unstarted_runs.append(str(chunk.run.id))
-            if chunk.restarts >= self.chunk_retries:
-                chunk.gave_up = True
-                chunk.run = await client.read_flow_run(chunk.run.id)
-                logger.error(
-                    "chunk %d: run %r %s; cancelled, not started again (%d restart(s) made)",
-                    chunk.index,
-                    chunk.run.name,
-                    why,
-                    chunk.restarts,
-                )
-                continue
-            logger.warning(
-                "chunk %d: run %r %s; cancelled and started again (restart %d of %d): nothing "
-                "was paid for its rows",
-                chunk.index,
-                chunk.run.name,
-                why,
-                chunk.restarts + 1,
-                self.chunk_retries,
-            )
-            chunk.restarts += 1
-            chunk.attempt += 1
-            await self._start(client, chunk)
+            chunk.run = await client.read_flow_run(chunk.run.id)  # Cancelled, if it stays
+            await self._start_again(client, chunk, f"{why}; cancelled", None)
         return replaced
 
     async def _refresh(self, client: PrefectClient, chunks: list[Chunk]) -> bool:
