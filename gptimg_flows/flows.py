@@ -13,7 +13,6 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
@@ -35,7 +34,7 @@ from gptimg_flows.engine.produce import (
 )
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
-from gptimg_flows.engine.records import archived_result
+from gptimg_flows.engine.records import archived_under
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
@@ -276,7 +275,7 @@ async def _generate_then_edit(
     adapter.validate(first)
     adapter.validate(edit)  # both checked before the first credit is spent
     budget = run_budget(adapter, max_cost, [first, edit])
-    if budget is not None and (refresh or not await _any_archived(store, key_of(spec, first))):
+    if budget is not None and (refresh or not await archived_under(store, key_of(spec, first))):
         whole = Budget(budget.max_cost, budget.unit)
         whole.reserve(adapter.price(first))
         for _ in range(n):  # every candidate may be approved and edited
@@ -621,13 +620,6 @@ def _batch_provider(spec: ProviderSpec | Route) -> Provider:
             field="batch_api",
         )
     return provider_of(spec)
-
-
-async def _any_archived(store: Archive, keys: list[str]) -> bool:
-    for key in keys:
-        if await archived_result(store, key):
-            return True
-    return False
 
 
 def fill_template(template: str, day: date, themes: list[str]) -> str:

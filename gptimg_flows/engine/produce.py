@@ -42,7 +42,7 @@ def key_of(spec: ProviderSpec | Route, request: ImageRequest) -> list[str]:
     """The keys a generation's images may be recorded under (slot "0", no inputs)."""
     if isinstance(spec, Route):
         return RoutePlanner(spec).keys(request, [], "0")
-    return [request_key(provider_of(spec), request, [], "0")]
+    return [request_key_of(spec, request, [], "0")]
 
 
 async def produce(

@@ -89,6 +89,15 @@ async def archived_result(archive: Archive, key: str) -> list[ArchivedImage] | N
     return await asyncio.to_thread(read_result, archive, key)
 
 
+async def archived_under(archive: Archive, keys: Sequence[str]) -> list[ArchivedImage] | None:
+    """The images of the first of `keys` whose request is archived (a route's request may be
+    recorded under its route key or, made before the route, a member's own)."""
+    for key in keys:
+        if found := await archived_result(archive, key):
+            return found
+    return None
+
+
 def read_result(archive: Archive, key: str) -> list[ArchivedImage] | None:
     """`archived_result` in the calling thread: the record, then each image's existence, in
     one trip (what a scan of thousands of keys runs on a pool of its own)."""

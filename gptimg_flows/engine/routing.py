@@ -32,7 +32,7 @@ from gptimg_flows.blocks.route import Member, Route
 from gptimg_flows.engine import route_health as health
 from gptimg_flows.engine.pacing import ROUTED_SUBMIT, RoutedSubmit, account_limiter
 from gptimg_flows.engine.records import (
-    archived_result,
+    archived_under,
     member_of_record,
     record_job,
     request_key,
@@ -181,17 +181,15 @@ async def produce_routed(
     logger = get_run_logger()
     able = candidates(route, request)
     planner = RoutePlanner(route)
-    key = route_key(request, prepared.digests, slot)
-    if not refresh:
-        for where in planner.keys(request, prepared.digests, slot):
-            if found := await archived_result(archive, where):
-                logger.info(
-                    "%d image(s) for this request are already archived: no provider call",
-                    len(found),
-                )
-                answered = [img.model_copy(update={"from_archive": True}) for img in found]
-                _count_images(route, answered)
-                return answered
+    keys = planner.keys(request, prepared.digests, slot)
+    key = keys[0]  # the route's own: what it claims and records under
+    if not refresh and (found := await archived_under(archive, keys)):
+        logger.info(
+            "%d image(s) for this request are already archived: no provider call", len(found)
+        )
+        answered = [img.model_copy(update={"from_archive": True}) for img in found]
+        _count_images(route, answered)
+        return answered
     record = await asyncio.to_thread(archive.read_json, job_rel(key))
     held_by = member_of_record(record)
     moved_from: dict[str, BaseException] = {}
