@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from gptimg_flows import edit_image, generate_edit_archive
 from gptimg_flows.errors import BatchPending, InvalidRequest
 from gptimg_flows.spend.prices import BATCH_DISCOUNT
+
+from .support.images import png_file, sky_mask
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -21,13 +22,8 @@ FAST = {"batch_poll_seconds": 0.2, "size": "1024x1024", "quality": "low"}
 
 
 def _inputs(tmp_path: Path) -> tuple[str, str]:
-    source = tmp_path / "source.png"
-    Image.new("RGB", (1024, 1024), (40, 90, 160)).save(source)
-    mask = tmp_path / "mask.png"
-    picture = Image.new("RGBA", (1024, 1024), (0, 0, 0, 255))
-    picture.paste((0, 0, 0, 0), (0, 0, 1024, 300))
-    picture.save(mask)
-    return str(source), str(mask)
+    source = png_file(tmp_path / "source.png", (1024, 1024))
+    return str(source), str(sky_mask(tmp_path / "mask.png", (1024, 1024)))
 
 
 async def test_an_edit_batch_costs_half_the_synchronous_token_bill(

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
@@ -20,6 +19,8 @@ from gptimg_flows.blocks.from_env import SOURCES
 from gptimg_flows.cli import app
 from gptimg_flows.providers import capability_table
 from gptimg_flows.testing.config import EMULATOR_KEYS
+
+from .support.images import png_file, sky_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -42,18 +43,6 @@ def gptimg(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-def _png(path: Path, size: tuple[int, int] = (256, 256)) -> Path:
-    Image.new("RGB", size, (40, 90, 160)).save(path)
-    return path
-
-
-def _sky_mask(path: Path, size: tuple[int, int] = (256, 256)) -> Path:
-    mask = Image.new("RGBA", size, (0, 0, 0, 255))
-    mask.paste((0, 0, 0, 0), (0, 0, size[0], size[1] // 2))
-    mask.save(path)
-    return path
-
-
 def test_generate_prints_the_archived_path(archive_dir: Path) -> None:
     done = gptimg("generate", "a lighthouse", "--size", "256x256", "--archive", str(archive_dir))
     assert done.returncode == 0, done.stderr
@@ -64,7 +53,7 @@ def test_generate_prints_the_archived_path(archive_dir: Path) -> None:
 
 
 def test_edit_with_a_mask_records_the_input_as_parent(archive_dir: Path, tmp_path: Path) -> None:
-    image, mask = _png(tmp_path / "in.png"), _sky_mask(tmp_path / "mask.png")
+    image, mask = png_file(tmp_path / "in.png"), sky_mask(tmp_path / "mask.png")
     done = gptimg(
         "edit",
         str(image),
@@ -292,7 +281,7 @@ def test_typos_are_refused_before_any_flow_run(
 ) -> None:
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "a kite", "name": "kite"}\n')
-    image = _png(tmp_path / "in.png")
+    image = png_file(tmp_path / "in.png")
     filled = [a.format(prompts=prompts, image=image) for a in args]
     before = _flow_runs()
 

@@ -89,33 +89,18 @@ async def test_mask_without_alpha_that_is_not_black_and_white_is_refused(tmp_pat
 @pytest.mark.parametrize("mode", ["RGBA", "L"])
 def test_a_mask_that_marks_nothing_is_refused(mode: str) -> None:
     """A fully opaque mask (or an all-black one without alpha) asks for no change."""
-    import io
 
     from PIL import Image
 
     from gptimg_flows.errors import InvalidRequest
-    from gptimg_flows.models import InputImage
 
-    def image(img: Image.Image) -> InputImage:
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        data = buf.getvalue()
-        return InputImage(
-            data=data,
-            mime="image/png",
-            width=img.width,
-            height=img.height,
-            sha256=InputImage.digest(data),
-            name="x.png",
-            url=None,
-            has_alpha=img.mode == "RGBA",
-        )
+    from .support.images import png_input
 
-    source = image(Image.new("RGB", (32, 32), "white"))
+    source = png_input(Image.new("RGB", (32, 32), "white"))
     mask = (
         Image.new("RGBA", (32, 32), (0, 0, 0, 255))
         if mode == "RGBA"
         else Image.new("L", (32, 32), 0)
     )
     with pytest.raises(InvalidRequest, match="mask marks nothing to edit"):
-        prepare_mask(image(mask), source)
+        prepare_mask(png_input(mask), source)

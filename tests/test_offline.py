@@ -8,9 +8,11 @@ import pytest
 from PIL import Image, ImageChops
 
 from gptimg_flows.errors import InvalidRequest
-from gptimg_flows.models import EditRequest, ImageRequest, InputImage
+from gptimg_flows.models import EditRequest, ImageRequest
 from gptimg_flows.providers.base import PreparedInputs
 from gptimg_flows.providers.offline import LenientOfflineProvider, OfflineProvider
+
+from .support.images import png_input
 
 
 def _open(data: bytes) -> Image.Image:
@@ -51,25 +53,11 @@ async def test_transparent_background_has_transparent_pixels() -> None:
     assert alpha.getextrema()[0] == 0
 
 
-def _input(img: Image.Image) -> InputImage:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    data = buf.getvalue()
-    return InputImage(
-        data=data,
-        mime="image/png",
-        width=img.width,
-        height=img.height,
-        sha256=InputImage.digest(data),
-        has_alpha=img.mode == "RGBA",
-    )
-
-
 async def test_masked_edit_keeps_opaque_pixels_byte_identical_and_changes_the_rest() -> None:
     base = _open(await _one(ImageRequest(prompt="a harbour", size="256x256")))
     mask = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
     mask.paste((0, 0, 0, 0), (0, 0, 256, 100))  # top 100 rows editable
-    inputs = PreparedInputs(images=[_input(base)], mask=_input(mask))
+    inputs = PreparedInputs(images=[png_input(base)], mask=png_input(mask))
     req = EditRequest(prompt="a storm", images=[b"x"], mask=b"m")
     out = _open(await _one(req, inputs=inputs)).convert("RGBA")
     base = base.convert("RGBA")

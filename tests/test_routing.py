@@ -17,6 +17,8 @@ from gptimg_flows import ProviderRoute, batch_generate, edit_image, generate_ima
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.results import BatchResult
 
+from .support.images import png_file, sky_mask
+
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
@@ -171,12 +173,7 @@ async def test_a_mask_goes_to_the_one_member_that_takes_masks(
     provider_block: Any, emulator: Any, archive_dir: Path, tmp_path: Path
 ) -> None:
     emulator.configure(latency=0.05)
-    source = tmp_path / "source.png"
-    Image.new("RGB", (256, 256), (40, 90, 160)).save(source)
-    mask = tmp_path / "mask.png"
-    picture = Image.new("RGBA", (256, 256), (0, 0, 0, 255))
-    picture.paste((0, 0, 0, 0), (0, 0, 256, 80))
-    picture.save(mask)
+    source, mask = png_file(tmp_path / "source.png"), sky_mask(tmp_path / "mask.png")
     route = [provider_block("runware"), provider_block("gptimage2ai"), provider_block("scenario")]
     made = await edit_image(
         image=str(source),
@@ -193,8 +190,7 @@ async def test_a_mask_goes_to_the_one_member_that_takes_masks(
 async def test_a_route_no_member_of_which_can_make_the_request_is_refused_before_paying(
     provider_block: Any, emulator: Any, archive_dir: Path, tmp_path: Path
 ) -> None:
-    source = tmp_path / "source.png"
-    Image.new("RGB", (256, 256), (40, 90, 160)).save(source)
+    source = png_file(tmp_path / "source.png")
     mask = tmp_path / "mask.png"
     Image.new("RGBA", (256, 256), (0, 0, 0, 0)).save(mask)
     route = [provider_block("runware"), provider_block("gptimage2ai")]
