@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -33,13 +32,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+from memory import rss_mb  # noqa: E402
+
 RESULTS = HERE / "RESULTS-archive-scan.md"
-
-
-def rss_mb() -> float:
-    pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
-    return pages * resource.getpagesize() / 2**20
 
 
 class Sampler(threading.Thread):
@@ -155,10 +151,10 @@ def main() -> None:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     import boto3
+    from run import free_port
 
     from gptimg_flows.archive.store import Archive
     from gptimg_flows.distributed.gather import ARCHIVE_READS, SCAN_WINDOW
-    from tests.conftest import free_port
 
     port = free_port()
     # moto in a process of its own: its threads and CPU are not counted as the scan's
