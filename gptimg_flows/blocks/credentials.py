@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr
 
 from gptimg_flows.archive.store import LINK_EXPIRY_SECONDS, Archive, default_basepath
 from gptimg_flows.errors import InvalidRequest
+from gptimg_flows.media.headers import RETRY_AFTER_CAP
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.offline import OFFLINE_NAMES, LenientOfflineProvider, OfflineProvider
 from gptimg_flows.spend.prices import TokenPrices
@@ -82,6 +83,16 @@ class ProviderCredentials(CredentialsBlock, ABC):
             "How long one request may wait for the account's rate limit (429s are waited out, "
             "not counted as retries) before it fails as RateLimited; the run's timeout_seconds "
             "if shorter. The default lets a 1,000-row file finish at 5 images a minute."
+        ),
+    )
+    max_retry_after_seconds: float = Field(
+        default=RETRY_AFTER_CAP,
+        gt=0,
+        le=RETRY_AFTER_CAP,
+        description=(
+            "The longest a provider's Retry-After is honoured, in seconds (at most 300): a 429 "
+            "asking for an hour, or a date years away, holds the account's submits or reads "
+            "this long at most. Every wait still ends by the run's timeout_seconds."
         ),
     )
 

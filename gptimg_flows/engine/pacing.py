@@ -104,12 +104,19 @@ def wait_bound(spec: Any, timeout_seconds: float | None) -> float:
 
 
 def account_limiter(spec: Any, adapter: Provider) -> AccountLimiter:
-    ipm = spec.images_per_minute if isinstance(spec, ProviderCredentials) else None
-    return limiter_for(adapter.account, adapter.name, ipm)
+    """The account's limiter, told the block's known rate and longest Retry-After hold."""
+    if not isinstance(spec, ProviderCredentials):
+        return limiter_for(adapter.account, adapter.name, None)
+    return limiter_for(
+        adapter.account, adapter.name, spec.images_per_minute, spec.max_retry_after_seconds
+    )
 
 
-def reads_of(adapter: Provider) -> AccountLimiter:
-    """The limiter whose read hold an adapter's polls and downloads respect."""
+def reads_of(adapter: Provider, spec: Any = None) -> AccountLimiter:
+    """The limiter whose read hold an adapter's polls and downloads respect (`spec`, when
+    known, sets its longest hold)."""
+    if isinstance(spec, ProviderCredentials):
+        return limiter_for(adapter.account, adapter.name, None, spec.max_retry_after_seconds)
     return limiter_for(adapter.account, adapter.name, None)
 
 

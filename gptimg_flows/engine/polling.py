@@ -1,6 +1,6 @@
 """Polling a job until it ends: timed from how long this provider's jobs have taken (learned in
 this process), with a few scouts while nothing is learned, following the provider's own hints,
-and reads told 429 holding the account's reads."""
+and reads told 429 holding the account's reads: never past the deadline, whatever a 429 asks."""
 
 from __future__ import annotations
 
@@ -66,20 +66,23 @@ async def _poll_loop(
     def elapsed() -> float:
         return (datetime.now(UTC) - job.submitted_at).total_seconds()
 
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
     reads = reads_of(adapter)
-    first = min(estimate.first_wait(elapsed()), max(0.0, deadline - time.monotonic()))
+    first = min(estimate.first_wait(elapsed()), left())
     # Nothing learned yet: the first wait was the default rhythm's first step.
     attempt, running_at = (0 if estimate.seconds is not None else 1), None
     if first > 0 and await estimate.sleep(first):
-        await asyncio.sleep(min(estimate.first_wait(elapsed()), timeout_seconds))
+        await asyncio.sleep(min(estimate.first_wait(elapsed()), left()))
     on_retry = log_read_retry(f"poll of job {job.job_id}")
     while True:
         # The provider decided the state after we asked, not when its answer reached a busy
         # loop: learning from send times keeps the estimate from drifting late by the RTT.
         asked_at = elapsed()
         status = await read_with_retries(
-            lambda: gated_read(reads, lambda: adapter.poll(job)),
-            budget=deadline - time.monotonic(),
+            lambda: gated_read(reads, lambda: adapter.poll(job), deadline=deadline),
+            budget=left(),
             on_retry=on_retry,
         )
         if status.state.terminal:

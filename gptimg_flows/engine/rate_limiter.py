@@ -13,7 +13,9 @@ with Prefect's task retries, used to lose rows. The limiter:
   first; the others wait one interval of the new pace, or the whole Retry-After when that is
   long against the pace (a window that resets rather than a bucket that refills);
 - lets submits go one at a time in FIFO order, so no row waits much longer than its place in
-  the queue, and a change of pace applies at once to everyone waiting.
+  the queue, and a change of pace applies at once to everyone waiting;
+- never holds anything longer than `max_hold` (a block's `max_retry_after_seconds`): a 429
+  asking for an hour, or for 1e9 s, must not stop an account for the rest of the process.
 
 Time is passed in (`clock`), so tests can run it fast. Thread-safe: flow runs of one process
 may run on several event loops.
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gptimg_flows.errors import RateLimited
+from gptimg_flows.media.headers import RETRY_AFTER_CAP
 
 T = TypeVar("T")
 
@@ -99,6 +102,8 @@ class AccountLimiter:
 
     name: str
     images_per_minute: float | None = None
+    #: the longest any 429 holds this account's submits or reads (seconds)
+    max_hold: float = RETRY_AFTER_CAP
     #: images/s never to pass (a block's images_per_minute, or the provider's own figure)
     ceiling: float | None = None
     #: images/s being paced at; None: not pacing (no limit known, no 429 seen)
@@ -195,8 +200,8 @@ class AccountLimiter:
 
     def refused(self, ticket: Ticket, retry_after: float | None, now: float) -> float:
         """A 429 on a submit: nothing was created. Slow down once per pace; returns when the
-        refused submit may go again (its Retry-After is the floor)."""
-        hold = DEFAULT_HOLD if retry_after is None else max(0.0, retry_after)
+        refused submit may go again (its Retry-After is the floor, up to `max_hold`)."""
+        hold = self.hold_for(retry_after)
         with self._lock:
             self.stats.refused += 1
             self.last_retry_after = retry_after
@@ -243,10 +248,20 @@ class AccountLimiter:
             self.epoch += 1  # a new pace: refusals of submits sent before it are not news
             self._wake_head()
 
-    def read_refused(self, retry_after: float | None, now: float) -> None:
+    def read_refused(self, retry_after: float | None, now: float) -> float:
+        """A 429 on a read: the account's reads wait its Retry-After (up to `max_hold`);
+        returns the hold."""
+        hold = self.hold_for(retry_after)
         with self._lock:
-            hold = DEFAULT_HOLD if retry_after is None else max(0.0, retry_after)
             self.read_hold_until = max(self.read_hold_until, now + hold)
+        return hold
+
+    def hold_for(self, retry_after: float | None) -> float:
+        """How long a 429 holds: its Retry-After (none, or NaN: DEFAULT_HOLD), never more
+        than `max_hold`, so a huge one cannot stop the account for the rest of the process."""
+        if retry_after is None or math.isnan(retry_after):
+            return min(DEFAULT_HOLD, self.max_hold)
+        return min(self.max_hold, max(0.0, retry_after))
 
     def read_wait(self, now: float) -> float:
         with self._lock:
@@ -301,14 +316,20 @@ _LIMITERS: dict[str, AccountLimiter] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def limiter_for(account: str, name: str, images_per_minute: float | None) -> AccountLimiter:
+def limiter_for(
+    account: str, name: str, images_per_minute: float | None, max_hold: float | None = None
+) -> AccountLimiter:
     """The account's limiter, made on first use; a block's `images_per_minute` sets its
-    ceiling (from then on, if the block changed)."""
+    ceiling and its `max_retry_after_seconds` the longest hold (from then on, if the block
+    changed; None leaves either as it is)."""
     with _REGISTRY_LOCK:
         limiter = _LIMITERS.get(account)
         if limiter is None:
             limiter = _LIMITERS[account] = AccountLimiter(name, images_per_minute)
-        elif images_per_minute and limiter.images_per_minute != images_per_minute:
+        if max_hold:
+            with limiter._lock:
+                limiter.max_hold = min(max_hold, RETRY_AFTER_CAP)
+        if images_per_minute and limiter.images_per_minute != images_per_minute:
             with limiter._lock:
                 limiter.images_per_minute = images_per_minute
                 limiter.ceiling = images_per_minute / 60.0
@@ -400,14 +421,35 @@ def _gave_up(limiter: AccountLimiter, waited: float, bound: float) -> RateLimite
     )
 
 
-async def gated_read(limiter: AccountLimiter, read: Callable[[], Awaitable[T]]) -> T:
+async def gated_read(
+    limiter: AccountLimiter,
+    read: Callable[[], Awaitable[T]],
+    *,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
     """A free read (a poll, a download) after any 429 the account's reads were given: one
-    poll told to slow down slows its peers too, and leaves the submits' pace alone."""
-    delay = limiter.read_wait(time.monotonic())
+    poll told to slow down slows its peers too, and leaves the submits' pace alone.
+
+    `deadline` (on `clock`): a hold that ends after it is not waited out; RateLimited says
+    so at once. A 429's Retry-After goes up capped at the account's `max_hold`, so retries
+    above (in place, or Prefect's) wait no longer than the hold does.
+    """
+    now = clock()
+    delay = limiter.read_wait(now)
     if delay > 0:
+        if deadline is not None and now + delay > deadline:
+            raise RateLimited(
+                f"the account's reads are held {delay:.0f} s more by a 429's Retry-After, "
+                f"past this read's deadline ({max(0.0, deadline - now):.0f} s away)",
+                retry_after=delay,
+                provider=limiter.name,
+            )
         await asyncio.sleep(delay)
     try:
         return await read()
     except RateLimited as exc:
-        limiter.read_refused(exc.retry_after, time.monotonic())
+        hold = limiter.read_refused(exc.retry_after, clock())
+        if exc.retry_after is not None:
+            exc.retry_after = hold
         raise

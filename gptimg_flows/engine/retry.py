@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gptimg_flows.errors import RateLimited, RetryableError
+from gptimg_flows.media.headers import RETRY_AFTER_CAP
 
 T = TypeVar("T")
 
@@ -45,11 +47,12 @@ def backoff_delay(
     """Delay before retry number `attempt` (0-based): base·2^attempt, capped, +0..jitter·delay.
 
     A provider's Retry-After is a floor: we wait at least that long (plus jitter, so that many
-    clients told the same time do not all return at once).
+    clients told the same time do not all return at once), up to RETRY_AFTER_CAP however it
+    reached us.
     """
     delay = float(min(cap, base * (2.0**attempt)))
-    if retry_after is not None:
-        delay = max(delay, retry_after)
+    if retry_after is not None and not math.isnan(retry_after):
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
     spread = float((rng or random).uniform(0.0, jitter)) * delay
     return round(delay + spread, 3)
 
