@@ -19,9 +19,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
+from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +32,8 @@ from gptimg_flows.errors import InvalidRequest, MalformedResponse
 from gptimg_flows.models import EditRequest, ImageRequest
 from gptimg_flows.providers.openai import OpenAIProvider
 from gptimg_flows.spend.prices import BATCH_DISCOUNT, usage_cost
+
+log = logging.getLogger("gptimg_flows.providers.openai_batch")
 
 GENERATIONS = "/v1/images/generations"
 EDITS = "/v1/images/edits"
@@ -41,6 +46,13 @@ MAX_BYTES = 200 * 1024 * 1024
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 #: Metadata key naming our batch record, so a lost create answer can be found again.
 METADATA_KEY = "gptimg_batch"
+#: `GET /batches` pages: OpenAI's largest page, and how many we read at most (a million
+#: batches) before a lost create counts as not found.
+LIST_LIMIT = 100
+MAX_LIST_PAGES = 10_000
+#: A lost create is looked for among batches this much older than its record too: OpenAI's
+#: clock (`created_at`) and ours (the record's time) may disagree.
+CLOCK_SKEW = timedelta(minutes=10)
 
 
 class BatchStatus(BaseModel):
@@ -54,10 +66,19 @@ class BatchStatus(BaseModel):
     error_file_id: str | None = None
     request_counts: dict[str, int] = Field(default_factory=dict)
     metadata: dict[str, str] | None = None
+    created_at: float | None = None
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+class BatchPage(NamedTuple):
+    """One page of `GET /batches` (newest first) and the cursor of the next one."""
+
+    batches: list[BatchStatus]
+    has_more: bool
+    last_id: str | None
 
 
 class LineResult(BaseModel):
@@ -163,17 +184,47 @@ class OpenAIBatchAPI:
         _, body = await self._api.request("GET", f"/batches/{batch_id}", job_id=batch_id)
         return self._status(body)
 
-    async def find(self, record_key: str, limit: int = 100) -> BatchStatus | None:
-        """The batch whose metadata names our record (a create whose answer was lost)."""
-        _, body = await self._api.request("GET", f"/batches?limit={limit}")
+    async def find(
+        self, record_key: str, since: datetime | None = None, limit: int = LIST_LIMIT
+    ) -> BatchStatus | None:
+        """The batch whose metadata names our record (a create whose answer was lost).
+
+        OpenAI lists batches newest first, a page at a time, and an account may have made
+        any number since ours: pages are read until ours is found, the list ends, or a whole
+        page is older than `since` (when our record was written, less `CLOCK_SKEW`), as our
+        batch cannot be older than its record. None: not found (or a list that never ends).
+        """
+        oldest = _unix(since - CLOCK_SKEW) if since is not None else None
+        after: str | None = None
+        cursors: set[str] = set()
+        for _ in range(MAX_LIST_PAGES):
+            page = await self.list_page(limit, after)
+            for status in page.batches:
+                if (status.metadata or {}).get(METADATA_KEY) == record_key:
+                    return status
+            if not page.has_more or _all_older(page.batches, oldest):
+                return None
+            if page.last_id is None or page.last_id in cursors:
+                log.warning("GET /batches gave no new cursor (%r): stopped paging", page.last_id)
+                return None
+            cursors.add(page.last_id)
+            after = page.last_id
+        log.warning(
+            "GET /batches: stopped after %d pages without finding the batch", MAX_LIST_PAGES
+        )
+        return None
+
+    async def list_page(self, limit: int = LIST_LIMIT, after: str | None = None) -> BatchPage:
+        """One page of `GET /batches`: the batches after the one named `after`."""
+        query = {"limit": limit, **({"after": after} if after else {})}
+        _, body = await self._api.request("GET", f"/batches?{urlencode(query)}")
         items = body.get("data") if isinstance(body, dict) else None
         if not isinstance(items, list):
             raise MalformedResponse("batch list has no `data`", provider="openai")
-        for item in items:
-            status = self._status(item)
-            if (status.metadata or {}).get(METADATA_KEY) == record_key:
-                return status
-        return None
+        batches = [self._status(item) for item in items]
+        last = body.get("last_id")
+        last_id = last if isinstance(last, str) and last else (batches[-1].id if batches else None)
+        return BatchPage(batches, body.get("has_more") is True, last_id)
 
     async def results(self, file_id: str) -> AsyncIterator[LineResult]:
         """The output (or error) file, one line at a time: never the whole file in memory."""
@@ -216,6 +267,18 @@ class OpenAIBatchAPI:
         if not isinstance(body, dict) or name not in body:
             raise MalformedResponse(f"answer has no `{name}`", provider="openai")
         return body[name]
+
+
+def _unix(moment: datetime) -> float:
+    """A moment as a unix time (a time without a zone is UTC, as our records write it)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _all_older(batches: list[BatchStatus], oldest: float | None) -> bool:
+    """Every batch of a page was created before `oldest` (one without a time is not)."""
+    if oldest is None or not batches:
+        return False
+    return all(b.created_at is not None and b.created_at < oldest for b in batches)
 
 
 def _error_text(error: Any) -> str | None:

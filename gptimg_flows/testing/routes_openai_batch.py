@@ -5,8 +5,9 @@ an edit's input image, which an edit line names as `{"file_id": …}` (or carrie
 `image_url` data URL); `POST /batches` starts a
 batch that runs for the provider's latency (validating → in_progress → finalizing →
 completed); on the first look after that, every line is drawn, billed at half the token price
-and written to an output file, one JSONL line per `custom_id`. `GET /batches?limit=` lists
-batches with their metadata, newest first.
+and written to an output file, one JSONL line per `custom_id`. `GET /batches` lists batches with
+their metadata, newest first, a page at a time as OpenAI does: `limit` (1 to 100, default 20),
+`after` (the last id of the previous page), and `has_more`, `first_id`, `last_id`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from gptimg_flows.testing.state import Emulator, endpoint, new_id, output_seed
 ENDPOINT = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 PURPOSES = ("batch", "vision", "user_data")
+#: OpenAI's page size for list endpoints: default and largest.
+LIST_DEFAULT = 20
+LIST_MAX = 100
 
 
 @dataclass
@@ -162,12 +166,30 @@ async def get_batch(request: Request, emu: Emulator) -> Response:
 
 @endpoint(P, "poll")
 async def list_batches(request: Request, emu: Emulator) -> Response:
+    """One page of batches, newest first: those after `after`, at most `limit`."""
     if not emu.authorized(P, request):
         return shapes.unauthorized(P)
-    limit = int(request.query_params.get("limit", "20"))
-    batches = sorted(store_of(emu).batches.values(), key=lambda b: -b.created)[:limit]
-    now = emu.now()
-    return JSONResponse({"object": "list", "data": [b.view(now) for b in batches]})
+    raw = request.query_params.get("limit", str(LIST_DEFAULT))
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= LIST_MAX:
+        return shapes.invalid(P, f"limit must be an integer from 1 to {LIST_MAX}.", param="limit")
+    # Newest first; of two made at the same moment, the later one first.
+    batches = sorted(reversed(store_of(emu).batches.values()), key=lambda b: -b.created)
+    after = request.query_params.get("after")
+    if after is not None:
+        ids = [b.batch_id for b in batches]
+        if after not in ids:
+            return shapes.invalid(P, f"No such batch: {after!r}", param="after")
+        batches = batches[ids.index(after) + 1 :]
+    page, now = batches[: int(raw)], emu.now()
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": [b.view(now) for b in page],
+            "first_id": page[0].batch_id if page else None,
+            "last_id": page[-1].batch_id if page else None,
+            "has_more": len(batches) > len(page),
+        }
+    )
 
 
 @endpoint(P, "download")
@@ -244,7 +266,9 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
         params.prompt, params.width, params.height, params.quality, len(inputs), params.n
     )
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-    emu.ledger.submission(P, job_id, params.n, digest, key=custom_id, path=path)
+    emu.ledger.submission(
+        P, job_id, params.n, digest, key=custom_id, path=path, prompt=params.prompt
+    )
     emu.ledger.charge(P, job_id, round((usage_cost(usage) or 0.0) * BATCH_DISCOUNT, 9))
     batch.counts["completed"] += 1
     answer = {
