@@ -32,7 +32,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from gptimg_flows.blocks.credentials import RunwareCredentials
+from gptimg_flows.blocks.credentials import ImageArchive, RunwareCredentials
 from gptimg_flows.distributed.flow import distributed_batch
 from gptimg_flows.distributed.plan import plan_chunks
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest
@@ -108,13 +108,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def _runs(
-    cluster: Cluster, archive: Path, deployment_name: str = BATCH_DEPLOYMENT
+    cluster: Cluster,
+    archive: Path,
+    deployment_name: str = BATCH_DEPLOYMENT,
+    block: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The chunk runs (runs of the batch deployment) writing into `archive`."""
+    """The chunk runs (runs of the batch deployment) writing into `archive` (given as its
+    path, or as the saved ImageArchive `block` naming it)."""
     deployment = api(cluster.env, "GET", f"/deployments/name/{deployment_name}")
     body = {"deployments": {"id": {"any_": [deployment["id"]]}}, "limit": 200}
     runs: list[dict[str, Any]] = api(cluster.env, "POST", "/flow_runs/filter", body)
-    return [r for r in runs if r["parameters"].get("archive") == str(archive)]
+    named = {str(archive), block}
+    return [r for r in runs if r["parameters"].get("archive") in named]
 
 
 def _assert_paid_once(ledger: dict[str, Any], count: int, repeated: int = 0) -> None:
@@ -172,7 +177,12 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     # A CSV whose `sku` column is each row's own: the sidecars must join back to it by `row`.
     prompts = [f"distributed prompt {i}" for i in range(299)] + ["distributed prompt 0"]
     archive.mkdir(parents=True)
-    table = archive / "inputs.csv"  # under the archive: a deployment's run may read it
+    # Under the archive, saved as a block: a deployment's run may read its folder (a folder a
+    # parameter names is never a read root).
+    table = archive / "inputs.csv"
+    archive_block = f"dist-archive-{uuid.uuid4().hex[:6]}"
+    with temporary_settings(updates={PREFECT_API_URL: cluster.env["PREFECT_API_URL"]}):
+        await ImageArchive(basepath=str(archive)).asave(archive_block)
     with table.open("w", newline="") as fh:
         out = csv.writer(fh)
         out.writerow(["prompt", "sku", "size"])
@@ -182,7 +192,7 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     params: dict[str, Any] = dict(
         prompts=str(table),
         provider=provider,
-        archive=str(archive),
+        archive=archive_block,
         chunk_size=50,
         concurrency=10,
         max_cost=301 * PRICE,
@@ -201,7 +211,7 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
     assert done["state_type"] == "COMPLETED", (done["state"], _logs(cluster))
     ledger = emulator.ledger()
     _assert_paid_once(ledger, 300, repeated=1)
-    runs = _runs(cluster, archive)
+    runs = _runs(cluster, archive, block=archive_block)
     assert len(runs) == 6 and {r["state_type"] for r in runs} == {"COMPLETED"}, runs
     # Chunk runs are subflows of the parent (the UI nests them; cancelling it cancels them).
     for run in runs:
@@ -223,9 +233,9 @@ async def test_a_batch_over_three_workers_is_paid_once_in_order_and_rerun_free(
         again = await distributed_batch(**params)
     rerun = time.monotonic() - started
     assert emulator.ledger()["submissions"] == ledger["submissions"]
-    new_runs = {r["name"].split("-", 1)[1] for r in _runs(cluster, archive)} - {
-        r["name"].split("-", 1)[1] for r in runs
-    }
+    new_runs = {
+        r["name"].split("-", 1)[1] for r in _runs(cluster, archive, block=archive_block)
+    } - {r["name"].split("-", 1)[1] for r in runs}
     assert new_runs == {"chunk-5-try-1"}, new_runs
     assert [img.row for img in again.images] == list(range(300))
     assert [img.prompt for img in again.images] == prompts[:300]
@@ -297,8 +307,6 @@ async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_t
     """The parent (a deployment run on a worker) reads the prompt file from the bucket and every
     chunk run archives there, with keys that exist only in the saved ImageArchive block."""
     import json as _json
-
-    from gptimg_flows import ImageArchive
 
     emulator.configure(latency=0.3, render_mode="stamp")
     provider = await save_provider(cluster, emulator)

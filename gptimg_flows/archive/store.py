@@ -92,6 +92,10 @@ class Archive:
         self.basepath = (basepath or default_basepath()).rstrip("/")
         #: protocol → fsspec options for files read from other stores (prompt files, inputs).
         self.read_options = {k: dict(v) for k, v in (read_options or {}).items()}
+        #: Came from configuration (a saved block, the worker's default), not from a folder or
+        #: options a run's parameter named: only then does a deployment's run read user-named
+        #: files with it (its folder as a read root, its options). Set by blocks/resolve.py.
+        self.configured = False
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.link_expiry_seconds = link_expiry_seconds
         self.storage_options = dict(storage_options or {})

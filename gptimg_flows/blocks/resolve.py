@@ -202,9 +202,11 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
     """An ImageArchive block, a saved block's name, a path or fsspec URL, or None (default).
 
     Under a deployment, one that would not outlive the run is refused (module docstring).
+    Whether it came from configuration (`Archive.configured`) is set here.
     """
     deployed = in_deployment_run()
     block_name: str | None = None  # the saved block the archive came from, if it did
+    from_config = True  # a saved block or the default; False for what a parameter built
     if archive is None:
         configured = os.environ.get(DEFAULT_ARCHIVE_ENV)
         if deployed and not configured:
@@ -220,9 +222,11 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         store = await _archive_of_block(archive)
         given = store.basepath
         block_name = getattr(archive, "_block_document_name", None) or ""  # "": unsaved
+        from_config = is_saved(archive)
     elif is_s3_bucket(archive):
         store = archive_of_bucket(archive)
         given = store.basepath
+        from_config = is_saved(archive)
     elif not isinstance(archive, str):
         raise InvalidRequest(
             f"archive: a {type(archive).__name__} is not an archive; give an ImageArchive or "
@@ -237,6 +241,7 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
             store = archive_of_bucket(await load_s3_bucket(text.removeprefix(S3_BUCKET_PREFIX)))
         elif looks_like_path(text):
             store = open_archive(text)
+            from_config = is_worker_default(store)
         else:
             store = await _archive_of_name(text)
             block_name = text
@@ -254,7 +259,31 @@ async def resolve_archive(archive: ArchiveParam) -> Archive:
         if problem:
             raise InvalidRequest(f"archive: {problem}; {_ARCHIVE_FIX}", field="archive")
     await asyncio.to_thread(store.sweep_stale)
+    store.configured = from_config
     return store
+
+
+def is_saved(block: object) -> bool:
+    """A block document saved under a name (loaded, or a `$ref` parameter Prefect loaded):
+    configuration. Not one built from a parameter's values, nor an anonymous one."""
+    named = bool(getattr(block, "_block_document_name", None))
+    return named and not getattr(block, "_is_anonymous", False)
+
+
+def is_worker_default(store: Archive) -> bool:
+    """`store` is where the worker's `$GPTIMG_ARCHIVE` points, however a parameter named it."""
+    default = os.environ.get(DEFAULT_ARCHIVE_ENV)
+    if not default:
+        return False
+    try:
+        configured = Archive(default)
+    except (ValueError, ImportError):  # a broken default is resolve's to report, not ours
+        return False
+    return _location(configured) == _location(store)
+
+
+def _location(store: Archive) -> tuple[str, str]:
+    return store.protocol, os.path.realpath(store.root) if store.local else store.root
 
 
 async def _archive_of_name(name: str) -> Archive:

@@ -35,7 +35,8 @@ import httpx
 from gptimg_flows.errors import InvalidRequest
 
 ALLOW_PRIVATE_ENV = "GPTIMG_ALLOW_PRIVATE_URLS"
-#: Where a deployment's run may read local files, besides a local archive (os.pathsep-separated).
+#: Where a deployment's run may read local files, besides a configured archive's folder
+#: (os.pathsep-separated).
 READ_ROOTS_ENV = "GPTIMG_READ_ROOTS"
 #: Stores read through fsspec; anything else with a scheme is refused.
 REMOTE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory"})
@@ -141,7 +142,10 @@ def check_local(path: str, what: str, rules: ReadRules) -> str:
         allowed = ", ".join(rules.roots) or "none are set"
         raise InvalidRequest(
             f"{what}: {path} is outside the folders this run may read ({allowed}); a "
-            f"deployment's run reads local files only under the archive and {READ_ROOTS_ENV}",
+            f"deployment's run reads local files only under {READ_ROOTS_ENV} and its archive's "
+            "folder when that is a saved ImageArchive block's or the worker's GPTIMG_ARCHIVE, "
+            "never a folder a parameter names: move the file under one of those, or add its "
+            f"folder to {READ_ROOTS_ENV} on the worker",
             field=what,
         )
     try:
