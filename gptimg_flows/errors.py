@@ -174,6 +174,28 @@ class RoutedElsewhere(ProviderError):
         super().__init__(message, **kw)  # type: ignore[arg-type]
 
 
+def nothing_created(exc: ProviderError) -> bool:
+    """The answer to a paid submit says the provider created nothing, so the request may be
+    sent again (or to another member): a 429, a 503 (the server declined to take it), a 4xx
+    refusal (bad request, credentials, credits, moderation), a connection that never carried
+    the request, or our own budget's refusal. A 500/502/504, a reset or a timeout after
+    sending, an answer we cannot read or any other surprise may have created a job: it is
+    looked up where the provider can be asked, otherwise uncertain (docs/wire.md)."""
+    if isinstance(exc, TransportError):
+        return not exc.request_sent
+    if isinstance(exc, ServerError):
+        return exc.status_code == 503
+    return isinstance(
+        exc,
+        RateLimited
+        | InvalidRequest
+        | AuthError
+        | InsufficientCredits
+        | ContentRejected
+        | BudgetExceeded,
+    )
+
+
 def can_move_on(exc: BaseException) -> bool:
     """A route may try another member: the submit created nothing (`unpaid`), and the seller
     is down, refusing the account (401/403, no credits, a spend limit) or full (a rate limit

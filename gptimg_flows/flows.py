@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
+from gptimg_flows.blocks.credentials import ProviderSpec
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -50,7 +50,6 @@ from gptimg_flows.models import (
     Resolution,
     build_request,
 )
-from gptimg_flows.providers.base import Provider
 from gptimg_flows.results import (
     BatchFailure,
     BatchResult,
@@ -514,7 +513,7 @@ async def batch_generate(
                 field="row_numbers",
             )
         await batch_api_rows(
-            provider_of(spec),
+            spec,
             store,
             rows,
             requests,
@@ -612,14 +611,14 @@ def _row_numbers(given: list[int] | None, count: int) -> list[int]:
     return list(given)
 
 
-def _batch_provider(spec: ProviderSpec | Route) -> Provider:
+def _batch_provider(spec: ProviderSpec | Route) -> ProviderSpec:
     if isinstance(spec, Route):
         raise InvalidRequest(
             "batch_api=True sends requests to OpenAI's Batch API: give one OpenAI block as "
             "`provider`, not a route",
             field="batch_api",
         )
-    return provider_of(spec)
+    return spec
 
 
 def fill_template(template: str, day: date, themes: list[str]) -> str:

@@ -28,7 +28,7 @@ RANKS: dict[str, int] = {
 }  # fmt: skip
 #: Units that never import Prefect.
 NO_PREFECT = {"errors", "sizes", "models", "results", "rows", "media", "spend", "providers",
-              "archive", "engine.rate_limiter", "engine.records"}  # fmt: skip
+              "archive", "engine.rate_limiter", "engine.records", "engine.job_record"}  # fmt: skip
 #: Units where Prefect's task and flow machinery may be used.
 TASK_MACHINERY = {"engine", "tasks", "flows", "review", "distributed"}
 

@@ -30,10 +30,18 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from gptimg_flows import errors as _errors
-from gptimg_flows.archive.layout import batch_rel, job_rel
+from gptimg_flows.archive.layout import batch_rel
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.engine.records import archived_result, request_key, write_images
-from gptimg_flows.engine.steps import load_edit_inputs
+from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
+from gptimg_flows.engine.job_record import Recorded, State, mark_batched
+from gptimg_flows.engine.records import (
+    archived_result,
+    archived_under,
+    request_key,
+    route_key,
+    write_images,
+)
+from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, settled, uncertain_text
 from gptimg_flows.errors import InvalidRequest, MalformedResponse, ProviderError, TransportError
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
@@ -47,7 +55,6 @@ from gptimg_flows.models import (
     JobStatus,
     OutputRef,
 )
-from gptimg_flows.providers.base import Provider
 from gptimg_flows.providers.openai import OpenAIProvider
 from gptimg_flows.providers.openai_batch import (
     METADATA_KEY,
@@ -65,6 +72,9 @@ from gptimg_flows.results import BatchFailure
 from gptimg_flows.rows import Row, row_metadata, row_prompt
 from gptimg_flows.spend.prices import BATCH_DISCOUNT, Budget, must_fit
 
+#: How long a row paid synchronously before, met by a Batch API run, is polled for.
+RESUME_TIMEOUT_SECONDS = 900.0
+
 
 @dataclass
 class BatchItem:
@@ -81,6 +91,8 @@ class BatchItem:
     parents: list[str] = field(default_factory=list)
     #: a batch row's position goes in its sidecars; a single run's requests have none
     sidecar_row: bool = True
+    #: the key the same request has when sent through a route (it may be recorded there)
+    routed_key: str = ""
 
 
 def record_id(keys: Sequence[str]) -> str:
@@ -112,7 +124,7 @@ async def submit_openai_batch(
     if found and found.get("batch_id"):
         return str(found["batch_id"])
     if found and found.get("state") == "creating":
-        existing = await api.find(record)
+        existing = await api.find(record, since=_started_at(found))
         if existing is not None:
             await _write_created(archive, record, found, existing)
             logger.info("found batch %s created earlier for these rows", existing.id)
@@ -123,9 +135,18 @@ async def submit_openai_batch(
         "keys": [i.key for i in items],
         "started_at": datetime.now(UTC).isoformat(),
     }
-    for item in items:
-        await asyncio.to_thread(
-            archive.write_json, job_rel(item.key), {"state": "batched", "batch": record}
+    held = [
+        (item, found)
+        for item in items
+        if (found := await asyncio.to_thread(mark_batched, archive, item.key, record)) is not None
+    ]
+    if held:  # another run began paying for these rows since they were grouped: send nothing
+        item, found = held[0]
+        raise ProviderError(
+            f"{len(held)} row(s) of this batch (row {item.row} first) were taken by another run "
+            f"while the batch was made (their job record says {found.state.value}): nothing "
+            "was sent; re-run to collect them",
+            provider="openai",
         )
     await asyncio.to_thread(archive.write_json, batch_rel(record), state)
     refs = await _uploaded_inputs(api, items)
@@ -147,6 +168,15 @@ async def submit_openai_batch(
     await _write_created(archive, record, state, created)
     logger.info("created OpenAI batch %s with %d line(s)", created.id, len(items))
     return created.id
+
+
+def _started_at(record: dict[str, Any]) -> datetime | None:
+    """When a batch record was written: its batch cannot be older, so the lookup of a lost
+    create stops there (None, unreadable: the whole list is read)."""
+    try:
+        return datetime.fromisoformat(str(record["started_at"]))
+    except (KeyError, ValueError):
+        return None
 
 
 async def _uploaded_inputs(
@@ -274,17 +304,47 @@ async def _archive_line(
     return archived
 
 
-async def recorded_batches(archive: Archive, items: list[BatchItem]) -> dict[str, list[BatchItem]]:
-    """Rows whose job record names a batch already on record, grouped by that batch."""
-    grouped: dict[str, list[BatchItem]] = {}
+@dataclass
+class Sorted:
+    """A run's rows by what their records say (engine/job_record): in a recorded batch, a
+    synchronous job to resume, uncertain, or free to send."""
+
+    batches: dict[str, list[BatchItem]] = field(default_factory=dict)
+    resume: list[BatchItem] = field(default_factory=list)
+    uncertain: list[tuple[BatchItem, Recorded]] = field(default_factory=list)
+    new: list[BatchItem] = field(default_factory=list)
+    #: rows a route sent to another seller (or whose routed submit is in doubt)
+    elsewhere: list[tuple[BatchItem, Recorded]] = field(default_factory=list)
+
+
+def _made_by(found: Recorded) -> str | None:
+    job = (found.record or {}).get("job")
+    return job.get("provider") if isinstance(job, dict) else None
+
+
+async def sorted_by_record(archive: Archive, items: list[BatchItem]) -> Sorted:
+    """Each row's record, read once (a live synchronous claim waited for until it settles):
+    a record of a paid or possibly paid submit is never sent in a batch again."""
+    out = Sorted()
     for item in items:
-        job = await asyncio.to_thread(archive.read_json, job_rel(item.key))
-        record = (
-            job.get("batch") if isinstance(job, dict) and job.get("state") == "batched" else None
-        )
-        if record and await asyncio.to_thread(archive.read_json, batch_rel(str(record))):
-            grouped.setdefault(str(record), []).append(item)
-    return grouped
+        found = await settled(archive, item.key)
+        if found.state is State.NONE and item.routed_key:
+            routed = await settled(archive, item.routed_key)  # sent through a route before
+            if routed.state is State.SUBMITTED and _made_by(routed) == "openai":
+                item.key = routed.key  # resumed under the key it was paid under
+                found = routed
+            elif routed.state is not State.NONE:
+                out.elsewhere.append((item, routed))
+                continue
+        if found.state is State.BATCHED and found.record is not None:
+            out.batches.setdefault(str(found.record["batch"]), []).append(item)
+        elif found.state is State.SUBMITTED:
+            out.resume.append(item)
+        elif found.state is State.UNCERTAIN:
+            out.uncertain.append((item, found))
+        else:
+            out.new.append(item)
+    return out
 
 
 def new_batches(api: OpenAIBatchAPI, items: list[BatchItem]) -> dict[str, list[BatchItem]]:
@@ -308,7 +368,7 @@ def _sized_line(api: OpenAIBatchAPI, item: BatchItem) -> bytes:
 
 
 async def run_through_batch_api(
-    adapter: object,
+    spec: ProviderSpec,
     archive: Archive,
     items: list[BatchItem],
     *,
@@ -317,12 +377,14 @@ async def run_through_batch_api(
 ) -> tuple[list[ArchivedImage], dict[int, tuple[str, str]]]:
     """Every row through the Batch API: archived rows answered from the archive, rows in a
     recorded batch collected from it, the rest sent as new batches. Returns the images (with
-    their rows) and, per row, (error type, message) for rows without images."""
-    api = batch_api_of(adapter)
+    their rows) and, per row, (error type, message) for rows without images. A row whose
+    record says it was paid synchronously is resumed there; one whose submit is uncertain is
+    reported, never sent again."""
+    api = batch_api_of(provider_of(spec))
     images: list[ArchivedImage] = []
     pending: list[BatchItem] = []
     for item in items:
-        found = await archived_result(archive, item.key)
+        found = await archived_under(archive, [item.key, item.routed_key or item.key])
         if found:
             images += [
                 i.model_copy(
@@ -336,10 +398,39 @@ async def run_through_batch_api(
             ]
         else:
             pending.append(item)
-    groups = await recorded_batches(archive, pending)
-    grouped = {i.key for members in groups.values() for i in members}
-    groups.update(new_batches(api, [i for i in pending if i.key not in grouped]))
+    rows = await sorted_by_record(archive, pending)
+    groups = dict(rows.batches)
+    groups.update(new_batches(api, rows.new))
     errors: dict[int, tuple[str, str]] = {}
+    for item, doubt in rows.uncertain:
+        errors[item.row] = ("SubmitUncertain", uncertain_text(doubt))
+    for item, routed in rows.elsewhere:
+        errors[item.row] = (
+            "RoutedElsewhere",
+            f"this request was sent through a route ({routed.member or 'a member'}; its record "
+            f"says {routed.state.value}): it stays there; run it through that route to collect "
+            "it (nothing is sent in a batch)",
+        )
+
+    async def resume(item: BatchItem) -> None:
+        """A row paid synchronously before (its job on record): polled and downloaded as a
+        synchronous run would, never sent in a batch."""
+        try:
+            made = await make_images_for(spec)(
+                spec,
+                item.request,
+                None,
+                item.key,
+                archive,
+                item.parents,
+                item.extra,
+                RESUME_TIMEOUT_SECONDS,
+                item.row if item.sidecar_row else None,
+            )
+        except Exception as exc:
+            errors[item.row] = (type(exc).__name__, str(exc))
+            return
+        images.extend(m.model_copy(update={"row": item.row}) for m in made)
 
     async def one(record: str, members: list[BatchItem]) -> None:
         rows = {i.key: i.row for i in members}
@@ -357,13 +448,16 @@ async def run_through_batch_api(
             kind, _, message = text.partition(": ")
             errors[rows[key]] = (kind, message)
 
-    await asyncio.gather(*(one(record, members) for record, members in groups.items()))
+    await asyncio.gather(
+        *(one(record, members) for record, members in groups.items()),
+        *(resume(item) for item in rows.resume),
+    )
     images.sort(key=lambda i: i.row if i.row is not None else -1)
     return images, errors
 
 
 async def batch_api_rows(
-    adapter: Provider,
+    spec: ProviderSpec,
     store: Archive,
     rows: list[Row],
     requests: list[ImageRequest | None],
@@ -376,6 +470,7 @@ async def batch_api_rows(
     failures: list[BatchFailure],
 ) -> None:
     """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
+    adapter = provider_of(spec)
     stamp = refresh_stamp or ""
     items = [
         BatchItem(
@@ -383,6 +478,7 @@ async def batch_api_rows(
             request=r,
             key=request_key(adapter, r, [], slots[i] + stamp),
             extra=row_metadata(rows[i]),
+            routed_key=route_key(r, [], slots[i] + stamp),
         )
         for i, r in enumerate(requests)
         if r is not None
@@ -397,7 +493,7 @@ async def batch_api_rows(
             " (half the token-table price) if nothing is archived",
         )
     images, errors = await run_through_batch_api(
-        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+        spec, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
     )
     for img in images:
         if img.row is not None:
@@ -415,7 +511,7 @@ async def batch_api_rows(
 
 
 async def batch_produce(
-    adapter: Provider,
+    spec: ProviderSpec,
     store: Archive,
     requests: list[tuple[ImageRequest, str, dict[str, Any]]],
     *,
@@ -429,6 +525,7 @@ async def batch_produce(
     finds the other's images). Inputs are read and checked first; each request reserves half
     its price in `budget` before anything is sent. The first request without images raises
     its error (BatchPending while the batch runs on)."""
+    adapter = provider_of(spec)
     stamp = refresh_stamp or ""
     items: list[BatchItem] = []
     for index, (request, slot, extra) in enumerate(requests):
@@ -445,7 +542,17 @@ async def batch_produce(
             await asyncio.gather(*(asyncio.to_thread(_keep_input, store, i) for i in inputs))
         key = request_key(adapter, request, digests, slot + stamp)
         items.append(
-            BatchItem(index, request, key, dict(extra), inputs, mask, parents, sidecar_row=False)
+            BatchItem(
+                index,
+                request,
+                key,
+                dict(extra),
+                inputs,
+                mask,
+                parents,
+                sidecar_row=False,
+                routed_key=route_key(request, digests, slot + stamp),
+            )
         )
     held: dict[str, float] = {}
     if budget is not None:
@@ -455,7 +562,7 @@ async def batch_produce(
                 half = None if price.amount is None else round(price.amount * BATCH_DISCOUNT, 9)
                 held[item.key] = budget.reserve(price.model_copy(update={"amount": half}))
     images, errors = await run_through_batch_api(
-        adapter, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+        spec, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
     )
     if budget is not None:
         for key, amount in held.items():

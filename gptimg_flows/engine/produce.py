@@ -14,11 +14,12 @@ from prefect.logging import get_run_logger
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.blocks.route import Route
-from gptimg_flows.engine.records import archived_result, job_recorded, request_key, route_key
+from gptimg_flows.engine.job_record import NO_PAYING, Recorded, State, recorded
+from gptimg_flows.engine.records import request_key, route_key
 from gptimg_flows.engine.routing import Prepared, RoutePlanner, produce_routed
 from gptimg_flows.engine.spend_limit import take_spend
 from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, upload_inputs
-from gptimg_flows.errors import BudgetExceeded, InvalidRequest
+from gptimg_flows.errors import BudgetExceeded, InvalidRequest, RoutedElsewhere
 from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest
 from gptimg_flows.spend.estimate import Pricer
 from gptimg_flows.spend.prices import Budget
@@ -92,15 +93,20 @@ async def produce(
     adapter = provider_of(spec)
     loaded, mask, parents = prepared.loaded, prepared.mask, prepared.parents
     key = request_key(adapter, request, prepared.digests, slot)
-    if not refresh and (found := await archived_result(archive, key)):
+    # The request's own key, then the route key (sent through a route before): one record.
+    found = await recorded(archive, [key, route_key(request, prepared.digests, slot)])
+    if found.state is State.ARCHIVED and found.images:
         logger.info(
-            "%d image(s) for this request are already archived: no provider call", len(found)
+            "%d image(s) for this request are already archived: no provider call",
+            len(found.images),
         )
-        return [img.model_copy(update={"from_archive": True}) for img in found]
+        return [img.model_copy(update={"from_archive": True}) for img in found.images]
+    if found.key != key and found.state in NO_PAYING:
+        key = _resumable_route_key(found, adapter.name)
     price = adapter.price(request)
     held = budget.reserve(price) if budget is not None else 0.0
     try:
-        if not await job_recorded(archive, key):
+        if found.may_pay:
             await take_spend(spec, price)
         inputs = (
             await upload_inputs(spec, request, loaded, mask, archive)
@@ -119,6 +125,21 @@ async def produce(
         costs = [i.cost for i in paid if i.cost is not None]
         budget.settle(held, sum(costs) if costs or not paid else None)
     return archived
+
+
+def _resumable_route_key(found: Recorded, provider: str) -> str:
+    """A request sent through a route earlier, met by a run of one provider: resumed under
+    the route's key when that provider made it; otherwise it stays where it was sent."""
+    record = found.record or {}
+    job = record.get("job")
+    made_by = job.get("provider") if isinstance(job, dict) else record.get("provider")
+    if made_by == provider:
+        return found.key
+    raise RoutedElsewhere(
+        f"this request was sent through a route to {found.member or made_by!r}: it stays there "
+        "(run it through that route or provider to collect it; nothing is paid again)",
+        member=str(found.member or made_by),
+    )
 
 
 def refresh_stamp() -> str:

@@ -25,19 +25,13 @@ from typing import Any
 
 from prefect.logging import get_run_logger
 
-from gptimg_flows.archive.layout import job_rel
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import provider_of
 from gptimg_flows.blocks.route import Member, Route
 from gptimg_flows.engine import route_health as health
+from gptimg_flows.engine.job_record import NO_PAYING, State, recorded
 from gptimg_flows.engine.pacing import ROUTED_SUBMIT, RoutedSubmit, account_limiter
-from gptimg_flows.engine.records import (
-    archived_under,
-    member_of_record,
-    record_job,
-    request_key,
-    route_key,
-)
+from gptimg_flows.engine.records import request_key, route_key
 from gptimg_flows.engine.spend_limit import take_spend
 from gptimg_flows.engine.steps import make_images_for, upload_inputs
 from gptimg_flows.errors import (
@@ -49,7 +43,7 @@ from gptimg_flows.errors import (
     ServerError,
     can_move_on,
 )
-from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, InputImage, Job
+from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest, InputImage
 from gptimg_flows.providers.base import Provider
 from gptimg_flows.spend.prices import Budget, Price
 
@@ -113,10 +107,19 @@ class RoutePlanner:
         return in_unit(adapter.price(request), self.cost_unit, usd_rate(first, adapter), first.name)
 
     def keys(self, request: ImageRequest, digests: list[str], slot: str) -> list[str]:
-        """Where a request's images may already be recorded: the route's key, then each
-        member's own (images made before the provider became a route)."""
+        """Where a request's images or job may already be recorded: the route's key, then
+        each member's own (sent there before the provider became a route)."""
         own = [request_key(provider_of(m.spec), request, digests, slot) for m in self.route.members]
-        return [route_key(request, digests, slot), *own]
+        return [route_key(request, digests, slot), *dict.fromkeys(own)]
+
+    def member_of_key(
+        self, key: str, request: ImageRequest, digests: list[str], slot: str
+    ) -> str | None:
+        """The member whose own key `key` is (the first, where two share a provider)."""
+        for member in self.route.members:
+            if request_key(provider_of(member.spec), request, digests, slot) == key:
+                return member.name
+        return None
 
 
 def candidates(route: Route, request: ImageRequest) -> list[Member]:
@@ -183,15 +186,21 @@ async def produce_routed(
     planner = RoutePlanner(route)
     keys = planner.keys(request, prepared.digests, slot)
     key = keys[0]  # the route's own: what it claims and records under
-    if not refresh and (found := await archived_under(archive, keys)):
+    found = await recorded(archive, keys)
+    if not refresh and found.state is State.ARCHIVED and found.images:
         logger.info(
-            "%d image(s) for this request are already archived: no provider call", len(found)
+            "%d image(s) for this request are already archived: no provider call",
+            len(found.images),
         )
-        answered = [img.model_copy(update={"from_archive": True}) for img in found]
+        answered = [img.model_copy(update={"from_archive": True}) for img in found.images]
         _count_images(route, answered)
         return answered
-    record = await asyncio.to_thread(archive.read_json, job_rel(key))
-    held_by = member_of_record(record)
+    held_by = found.member if found.key == key else None
+    if found.key != key and found.state in NO_PAYING:
+        # Recorded under a member's own key (sent there before the provider became a route):
+        # it stays with that member, under that key.
+        held_by = planner.member_of_key(found.key, request, prepared.digests, slot)
+        key = found.key
     moved_from: dict[str, BaseException] = {}
     spilled: set[str] = set()
     deadline = time.monotonic() + timeout_seconds
@@ -232,15 +241,6 @@ async def produce_routed(
         except ProviderError as exc:
             if held_by is not None or not can_move_on(exc):
                 raise
-            adapter = provider_of(member.spec)
-            if (
-                isinstance(exc, ServerError)
-                and exc.status_code != 503  # "unavailable": the request was not taken
-                and adapter.capabilities.can_find_job_by_key
-                and await _found_after_all(adapter, archive, key, request, member)
-            ):
-                held_by = member.name  # the provider had it after all: it stays there
-                continue
             stats = health.run_stats(health.run_id(), member.name)
             if isinstance(exc, RateLimited):
                 if wait is None:
@@ -256,7 +256,7 @@ async def produce_routed(
                 moved_from[member.name] = exc
                 health.count(stats, failovers=1)
                 logger.warning(
-                    "route %s: failing over from %s (%s: %s); nothing was paid there",
+                    "route %s: failing over from %s (%s: %s); it said nothing was made there",
                     route.name,
                     member.name,
                     type(exc).__name__,
@@ -330,10 +330,12 @@ async def _attempt(
     account = _account(member)
     rate = usd_rate(member, adapter)
     price = adapter.price(request)
-    held = budget.reserve(in_unit(price, unit, rate, member.name)) if budget is not None else 0.0
+    held = 0.0
     stats = health.run_stats(health.run_id(), member.name)
     paid = False
     try:
+        if budget is not None:  # inside the try: a refusal here still ends a probe
+            held = budget.reserve(in_unit(price, unit, rate, member.name))
         try:
             if not resumed:
                 await take_spend(member.spec, price)
@@ -373,10 +375,10 @@ async def _attempt(
                     member.name,
                     route.policy.cooldown_seconds,
                 )
-        elif isinstance(exc, ProviderError) and not unpaid:
+        elif isinstance(exc, ProviderError) and not unpaid and not _before_sending(exc):
             health.succeeded(account, now, route.policy)  # it took the job: the seller is up
         else:
-            health.released(account)
+            health.released(account)  # no word about the seller: another request may probe
         raise
     finally:
         if paid:
@@ -387,6 +389,11 @@ async def _attempt(
         billed = sum(costs) if costs or not mine else None
         budget.settle(held, None if billed is None else amount_in(billed, adapter, unit, rate))
     return archived
+
+
+def _before_sending(exc: ProviderError) -> bool:
+    """Refused on our side before anything reached the seller (a budget, a bad request)."""
+    return isinstance(exc, BudgetExceeded | InvalidRequest)
 
 
 @contextlib.contextmanager
@@ -417,30 +424,6 @@ def _expected_wait(member: Member, n: int, now: float) -> float:
 
 def _account(member: Member) -> str:
     return provider_of(member.spec).account
-
-
-async def _found_after_all(
-    adapter: Provider, archive: Archive, key: str, request: ImageRequest, member: Member
-) -> bool:
-    """After a 5xx other than 503, a provider that can be asked by our key (Runware) says
-    whether the job exists after all; if it does, it is recorded and the request stays there
-    (as it does when the provider cannot be asked: no word is no leave to pay elsewhere)."""
-    probe = Job(
-        provider=adapter.name,
-        model=adapter.capabilities.model,
-        job_id="",
-        key=key,
-        n=request.n,
-        member=member.name,
-    )
-    try:
-        found = await adapter.find_job(probe)
-    except ProviderError:
-        return True  # no word either way: do not risk a second seller
-    if found is None:
-        return False
-    await record_job(archive, probe.model_copy(update={"job_id": found.job_id}))
-    return True
 
 
 def _count_images(route: Route, images: list[ArchivedImage]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from typing import Any
 
 import httpx
@@ -30,6 +31,7 @@ from gptimg_flows.archive.layout import STAGING_DIR, job_rel, record_fix, stagin
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
 from gptimg_flows.engine.assets import emit_materializations
+from gptimg_flows.engine.job_record import Recorded, State, classify, state_of
 from gptimg_flows.engine.limits import provider_slot, submit_allowance
 from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
 from gptimg_flows.engine.polling import poll_until_done
@@ -42,7 +44,6 @@ from gptimg_flows.engine.records import (
     end_claim,
     held_claim,
     job_recorded,
-    member_of_record,
     rebuilt_result,
     record_job,
     try_claim,
@@ -59,15 +60,17 @@ from gptimg_flows.engine.retry_policy import (
     retry_unless_moving,
 )
 from gptimg_flows.errors import (
+    BatchPending,
     DamagedRecord,
     InvalidRequest,
+    JobTimeout,
     MalformedResponse,
     OutputExpired,
     ProviderError,
     RateLimited,
     RoutedElsewhere,
     SubmitUncertain,
-    TransportError,
+    nothing_created,
 )
 from gptimg_flows.media.download import DownloadedImage, download, save_inline, shared_client
 from gptimg_flows.media.inputs import load_image, prepare_mask
@@ -86,6 +89,10 @@ from gptimg_flows.providers.base import PreparedInputs, Provider
 
 #: Fresh URLs asked for one output before its expiry is final.
 URL_REFRESHES = 3
+#: The way out of SubmitUncertain, once (the error class says why it is not retried).
+UNCERTAIN_FIX = (
+    "Look the job up in the provider's dashboard; re-run with refresh=True to pay for a new one"
+)
 
 # -- tasks --------------------------------------------------------------------------------------
 
@@ -241,14 +248,17 @@ async def _claimed_submit(
         async with held_claim(archive, key, claim.record):  # renewed while the call runs
             try:
                 job = await adapter.submit(request, inputs, key)
-            except TransportError as exc:
-                withdraw = exc.unpaid = not exc.request_sent  # nothing reached the provider
-                raise
-            except MalformedResponse:
-                raise  # a 2xx answer we cannot read: the job may exist and be billed
             except ProviderError as exc:
-                withdraw = exc.unpaid = True  # the provider refused the call (a 429 among others)
-                raise
+                if nothing_created(exc):  # refused, or never sent: nothing to pay for
+                    withdraw = exc.unpaid = True
+                    raise
+                # An answer that may have created a job (a 5xx gateway error, a reset or a
+                # timeout after sending, a 2xx we cannot read): never a refusal.
+                found = await _asked_after_ambiguous(adapter, request, key, exc)
+                if found is None:
+                    withdraw = exc.unpaid = True  # the provider has none under our key
+                    raise
+                job = found
             if submitting.get("member"):
                 job = job.model_copy(update={"member": submitting["member"]})
             job = await _stage_inline(archive, job)
@@ -265,6 +275,41 @@ async def _claimed_submit(
     return job
 
 
+async def _asked_after_ambiguous(
+    adapter: Provider, request: ImageRequest, key: str, exc: ProviderError
+) -> Job | None:
+    """After an answer that may have created a job: the job, where the provider can be asked
+    by our key (Runware's taskUUID) and has it; None where it says it has none. Where it
+    cannot be asked, or does not answer, the submit is uncertain: SubmitUncertain (a
+    MalformedResponse stays itself), never sent again without a re-make of that request."""
+    if adapter.capabilities.can_find_job_by_key:
+        probe = Job(
+            provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
+        )
+        try:
+            found = await adapter.find_job(probe)
+        except ProviderError:
+            raise exc from None  # no word either way: the claim stays, a retry asks again
+        if found is None:
+            return None
+        get_run_logger().info(
+            "%s answered %s, but has job %s under our key: polling it, not paying again",
+            adapter.display_name,
+            type(exc).__name__,
+            found.job_id,
+        )
+        return probe.model_copy(update={"job_id": found.job_id})
+    if isinstance(exc, MalformedResponse):
+        raise exc
+    raise SubmitUncertain(
+        f"the submit was answered {exc.message!r}"
+        + (f" (HTTP {exc.status_code})" if exc.status_code else "")
+        + f" after it reached {adapter.display_name}, which cannot be asked whether it made "
+        "the job: it may have been billed, so it is not sent again. " + UNCERTAIN_FIX,
+        provider=adapter.name,
+    ) from exc
+
+
 async def _job_of_record(
     adapter: Provider,
     archive: Archive,
@@ -273,29 +318,31 @@ async def _job_of_record(
     record: Any,
     member: str | None = None,
 ) -> Job | None:
-    """The job a key's record leads to, without paying: the recorded job; another live run's
-    job once it has one (None if that run's claim is withdrawn: the caller claims again); a
-    dead claim's job looked up by key, or SubmitUncertain where the provider cannot. A record
-    of another route member's submit raises RoutedElsewhere: the request stays there."""
+    """The job a key's record leads to, without paying (engine/job_record's states): the
+    recorded job; another live run's job once it has one (None if that run's claim is
+    withdrawn: the caller claims again); an uncertain claim's job looked up by key, or
+    SubmitUncertain where the provider cannot; a line of a recorded batch: BatchPending. A
+    record of another route member's submit raises RoutedElsewhere: the request stays there."""
     logger = get_run_logger()
-    if isinstance(record, dict) and claim_alive(record):
+    found = await asyncio.to_thread(classify, archive, key, record)
+    if found.state is State.SUBMITTING:
         logger.info(
             "another run is submitting this request (since %s): waiting for its job, "
             "not paying again",
             record.get("started_at"),
         )
         record = await _claim_settled(archive, key)
+        found = await asyncio.to_thread(classify, archive, key, record)
         if record is None:
             return None
     if not isinstance(record, dict):
         raise _damaged(archive, key, "it is not a JSON object")
-    held_by = member_of_record(record)
-    if member is not None and held_by is not None and held_by != member:
+    if member is not None and found.member is not None and found.member != member:
         raise RoutedElsewhere(
-            f"this request was submitted to route member {held_by!r}: it stays there",
-            member=held_by,
+            f"this request was submitted to route member {found.member!r}: it stays there",
+            member=found.member,
         )
-    if record.get("job"):
+    if found.state is State.SUBMITTED:
         try:
             job = Job.model_validate(record["job"])
         except ValidationError as exc:
@@ -305,19 +352,28 @@ async def _job_of_record(
             "job %s for this request is already recorded: polling it, not paying again", job.job_id
         )
         return job
+    if found.state is State.BATCHED:
+        raise BatchPending(
+            f"this request is a line of OpenAI batch record {record.get('batch')}: run with "
+            "batch_api=True to collect it (nothing is sent again)",
+            provider=adapter.name,
+        )
+    if found.state is State.NONE:  # a line of a batch that was never created
+        await asyncio.to_thread(_withdraw_if_same, archive, key, record)
+        return None
     probe = Job(
         provider=adapter.name, model=adapter.capabilities.model, job_id="", key=key, n=request.n
     )
-    found = await adapter.find_job(probe)
-    if found is not None:
-        job = probe.model_copy(update={"job_id": found.job_id})
+    looked_up = await adapter.find_job(probe)
+    if looked_up is not None:
+        job = probe.model_copy(update={"job_id": looked_up.job_id, "member": found.member})
         await record_job(archive, job)
         logger.info("found job %s submitted earlier under this key", job.job_id)
         return job
     if not adapter.capabilities.can_find_job_by_key:
         raise SubmitUncertain(
             f"a submit for this request started at {record.get('started_at')} and its answer "
-            "was lost; it may have been billed. Re-run with refresh=True to pay for a new one",
+            "was lost; it may have been billed. " + UNCERTAIN_FIX,
             provider=adapter.name,
         )
     # The provider has no job under this key: the dead claim goes, and this run claims afresh
@@ -336,6 +392,26 @@ def _damaged(archive: Archive, key: str, problem: str) -> DamagedRecord:
 def _withdraw_if_same(archive: Archive, key: str, record: dict[str, Any]) -> None:
     if archive.read_json(job_rel(key)) == record:
         archive.delete(job_rel(key))
+
+
+async def settled(archive: Archive, key: str) -> Recorded:
+    """A key's job record once no live claim holds it (another run's paid call in flight is
+    waited for: its answer decides what this run may do)."""
+    found = await asyncio.to_thread(state_of, archive, key, results=False)
+    if found.state is State.SUBMITTING:
+        record = await _claim_settled(archive, key)
+        found = await asyncio.to_thread(classify, archive, key, record)
+    return found
+
+
+def uncertain_text(found: Recorded, row: int | None = None) -> str:
+    """Why an uncertain request is not sent again, and the way out."""
+    started = (found.record or {}).get("started_at", "an unknown time")
+    where = f"row {row}: " if row is not None else ""
+    return (
+        f"{where}a submit for this request started at {started} and its answer was lost; it "
+        "may have been billed. " + UNCERTAIN_FIX
+    )
 
 
 async def _claim_settled(archive: Archive, key: str) -> Any | None:
@@ -388,26 +464,62 @@ async def wait_for_job(
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
 async def download_outputs(
-    provider: ProviderSpec, job: Job, status: JobStatus, archive: Archive
+    provider: ProviderSpec,
+    job: Job,
+    status: JobStatus,
+    archive: Archive,
+    timeout_seconds: float | None = None,
 ) -> list[DownloadedImage]:
-    """Stream each output to a verified local file, re-resolving URLs that expired."""
+    """Stream each output to a verified local file, re-resolving URLs that expired.
+
+    `timeout_seconds`: every download, its retries and any 429 hold end by then (JobTimeout;
+    the job is paid, so a re-run that finds its record downloads it again without paying)."""
     adapter = provider_of(provider)
-    refs = await read_with_retries(
-        lambda: adapter.resolve_outputs(job, status),
-        on_retry=log_read_retry(f"resolving the outputs of job {job.job_id}"),
-    )
-    client = shared_client()
-    return list(await asyncio.gather(*(_fetch(adapter, client, archive, job, ref) for ref in refs)))
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+
+    def left() -> float | None:
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    async def all_outputs() -> list[DownloadedImage]:
+        refs = await read_with_retries(
+            lambda: adapter.resolve_outputs(job, status),
+            budget=left(),
+            on_retry=log_read_retry(f"resolving the outputs of job {job.job_id}"),
+        )
+        client = shared_client()
+        fetches = (_fetch(adapter, client, archive, job, ref, deadline, provider) for ref in refs)
+        return list(await asyncio.gather(*fetches))
+
+    limit = asyncio.timeout(timeout_seconds)
+    try:
+        async with limit:
+            return await all_outputs()
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise JobTimeout(
+            f"downloading its outputs did not end within {timeout_seconds:g} s "
+            "(timeout_seconds); the job is done and paid: downloading it again costs nothing",
+            provider=adapter.name,
+            job_id=job.job_id,
+        ) from None
 
 
 async def _fetch(
-    adapter: Provider, client: httpx.AsyncClient, archive: Archive, job: Job, ref: OutputRef
+    adapter: Provider,
+    client: httpx.AsyncClient,
+    archive: Archive,
+    job: Job,
+    ref: OutputRef,
+    deadline: float | None = None,
+    spec: ProviderSpec | None = None,
 ) -> DownloadedImage:
+    """One output, fetched (a 429 holds the account's reads, never past `deadline`)."""
     if ref.data is not None:
         return await save_inline(ref)
     current = ref
 
-    reads = reads_of(adapter)
+    reads = reads_of(adapter, spec)
     staging = archive.path(STAGING_DIR)
     rules = ReadRules(trusted_hosts=trusted_host_of(adapter.base_url))
 
@@ -418,7 +530,7 @@ async def _fetch(
                 fetch = functools.partial(
                     download, client, current, fs=archive.fs, staging=staging, rules=rules
                 )
-                return await gated_read(reads, fetch)
+                return await gated_read(reads, fetch, deadline=deadline)
             except OutputExpired:
                 if refreshed == URL_REFRESHES:
                     raise
@@ -428,7 +540,9 @@ async def _fetch(
 
     try:
         return await read_with_retries(
-            once, on_retry=log_read_retry(f"download of output {ref.index} of job {job.job_id}")
+            once,
+            budget=None if deadline is None else max(0.0, deadline - time.monotonic()),
+            on_retry=log_read_retry(f"download of output {ref.index} of job {job.job_id}"),
         )
     except ProviderError as exc:
         exc.about(provider=adapter.name, job_id=job.job_id)
@@ -454,7 +568,7 @@ async def run_job(
     """
     job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds, member)
     status = await wait_for_job.fn(provider, job, timeout_seconds)
-    images = await download_outputs.fn(provider, job, status, archive)
+    images = await download_outputs.fn(provider, job, status, archive, timeout_seconds)
     return job, status, images
 
 

@@ -45,6 +45,7 @@ FaultKind = Literal[
     "url_expired",
     "malformed_json",
     "html_error",
+    "gateway_504",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
@@ -133,6 +134,11 @@ class EmulatorConfig(BaseModel):
         default_factory=list, description="faults consumed in order before any rate applies"
     )
     retry_after: float = Field(1.0, ge=0, description="Retry-After of every 429/503 we send")
+    retry_after_header: str | None = Field(
+        None,
+        description="sent verbatim as the Retry-After of forced and concurrency 429s instead of "
+        "`retry_after` (no retry-after-ms): junk like 'soon', an HTTP date, '1e9'",
+    )
     max_concurrent_jobs: int | None = Field(
         None, ge=1, description="per provider; a submit beyond it answers 429"
     )

@@ -2,8 +2,8 @@
 
 A fault is decided at the stage where it would happen for real: before a job exists
 (`submit`: nothing is charged), just after it was created (`accepted`: the job exists and is
-charged, so `submit_lost_response` and `malformed_json` cost credits), when the job is set up
-(`job`), on a poll, when an output URL is issued (`url`), and on a download.
+charged, so `submit_lost_response`, `malformed_json` and `gateway_504` cost credits), when the
+job is set up (`job`), on a poll, when an output URL is issued (`url`), and on a download.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gptimg_flows.testing.config import EmulatorConfig, ForcedFault
 #: Fault kinds by the stage that can produce them, in the order rates are drawn.
 STAGES: dict[str, tuple[str, ...]] = {
     "submit": ("submit_429", "submit_500", "submit_503", "submit_drop", "html_error"),
-    "accepted": ("submit_lost_response", "malformed_json"),
+    "accepted": ("submit_lost_response", "malformed_json", "gateway_504"),
     "job": ("job_fail",),
     "poll": ("poll_429", "poll_500", "poll_drop"),
     "url": ("url_expired",),
@@ -108,6 +108,14 @@ def not_found_response(resource: str) -> Response:
 
 def html_error_response() -> Response:
     return Response(BAD_GATEWAY_HTML, status_code=502, media_type="text/html")
+
+
+GATEWAY_TIMEOUT_HTML = BAD_GATEWAY_HTML.replace("502 Bad Gateway", "504 Gateway Time-out")
+
+
+def gateway_timeout_response() -> Response:
+    """A proxy gave up waiting for the origin, which went on to create (and bill) the job."""
+    return Response(GATEWAY_TIMEOUT_HTML, status_code=504, media_type="text/html")
 
 
 def not_image_response() -> Response:

@@ -53,6 +53,7 @@ class Ledger:
         key: str | None = None,
         task_uuid: str | None = None,
         path: str = "",
+        prompt: str | None = None,
     ) -> None:
         entry: dict[str, Any] = {
             "provider": provider,
@@ -62,6 +63,8 @@ class Ledger:
             "path": path,
             "at": time.time(),
         }
+        if prompt is not None:  # which request was paid, whatever the provider's wire format
+            entry["prompt"] = prompt
         if key is not None:
             entry["key"] = key
         if task_uuid is not None:

@@ -22,7 +22,11 @@ from gptimg_flows.media import render
 from gptimg_flows.sizes import parse_size
 from gptimg_flows.spend.prices import usage_cost
 from gptimg_flows.testing import shapes
-from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.faults import (
+    DroppedConnection,
+    gateway_timeout_response,
+    malformed_json_response,
+)
 from gptimg_flows.testing.images import OutputSpec, StoredInput, pad_length, padded_bytes
 from gptimg_flows.testing.state import (
     Emulator,
@@ -211,6 +215,8 @@ async def _generate(
         return shapes.server_error(P, 500)
     emu.ledger.charge(P, job.job_id, cost)  # drawn, so billed, whether or not the answer arrives
     after = emu.fault(P, "accepted", path)
+    if after == "gateway_504":
+        return gateway_timeout_response()
     if after == "submit_lost_response":
         return DroppedConnection()
     data = await asyncio.gather(*(emu.renderer.get(s, emu.config.render_mode) for s in specs))

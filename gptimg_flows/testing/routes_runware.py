@@ -17,7 +17,11 @@ from starlette.routing import Route
 
 from gptimg_flows.media import render
 from gptimg_flows.testing import shapes
-from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.faults import (
+    DroppedConnection,
+    gateway_timeout_response,
+    malformed_json_response,
+)
 from gptimg_flows.testing.images import (
     OutputSpec,
     StoredInput,
@@ -372,6 +376,8 @@ async def tasks(request: Request, emu: Emulator) -> Response:
     sync_jobs = [job for job, sync in accepted if sync]
     if sync_jobs:
         await asyncio.sleep(max(0.0, max(j.done_at for j in sync_jobs) - emu.now()))
+    if after == "gateway_504":
+        return gateway_timeout_response()
     if after == "submit_lost_response":
         return DroppedConnection()
     for job, sync in accepted:

@@ -14,7 +14,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gptimg_flows.testing import shapes
-from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.faults import (
+    DroppedConnection,
+    gateway_timeout_response,
+    malformed_json_response,
+)
 from gptimg_flows.testing.images import OutputSpec, StoredInput, decode_data_uri
 from gptimg_flows.testing.state import (
     PRICE_PER_IMAGE,
@@ -242,6 +246,8 @@ async def generate(request: Request, emu: Emulator) -> Response:
         job.asset_ids.append(asset_id)
         emu.assets[asset_id] = Asset(asset_id, job_id=job.job_id, index=i)
     after = emu.fault(P, "accepted", path)
+    if after == "gateway_504":
+        return gateway_timeout_response()
     if after == "submit_lost_response":
         return DroppedConnection()
     if after == "malformed_json":

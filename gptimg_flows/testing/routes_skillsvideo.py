@@ -16,7 +16,11 @@ from starlette.routing import Route
 from gptimg_flows.media import render
 from gptimg_flows.sizes import dims_for
 from gptimg_flows.testing import shapes
-from gptimg_flows.testing.faults import DroppedConnection, malformed_json_response
+from gptimg_flows.testing.faults import (
+    DroppedConnection,
+    gateway_timeout_response,
+    malformed_json_response,
+)
 from gptimg_flows.testing.images import OutputSpec, StoredInput, decode_data_uri, fetch_url
 from gptimg_flows.testing.state import (
     PRICE_PER_IMAGE,
@@ -224,6 +228,8 @@ async def submit(request: Request, emu: Emulator) -> Response:
         extra={"input": normalised},
     )
     after = emu.fault(P, "accepted", path)
+    if after == "gateway_504":
+        return gateway_timeout_response()
     if after == "submit_lost_response":
         return DroppedConnection()
     if after == "malformed_json":

@@ -205,7 +205,7 @@ class Emulator:
         kind = self.fault(provider, "submit", path)
         retry = self.config.retry_after
         if kind == "submit_429":
-            return shapes.rate_limited(provider, retry)
+            return self.rate_limited(provider)
         if kind == "submit_500":
             return shapes.server_error(provider, 500)
         if kind == "submit_503":
@@ -229,12 +229,18 @@ class Emulator:
             return shapes.server_error(provider, outage.status, retry_after=retry)
         return None
 
+    def rate_limited(self, provider: str, message: str | None = None) -> Response:
+        """A 429 with the configured Retry-After: `retry_after_header` verbatim when set."""
+        raw = self.config.retry_after_header
+        headers = None if raw is None else {"retry-after": raw}
+        return shapes.rate_limited(provider, self.config.retry_after, message, headers)
+
     def poll_fault(self, provider: str, path: str) -> Response | None:
         if down := self.outage(provider, "poll", path):
             return down
         kind = self.fault(provider, "poll", path)
         if kind == "poll_429":
-            return shapes.rate_limited(provider, self.config.retry_after)
+            return self.rate_limited(provider)
         if kind == "poll_500":
             return shapes.server_error(provider, 500)
         if kind == "poll_drop":
@@ -310,9 +316,7 @@ class Emulator:
         """The concurrency limit (429) and the balance (out of credits) before a job starts."""
         limit = self.config.max_concurrent_jobs
         if limit is not None and self.running_count(provider) >= limit:
-            return shapes.rate_limited(
-                provider, self.config.retry_after, "Too many concurrent jobs; retry later."
-            )
+            return self.rate_limited(provider, "Too many concurrent jobs; retry later.")
         left = self.remaining(provider)
         if left is not None and cost > left + 1e-9:
             return shapes.out_of_credits(provider)
@@ -353,7 +357,14 @@ class Emulator:
         running_all = sum(self.running_count(p) for p in PROVIDERS)
         self.ledger.running(provider, running, running_all)
         self.ledger.submission(
-            provider, job.job_id, job.n, body_sha256, key=key, task_uuid=task_uuid, path=path
+            provider,
+            job.job_id,
+            job.n,
+            body_sha256,
+            key=key,
+            task_uuid=task_uuid,
+            path=path,
+            prompt=outputs[0].prompt if outputs else None,
         )
         if charge_now and charge:
             self.ledger.charge(provider, job.job_id, charge)

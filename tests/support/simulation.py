@@ -1,0 +1,335 @@
+"""A seeded simulation of the paths that can pay, mixed with faults and kill -9, over the provider
+emulator and a real Prefect server (issue #32): the same seed plays the same story.
+
+One example: a few prompts; a home provider P and another seller Q; 3-5 runs, each down one path
+(P alone, a route [P, Q] or [Q, P], for OpenAI the Batch API too), each with forced faults (a
+lost answer, a gateway 504 after the job exists, a 503, a 429 with a junk or huge Retry-After,
+refused polls, truncated downloads, Q down), some killed with SIGKILL in the middle. Then every
+path is run once more with no faults (the runs that settle), and the example is judged from the
+emulator's ledger and the archive:
+
+- each request (prompt) paid at most once, by any seller;
+- every paid request has its image archived, or the settling runs report it uncertain (never
+  sent again);
+- every run ended within its timeout plus a margin;
+- no job record moved where engine/job_record does not go (backwards).
+
+tests/test_simulation.py runs a fixed budget of seeds in CI; bench/seams_sim.py runs many more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gptimg_flows.archive.layout import job_rel
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.engine.job_record import MOVES, State, state_of
+
+ROOT = Path(__file__).resolve().parents[2]
+#: A run's requests time out after this; the run itself must end within it plus MARGIN.
+TIMEOUT_SECONDS = 20.0
+MARGIN_SECONDS = 45.0
+#: Blocks cap Retry-After at this in the simulation (a huge one must not hold a run).
+RETRY_AFTER_CAP = 2.0
+SIZE = "1024x1024"
+
+#: Faults a run may be given (kind, whose), forced in this order.
+FAULTS: tuple[str, ...] = (
+    "submit_lost_response",
+    "gateway_504",
+    "malformed_json",
+    "submit_503",
+    "submit_429",
+    "poll_500",
+    "poll_429",
+    "download_truncate",
+)
+JUNK_RETRY_AFTER = ("soon", "1e9", "inf", "-5", "Wed, 21 Oct 2065 07:28:00 GMT", "")
+FAMILIES = {"scenario": "gptimage2ai", "runware": "gptimage2ai", "openai": "gptimage2ai"}
+
+
+@dataclass
+class RunPlan:
+    path: str  # "alone", "route-pq", "route-qp", "chunk" (a distributed_batch chunk), "batch"
+    faults: list[tuple[str, str]]
+    retry_after_header: str | None
+    q_down: bool
+    kill_after_paid: int | None  # SIGKILL once this many more submits are paid (None: no kill)
+    kill_delay: float
+    chunk: tuple[int, int] = (0, 0)  # the rows a "chunk" run makes
+
+
+@dataclass
+class Plan:
+    seed: int
+    home: str
+    other: str
+    prompts: list[str]
+    runs: list[RunPlan]
+
+
+def plan(seed: int, *, kills: bool = True) -> Plan:
+    rng = random.Random(seed)
+    home = rng.choice(sorted(FAMILIES))
+    other = FAMILIES[home]
+    prompts = [f"sim {seed} request {i}" for i in range(rng.randint(2, 4))]
+    paths = ["alone", "route-pq", "route-qp", "chunk"] + (["batch"] * 2 if home == "openai" else [])
+    runs = []
+    for _ in range(rng.randint(3, 5)):
+        faults = [(rng.choice(FAULTS), rng.choice([home, other])) for _ in range(rng.randint(1, 4))]
+        runs.append(
+            RunPlan(
+                path=rng.choice(paths),
+                faults=faults,
+                retry_after_header=rng.choice([None, None, *JUNK_RETRY_AFTER]),
+                q_down=rng.random() < 0.2,
+                kill_after_paid=rng.randint(0, len(prompts))
+                if kills and rng.random() < 0.3
+                else None,
+                kill_delay=rng.uniform(0.0, 0.6),
+                chunk=(lo := rng.randrange(len(prompts)), rng.randint(lo + 1, len(prompts))),
+            )
+        )
+    return Plan(seed, home, other, prompts, runs)
+
+
+@dataclass
+class Outcome:
+    seed: int
+    violations: list[str] = field(default_factory=list)
+    runs: int = 0
+    kills: int = 0
+    paid: int = 0
+    archived: int = 0
+    uncertain: int = 0
+    longest_run: float = 0.0
+
+
+def _name(provider: str) -> str:
+    return f"sim-{provider}"
+
+
+def _provider(p: Plan, path: str) -> str | list[str]:
+    home, other = _name(p.home), _name(p.other)
+    return {"route-pq": [home, other], "route-qp": [other, home]}.get(path, home)
+
+
+def _kwargs(p: Plan, run: RunPlan | None, path: str, archive: Path) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "prompts": p.prompts,
+        "archive": str(archive),
+        "size": SIZE,
+        "timeout_seconds": TIMEOUT_SECONDS,
+        "concurrency": 4,
+    }
+    if path == "batch":
+        kw.update(batch_api=True, batch_wait_seconds=TIMEOUT_SECONDS, batch_poll_seconds=0.2)
+    if path == "chunk" and run is not None:  # the rows a chunk run of distributed_batch makes
+        lo, hi = run.chunk
+        kw.update(prompts=p.prompts[lo:hi], row_numbers=list(range(lo, hi)))
+    return kw
+
+
+def _snapshot(archive: Path) -> dict[str, State]:
+    store = Archive(str(archive))
+    keys = [p.stem for p in archive.glob("_jobs/*.json")] + [
+        p.stem for p in archive.glob("_results/*.json")
+    ]
+    out = {}
+    for key in set(keys):
+        try:
+            out[key] = state_of(store, key).state
+        except Exception:  # a record read mid-write by a killed process: judged next time
+            continue
+    return out
+
+
+def _reachable() -> dict[State, set[State]]:
+    reach = {s: {s} for s in State}
+    changed = True
+    while changed:
+        changed = False
+        for a in State:
+            for b in list(reach[a]):
+                for c in MOVES[b]:
+                    if c not in reach[a]:
+                        reach[a].add(c)
+                        changed = True
+    return reach
+
+
+REACH = _reachable()
+
+
+async def save_blocks(provider_block: Any) -> None:
+    for provider in sorted(set(FAMILIES) | set(FAMILIES.values())):
+        block = provider_block(provider, retries=2, max_retry_after_seconds=RETRY_AFTER_CAP)
+        await block.save(_name(provider), overwrite=True)
+
+
+def _kill_9(
+    spec: dict[str, Any], emulator: Any, after_paid: int, delay: float, deadline: float
+) -> bool:
+    """Run one flow in its own process; SIGKILL it once `after_paid` more submits are paid
+    (and `delay` later). False when it ended first."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    before = len(emulator.ledger()["submissions"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        stop = time.monotonic() + deadline
+        while proc.poll() is None and time.monotonic() < stop:
+            if len(emulator.ledger()["submissions"]) >= before + after_paid:
+                time.sleep(delay)
+                break
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            return False
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return True
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+async def _one_run(
+    p: Plan, run: RunPlan | None, path: str, emulator: Any, archive: Path, out: Outcome
+) -> Any:
+    import gptimg_flows
+
+    faults = run.faults if run is not None else []
+    emulator.configure(
+        force=[{"kind": k, "provider": who, "count": 1} for k, who in faults],
+        retry_after_header=run.retry_after_header if run is not None else None,
+        outages=[{"provider": p.other, "status": 503}] if run is not None and run.q_down else [],
+    )
+    started = time.monotonic()
+    result: Any = None
+    if run is not None and run.kill_after_paid is not None:
+        spec = {
+            "flow": "batch_generate",
+            "provider": _provider(p, path),
+            "kwargs": _kwargs(p, run, path, archive),
+        }
+        killed = await asyncio.to_thread(
+            _kill_9,
+            spec,
+            emulator,
+            run.kill_after_paid,
+            run.kill_delay,
+            TIMEOUT_SECONDS + MARGIN_SECONDS,
+        )
+        out.kills += int(killed)
+    else:
+        try:
+            result = await asyncio.wait_for(
+                gptimg_flows.batch_generate(
+                    provider=_provider(p, path), **_kwargs(p, run, path, archive)
+                ),
+                TIMEOUT_SECONDS + MARGIN_SECONDS,
+            )
+        except TimeoutError:
+            out.violations.append(f"a {path} run did not end within its timeout plus a margin")
+        except Exception as exc:  # a run may fail (a row's error is in its result otherwise)
+            result = exc
+    took = time.monotonic() - started
+    out.longest_run = max(out.longest_run, took)
+    out.runs += 1
+    return result
+
+
+def _check_moves(before: dict[str, State], after: dict[str, State], when: str) -> list[str]:
+    bad = []
+    for key, old in before.items():
+        new = after.get(key, State.NONE)
+        if new not in REACH[old]:
+            bad.append(f"{when}: record {key[:12]} went from {old.value} to {new.value}")
+    return bad
+
+
+async def simulate(seed: int, emulator: Any, workdir: Path, *, kills: bool = True) -> Outcome:
+    """Play one seeded story and judge it (see the module docstring)."""
+    p = plan(seed, kills=kills)
+    out = Outcome(seed)
+    archive = workdir / f"sim-{seed}"
+    emulator.reset(config=True)
+    emulator.configure(latency=0.3, render_mode="stamp", retry_after=0.2, seed=seed)
+    snap = _snapshot(archive)
+    for number, run in enumerate(p.runs):
+        await _one_run(p, run, run.path, emulator, archive, out)
+        now = _snapshot(archive)
+        out.violations += _check_moves(snap, now, f"run {number} ({run.path})")
+        snap = now
+    # Settle: every path once, no faults, no kills.
+    settle = ["batch", "route-pq", "alone"] if p.home == "openai" else ["route-pq", "alone"]
+    results = []
+    for path in settle:
+        results.append(await _one_run(p, None, path, emulator, archive, out))
+        now = _snapshot(archive)
+        out.violations += _check_moves(snap, now, f"settling ({path})")
+        snap = now
+    _judge(p, emulator, archive, results, out)
+    return out
+
+
+def _judge(p: Plan, emulator: Any, archive: Path, results: list[Any], out: Outcome) -> None:
+    ledger = emulator.ledger()
+    paid: dict[str, list[str]] = {}
+    for sub in ledger["submissions"]:
+        if sub.get("prompt") in p.prompts:
+            paid.setdefault(sub["prompt"], []).append(f"{sub['provider']}:{sub['job_id']}")
+    out.paid = sum(len(v) for v in paid.values())
+    for prompt, jobs in paid.items():
+        if len(jobs) > 1:
+            out.violations.append(f"{prompt!r} was paid {len(jobs)} times: {jobs}")
+    archived = set()
+    for sidecar in archive.glob("images/*/*.json"):
+        meta = json.loads(sidecar.read_text())
+        if meta.get("prompt") in p.prompts:
+            archived.add(meta["prompt"])
+    out.archived = len(archived)
+    uncertain = set()
+    for result in results:
+        for failure in getattr(result, "failures", []) or []:
+            if failure.error_type in ("SubmitUncertain", "MalformedResponse"):
+                uncertain.add(p.prompts[failure.index])
+    out.uncertain = len(uncertain)
+    for prompt in paid:
+        if prompt not in archived and prompt not in uncertain:
+            out.violations.append(
+                f"{prompt!r} was paid but is neither archived nor reported uncertain "
+                f"(last results: {[_describe(r) for r in results]})"
+            )
+    for prompt in p.prompts:
+        if prompt not in paid and prompt not in archived and prompt not in uncertain:
+            out.violations.append(f"{prompt!r} was never made after the settling runs")
+    store = Archive(str(archive))
+    for path in archive.glob("_jobs/*.json"):
+        if store.read_json(job_rel(path.stem)) is None:
+            out.violations.append(f"record {path.stem[:12]} vanished while being read")
+
+
+def _describe(result: Any) -> str:
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {result}"[:300]
+    failures = getattr(result, "failures", None) or []
+    return "; ".join(f"row {f.index} {f.error_type}: {f.error[:120]}" for f in failures) or "ok"
