@@ -28,13 +28,19 @@ from gptimg_flows.spend.prices import Price
 def spend_slots(price: Price, unit: float) -> int:
     """How many slots of `unit` the estimate takes (rounded up: never under-count)."""
     assert price.amount is not None
-    return max(1, math.ceil(round(price.amount / unit, 9))) if price.amount > 0 else 0
+    return slots_of(price.amount, unit)
 
 
-async def take_spend(spec: ProviderSpec, price: Price) -> None:
-    """Take this submit's estimate from the block's shared spend limit, if it names one."""
+def slots_of(amount: float, unit: float) -> int:
+    """Slots of `unit` that `amount` fills (rounded up)."""
+    return max(1, math.ceil(round(amount / unit, 9))) if amount > 0 else 0
+
+
+async def take_spend(spec: ProviderSpec, price: Price) -> int:
+    """Take this submit's estimate from the block's shared spend limit, if it names one;
+    returns the slots taken (engine/spending gives them back when nothing was paid)."""
     if not isinstance(spec, ProviderCredentials) or not spec.spend_limit:
-        return
+        return 0
     name = spec.spend_limit
     if price.amount is None:
         raise BudgetExceeded(
@@ -42,7 +48,7 @@ async def take_spend(spec: ProviderSpec, price: Price) -> None:
         )
     slots = spend_slots(price, spec.spend_limit_unit)
     if slots == 0:
-        return
+        return 0
     outcome = await _increment(name, slots, spec.spend_limit_wait_seconds)
     if outcome == "missing":
         raise InvalidRequest(
@@ -57,6 +63,19 @@ async def take_spend(spec: ProviderSpec, price: Price) -> None:
             f"{price.basis}) and they were not free within {spec.spend_limit_wait_seconds:g} s"
             + (" (more than the whole limit)" if outcome == "too-big" else "")
         )
+    return slots
+
+
+async def give_back_spend(spec: ProviderSpec, slots: int) -> None:
+    """Return `slots` to the block's spend limit: the submit they were taken for created
+    nothing (or cost less than its estimate)."""
+    if slots <= 0 or not isinstance(spec, ProviderCredentials) or not spec.spend_limit:
+        return
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:  # no occupancy: a bucket's slots are spend, not time
+        body = {"names": [spec.spend_limit], "slots": slots}
+        await client.request("POST", "/v2/concurrency_limits/decrement", json=body)
 
 
 async def _increment(name: str, slots: int, wait_seconds: float) -> str:

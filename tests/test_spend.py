@@ -1,0 +1,105 @@
+"""Spend that follows the money (issue #35): the daily cap (a block's spend limit, a Prefect global
+concurrency limit on the real test server) is taken by the Batch API too, and a reservation goes
+back when the provider says nothing was created, and stays when the answer is ambiguous."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+
+from gptimg_flows import batch_generate
+from gptimg_flows.flows import BatchResult
+
+from .support.prefect_api import api_post
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+async def _bucket(limit: int) -> str:
+    name = f"spend-{uuid.uuid4().hex[:8]}"
+    await api_post(
+        "/v2/concurrency_limits/", {"name": name, "limit": limit, "slot_decay_per_second": 1e-6}
+    )
+    return name
+
+
+async def _held(name: str) -> int:
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(name)
+    return int(limit.active_slots)
+
+
+async def test_the_batch_api_takes_its_lines_from_the_daily_cap(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """A cap of 2 lines: 2 are sent in the batch, the other 4 are refused, saying so."""
+    name = await _bucket(2)
+    block = provider_block(
+        "openai", spend_limit=name, spend_limit_unit=1.0, spend_limit_wait_seconds=0.5
+    )
+    result: BatchResult = await batch_generate(
+        prompts=[f"a capped batch line {i}" for i in range(6)],
+        provider=block,
+        archive=str(archive_dir),
+        batch_api=True,
+        batch_poll_seconds=0.2,
+        size="256x256",
+        quality="low",
+    )
+    batches = emulator.ledger()["batches"]
+    assert [b["lines"] for b in batches] == [2], batches
+    assert len(result.images) == 2
+    assert [f.error_type for f in result.failures] == ["BudgetExceeded"] * 4
+    assert all("not sent in the batch" in f.error for f in result.failures)
+    assert await _held(name) == 2  # each line's half price fills its one slot of 1 USD
+
+
+async def test_a_reservation_goes_back_when_nothing_was_created_and_stays_when_in_doubt(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """50 credits a day, 10 an image: 3 submits refused for credits (402) take nothing; one
+    answered by a gateway 504 after its job was made keeps its 10; 4 more rows fit in the
+    40 left."""
+    name = await _bucket(50)
+    emulator.configure(latency=0.2)
+    block = provider_block(
+        "gptimage2ai", spend_limit=name, spend_limit_unit=1.0, spend_limit_wait_seconds=0.5
+    )
+    kw: dict[str, Any] = {"provider": block, "archive": str(archive_dir), "size": "1:1"}
+
+    emulator.configure(balance={"gptimage2ai": 0})
+    refused: BatchResult = await batch_generate(prompts=[f"no credit {i}" for i in range(3)], **kw)
+    assert [f.error_type for f in refused.failures] == ["InsufficientCredits"] * 3
+    assert await _held(name) == 0, "a refused submit kept its reservation"
+
+    emulator.configure(balance={})
+    emulator.force("gateway_504", provider="gptimage2ai")
+    doubt: BatchResult = await batch_generate(prompts=["in doubt"], **kw)
+    assert [f.error_type for f in doubt.failures] == ["SubmitUncertain"]
+    assert await _held(name) == 10, "an answer that may have been billed gave its reservation back"
+
+    made: BatchResult = await batch_generate(prompts=[f"fits {i}" for i in range(4)], **kw)
+    assert made.failures == [] and len(made.images) == 4
+    assert await _held(name) == 50
+
+
+async def test_the_run_budget_is_given_back_for_a_refused_submit(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """max_cost of two images: the first row is refused by moderation (nothing made), so the
+    next two are both made."""
+    block = provider_block("runware", price_per_image=0.05)
+    result: BatchResult = await batch_generate(
+        prompts=["a FORBIDDEN poster", "allowed poster 1", "allowed poster 2"],
+        provider=block,
+        archive=str(archive_dir),
+        size="256x256",
+        concurrency=1,
+        max_cost=0.1,
+    )
+    assert [f.error_type for f in result.failures] == ["ContentRejected"]
+    assert len(result.images) == 2
