@@ -29,12 +29,12 @@ from gptimg_flows.engine.produce import (
     key_of,
     planner_of,
     produce,
-    refresh_stamp,
     run_budget,
 )
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_under
+from gptimg_flows.engine.refresh import refresh_stamp
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
@@ -104,6 +104,7 @@ async def generate_images(
     seed: int | None = None,
     extras: dict[str, ExtraValue] | None = None,
     refresh: bool = False,
+    remake_uncertain: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
     review: bool = False,
@@ -140,7 +141,13 @@ async def generate_images(
     store = await resolve_archive(archive)
     budget = run_budget(planner_of(spec), max_cost, [request])
     images = await produce(
-        spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+        spec,
+        request,
+        store,
+        refresh=refresh,
+        remake_uncertain=remake_uncertain,
+        timeout_seconds=timeout_seconds,
+        budget=budget,
     )
     if review:
         rounds = Rounds(
@@ -160,6 +167,7 @@ async def generate_images(
                 store,
                 slot=f"round-{number}",
                 refresh=refresh,
+                remake_uncertain=remake_uncertain,
                 timeout_seconds=timeout_seconds,
                 budget=budget,
             )
@@ -184,6 +192,7 @@ async def edit_image(
     input_fidelity: InputFidelity | None = None,
     extras: dict[str, ExtraValue] | None = None,
     refresh: bool = False,
+    remake_uncertain: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
     batch_api: bool = False,
@@ -216,14 +225,21 @@ async def edit_image(
             _batch_provider(spec),
             store,
             [(request, "0", {})],
-            refresh_stamp=refresh_stamp() if refresh else None,
+            refresh_stamp=await refresh_stamp(store) if refresh else None,
             budget=budget,
             wait_seconds=batch_wait_seconds,
             poll_seconds=batch_poll_seconds,
+            remake_uncertain=remake_uncertain,
         )
     else:
         images = await produce(
-            spec, request, store, refresh=refresh, timeout_seconds=timeout_seconds, budget=budget
+            spec,
+            request,
+            store,
+            refresh=refresh,
+            remake_uncertain=remake_uncertain,
+            timeout_seconds=timeout_seconds,
+            budget=budget,
         )
     await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
@@ -240,6 +256,7 @@ async def _generate_then_edit(
     quality: Quality | None,
     output_format: OutputFormat | None,
     refresh: bool,
+    remake_uncertain: bool,
     timeout_seconds: float,
     max_cost: float | None,
     n: int,
@@ -279,7 +296,7 @@ async def _generate_then_edit(
         whole.reserve(adapter.price(first))
         for _ in range(n):  # every candidate may be approved and edited
             whole.reserve(adapter.price(edit))  # all must fit before the first is paid
-    stamp = refresh_stamp() if refresh else None
+    stamp = await refresh_stamp(store) if refresh else None
 
     async def make(items: list[tuple[ImageRequest, str, dict[str, Any]]]) -> list[ArchivedImage]:
         """The requests through the Batch API as one batch, or each made at once."""
@@ -292,6 +309,7 @@ async def _generate_then_edit(
                 budget=budget,
                 wait_seconds=batch_wait_seconds,
                 poll_seconds=batch_poll_seconds,
+                remake_uncertain=remake_uncertain,
             )
         made: list[ArchivedImage] = []
         for req, slot, extra in items:
@@ -301,6 +319,7 @@ async def _generate_then_edit(
                 store,
                 slot=slot,
                 refresh=refresh,
+                remake_uncertain=remake_uncertain,
                 timeout_seconds=timeout_seconds,
                 extra=extra or None,
                 budget=budget,
@@ -353,6 +372,7 @@ async def generate_edit_archive(
     quality: Quality | None = None,
     output_format: OutputFormat | None = None,
     refresh: bool = False,
+    remake_uncertain: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
     n: int = 1,
@@ -386,6 +406,7 @@ async def generate_edit_archive(
         quality=quality,
         output_format=output_format,
         refresh=refresh,
+        remake_uncertain=remake_uncertain,
         timeout_seconds=timeout_seconds,
         max_cost=max_cost,
         n=n,
@@ -411,6 +432,7 @@ async def batch_generate(
     output_format: OutputFormat | None = None,
     prompt_template: str | None = None,
     refresh: bool = False,
+    remake_uncertain: bool = False,
     timeout_seconds: float = 900.0,
     max_cost: float | None = None,
     batch_api: bool = False,
@@ -489,6 +511,7 @@ async def batch_generate(
                     store,
                     slot=slot,
                     refresh=refresh,
+                    remake_uncertain=remake_uncertain,
                     timeout_seconds=timeout_seconds,
                     row=row_of[i],
                     extra=extra,
@@ -518,12 +541,13 @@ async def batch_generate(
             rows,
             requests,
             slots,
-            refresh_stamp() if refresh else None,
+            await refresh_stamp(store) if refresh else None,
             budget,
             batch_wait_seconds,
             batch_poll_seconds,
             by_row,
             failures,
+            remake_uncertain,
         )
     else:
         await asyncio.gather(
@@ -654,6 +678,7 @@ async def daily_content(
     batch_api: bool = False,
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
+    remake_uncertain: bool = False,
 ) -> PipelineResult:
     """The scheduled pipeline: fill the prompt with the run's date and theme, then generate
     `n` candidates → (review) → edit (with the mask) → archive. The date is the run's
@@ -677,6 +702,7 @@ async def daily_content(
         quality=quality,
         output_format=None,
         refresh=False,
+        remake_uncertain=remake_uncertain,
         timeout_seconds=timeout_seconds,
         max_cost=max_cost,
         n=n,

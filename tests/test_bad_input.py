@@ -843,6 +843,6 @@ async def test_a_rerun_after_a_malformed_submit_answer_does_not_pay_again(
     try:
         await generate_images(**kw)
     except SubmitUncertain as exc:
-        assert re.search(r"may have been billed.*refresh=True", str(exc)), exc
+        assert re.search(r"may have been billed.*remake_uncertain=True", str(exc)), exc
     paid = [s["job_id"] for s in emulator.ledger()["submissions"] if s["provider"] == provider]
     assert len(paid) == 1, f"the re-run paid again: jobs {paid}"

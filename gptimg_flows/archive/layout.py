@@ -7,6 +7,8 @@ public (scripts and other tools read it), so a rule changes here or nowhere.
     _jobs/<key>.json                  the job record of one paid submit (resume after a crash)
     _results/<key>.json               what one request produced (the cache a re-run reads)
     _batches/<id>.json                an OpenAI Batch API batch (created once, polled on re-runs)
+    _refreshes/<id>.json              one refresh of a run (its token: a re-run resumes it)
+    _latest/<key>.json                the key a request's newest images are under (a refresh's)
     _staging/<key>/<n>.<ext>          inline outputs kept the moment they arrive
 """
 
@@ -40,6 +42,14 @@ def job_rel(key: str) -> str:
 
 def result_rel(key: str) -> str:
     return f"_results/{key}.json"
+
+
+def refresh_rel(identity: str) -> str:
+    return f"_refreshes/{identity}.json"
+
+
+def latest_rel(key: str) -> str:
+    return f"_latest/{key}.json"
 
 
 def batch_rel(record: str) -> str:

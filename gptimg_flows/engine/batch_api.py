@@ -41,8 +41,16 @@ from gptimg_flows.engine.records import (
     route_key,
     write_images,
 )
+from gptimg_flows.engine.refresh import point_to_newest, remade_key, with_newest
+from gptimg_flows.engine.spending import Hold, hold_spend
 from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, settled, uncertain_text
-from gptimg_flows.errors import InvalidRequest, MalformedResponse, ProviderError, TransportError
+from gptimg_flows.errors import (
+    BudgetExceeded,
+    InvalidRequest,
+    MalformedResponse,
+    ProviderError,
+    TransportError,
+)
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
 from gptimg_flows.models import (
@@ -93,6 +101,8 @@ class BatchItem:
     sidecar_row: bool = True
     #: the key the same request has when sent through a route (it may be recorded there)
     routed_key: str = ""
+    #: its key without a refresh (where a plain re-run looks for its newest images)
+    base_key: str = ""
 
 
 def record_id(keys: Sequence[str]) -> str:
@@ -322,12 +332,21 @@ def _made_by(found: Recorded) -> str | None:
     return job.get("provider") if isinstance(job, dict) else None
 
 
-async def sorted_by_record(archive: Archive, items: list[BatchItem]) -> Sorted:
+async def sorted_by_record(
+    archive: Archive, items: list[BatchItem], *, remake_uncertain: bool = False
+) -> Sorted:
     """Each row's record, read once (a live synchronous claim waited for until it settles):
-    a record of a paid or possibly paid submit is never sent in a batch again."""
+    a record of a paid or possibly paid submit is never sent in a batch again (unless the
+    row is re-made under a key of its own: `remake_uncertain`)."""
     out = Sorted()
     for item in items:
         found = await settled(archive, item.key)
+        while remake_uncertain and found.state is State.UNCERTAIN:
+            item.key = remade_key(found)
+            found = await settled(archive, item.key)
+        if found.state is State.ARCHIVED:  # a re-make collected before: nothing to send
+            out.resume.append(item)
+            continue
         if found.state is State.NONE and item.routed_key:
             routed = await settled(archive, item.routed_key)  # sent through a route before
             if routed.state is State.SUBMITTED and _made_by(routed) == "openai":
@@ -374,17 +393,25 @@ async def run_through_batch_api(
     *,
     wait_seconds: float,
     first_poll_seconds: float,
+    budget: Budget | None = None,
+    remake_uncertain: bool = False,
 ) -> tuple[list[ArchivedImage], dict[int, tuple[str, str]]]:
     """Every row through the Batch API: archived rows answered from the archive, rows in a
     recorded batch collected from it, the rest sent as new batches. Returns the images (with
     their rows) and, per row, (error type, message) for rows without images. A row whose
     record says it was paid synchronously is resumed there; one whose submit is uncertain is
-    reported, never sent again."""
-    api = batch_api_of(provider_of(spec))
+    reported, never sent again. Each new line holds its half-price estimate (engine/spending:
+    the run's budget and the block's spend limit) before its batch is created; a line that
+    does not fit is refused, not sent."""
+    adapter = provider_of(spec)
+    api = batch_api_of(adapter)
     images: list[ArchivedImage] = []
     pending: list[BatchItem] = []
     for item in items:
-        found = await archived_under(archive, [item.key, item.routed_key or item.key])
+        keys = [item.key, item.routed_key or item.key]
+        if item.key == item.base_key:  # not a refresh: its newest images first
+            keys = await with_newest(archive, keys)
+        found = await archived_under(archive, keys)
         if found:
             images += [
                 i.model_copy(
@@ -398,10 +425,20 @@ async def run_through_batch_api(
             ]
         else:
             pending.append(item)
-    rows = await sorted_by_record(archive, pending)
-    groups = dict(rows.batches)
-    groups.update(new_batches(api, rows.new))
+    rows = await sorted_by_record(archive, pending, remake_uncertain=remake_uncertain)
     errors: dict[int, tuple[str, str]] = {}
+    holds: dict[str, Hold] = {}
+    for item in rows.new:
+        price = adapter.price(item.request)
+        half = None if price.amount is None else round(price.amount * BATCH_DISCOUNT, 9)
+        try:
+            holds[item.key] = await hold_spend(
+                spec, price.model_copy(update={"amount": half}), budget
+            )
+        except BudgetExceeded as exc:
+            errors[item.row] = ("BudgetExceeded", f"not sent in the batch: {exc.message}")
+    groups = dict(rows.batches)
+    groups.update(new_batches(api, [i for i in rows.new if i.key in holds]))
     for item, doubt in rows.uncertain:
         errors[item.row] = ("SubmitUncertain", uncertain_text(doubt))
     for item, routed in rows.elsewhere:
@@ -416,7 +453,7 @@ async def run_through_batch_api(
         """A row paid synchronously before (its job on record): polled and downloaded as a
         synchronous run would, never sent in a batch."""
         try:
-            made = await make_images_for(spec)(
+            made = await archived_result(archive, item.key) or await make_images_for(spec)(
                 spec,
                 item.request,
                 None,
@@ -431,6 +468,7 @@ async def run_through_batch_api(
             errors[item.row] = (type(exc).__name__, str(exc))
             return
         images.extend(m.model_copy(update={"row": item.row}) for m in made)
+        await point_to_newest(archive, item.base_key or item.key, item.key)
 
     async def one(record: str, members: list[BatchItem]) -> None:
         rows = {i.key: i.row for i in members}
@@ -439,7 +477,13 @@ async def run_through_batch_api(
             got, why = await collect_openai_batch(
                 api, batch_id, members, archive, wait_seconds, first_poll_seconds
             )
-        except Exception as exc:  # the whole batch's rows fail alike; records keep the rest
+        except BaseException as exc:  # the whole batch's rows fail alike; records keep the rest
+            created = await asyncio.to_thread(archive.read_json, batch_rel(record))
+            for item in members:  # no batch on record: nothing was created, all given back
+                if (hold := holds.get(item.key)) is not None:
+                    await (hold.release() if created is None else _kept(hold))
+            if not isinstance(exc, Exception):
+                raise
             for row in rows.values():
                 errors[row] = (type(exc).__name__, str(exc))
             return
@@ -447,6 +491,18 @@ async def run_through_batch_api(
         for key, text in why.items():
             kind, _, message = text.partition(": ")
             errors[rows[key]] = (kind, message)
+        for item in members:
+            if any(i.request_key == item.key for i in got):
+                await point_to_newest(archive, item.base_key or item.key, item.key)
+            if (hold := holds.get(item.key)) is None:
+                continue
+            mine = [i.cost for i in got if i.request_key == item.key and i.cost is not None]
+            if mine:
+                await hold.settle(sum(mine))
+            elif why.get(item.key, "").startswith("JobFailed"):
+                await hold.release()  # a failed line is not billed
+            else:
+                hold.keep()  # still running (BatchPending): billed when it ends
 
     await asyncio.gather(
         *(one(record, members) for record, members in groups.items()),
@@ -468,6 +524,7 @@ async def batch_api_rows(
     poll_seconds: float,
     by_row: dict[int, list[ArchivedImage]],
     failures: list[BatchFailure],
+    remake_uncertain: bool = False,
 ) -> None:
     """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
     adapter = provider_of(spec)
@@ -479,6 +536,7 @@ async def batch_api_rows(
             key=request_key(adapter, r, [], slots[i] + stamp),
             extra=row_metadata(rows[i]),
             routed_key=route_key(r, [], slots[i] + stamp),
+            base_key=request_key(adapter, r, [], slots[i]),
         )
         for i, r in enumerate(requests)
         if r is not None
@@ -493,7 +551,13 @@ async def batch_api_rows(
             " (half the token-table price) if nothing is archived",
         )
     images, errors = await run_through_batch_api(
-        spec, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+        spec,
+        store,
+        items,
+        wait_seconds=wait_seconds,
+        first_poll_seconds=poll_seconds,
+        budget=budget,
+        remake_uncertain=remake_uncertain,
     )
     for img in images:
         if img.row is not None:
@@ -519,6 +583,7 @@ async def batch_produce(
     budget: Budget | None,
     wait_seconds: float,
     poll_seconds: float,
+    remake_uncertain: bool = False,
 ) -> list[ArchivedImage]:
     """A run's own requests ((request, slot, extra): one edit, a pipeline's candidates or its
     edits) through the Batch API as one batch, under the keys a synchronous run uses (either
@@ -552,23 +617,18 @@ async def batch_produce(
                 parents,
                 sidecar_row=False,
                 routed_key=route_key(request, digests, slot + stamp),
+                base_key=request_key(adapter, request, digests, slot),
             )
         )
-    held: dict[str, float] = {}
-    if budget is not None:
-        for item in items:
-            if not await archived_result(store, item.key):
-                price = adapter.price(item.request)
-                half = None if price.amount is None else round(price.amount * BATCH_DISCOUNT, 9)
-                held[item.key] = budget.reserve(price.model_copy(update={"amount": half}))
     images, errors = await run_through_batch_api(
-        spec, store, items, wait_seconds=wait_seconds, first_poll_seconds=poll_seconds
+        spec,
+        store,
+        items,
+        wait_seconds=wait_seconds,
+        first_poll_seconds=poll_seconds,
+        budget=budget,
+        remake_uncertain=remake_uncertain,
     )
-    if budget is not None:
-        for key, amount in held.items():
-            mine = [i for i in images if i.request_key == key and not i.from_archive]
-            costs = [i.cost for i in mine if i.cost is not None]
-            budget.settle(amount, sum(costs) if mine and costs else None)
     if errors:
         row = min(errors)
         kind, message = errors[row]
@@ -579,6 +639,10 @@ async def batch_produce(
     order = {item.key: item.row for item in items}
     images.sort(key=lambda img: order.get(img.request_key or "", 0))
     return [img.model_copy(update={"row": None}) for img in images]
+
+
+async def _kept(hold: Hold) -> None:
+    hold.keep()
 
 
 def _keep_input(store: Archive, image: InputImage) -> None:

@@ -5,10 +5,8 @@ task run. Plus the checks of a run's parameters every flow shares (timeout, max_
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
@@ -16,8 +14,14 @@ from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.blocks.route import Route
 from gptimg_flows.engine.job_record import NO_PAYING, Recorded, State, recorded
 from gptimg_flows.engine.records import request_key, route_key
+from gptimg_flows.engine.refresh import (
+    point_to_newest,
+    refresh_stamp,
+    remade_key,
+    with_newest,
+)
 from gptimg_flows.engine.routing import Prepared, RoutePlanner, produce_routed
-from gptimg_flows.engine.spend_limit import take_spend
+from gptimg_flows.engine.spending import hold_spend
 from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, upload_inputs
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest, RoutedElsewhere
 from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest
@@ -57,12 +61,14 @@ async def produce(
     extra: dict[str, Any] | None = None,
     row: int | None = None,
     budget: Budget | None = None,
+    remake_uncertain: bool = False,
 ) -> list[ArchivedImage]:
     """Validate → (inputs) → archived already? → budget → submit → wait → download → archive.
 
     A request that must be paid for reserves its estimate in the run's `budget` and takes it
-    from the block's shared spend limit first; either refusal is BudgetExceeded, before any
-    upload or submit. A job already on record (a resumed run) takes nothing again.
+    from the block's shared spend limit first (engine/spending); either refusal is
+    BudgetExceeded, before any upload or submit. A job already on record (a resumed run) takes
+    nothing again; a submit that created nothing gives its reservation back.
     """
     logger = get_run_logger()
     planner_of(spec).validate(request)  # before anything is read, uploaded or paid
@@ -75,8 +81,9 @@ async def produce(
             digests=[img.sha256 for img in loaded] + (["mask:" + mask.sha256] if mask else []),
             parents=[archive.uri(Archive.image_rel(img.sha256, img.mime)) for img in loaded],
         )
+    base_slot = slot
     if refresh:
-        slot = f"{slot}{refresh_stamp()}"
+        slot = f"{slot}{await refresh_stamp(archive)}"
     if isinstance(spec, Route):
         return await produce_routed(
             spec,
@@ -89,25 +96,33 @@ async def produce(
             extra=extra,
             row=row,
             budget=budget,
+            base_slot=base_slot,
+            remake_uncertain=remake_uncertain,
         )
     adapter = provider_of(spec)
     loaded, mask, parents = prepared.loaded, prepared.mask, prepared.parents
     key = request_key(adapter, request, prepared.digests, slot)
-    # The request's own key, then the route key (sent through a route before): one record.
-    found = await recorded(archive, [key, route_key(request, prepared.digests, slot)])
+    base = request_key(adapter, request, prepared.digests, base_slot)
+    # Its newest images' key (a refresh's), its own, then the route key (sent through a route
+    # before): one record, read under every key it may have.
+    keys = [key, route_key(request, prepared.digests, slot)]
+    found = await recorded(archive, keys if refresh else await with_newest(archive, keys))
+    while remake_uncertain and found.state is State.UNCERTAIN:
+        logger.info("this request's submit is uncertain: making it again (remake_uncertain)")
+        key = remade_key(found)
+        found = await recorded(archive, [key])
     if found.state is State.ARCHIVED and found.images:
         logger.info(
             "%d image(s) for this request are already archived: no provider call",
             len(found.images),
         )
+        await point_to_newest(archive, base, found.key)
         return [img.model_copy(update={"from_archive": True}) for img in found.images]
     if found.key != key and found.state in NO_PAYING:
         key = _resumable_route_key(found, adapter.name)
     price = adapter.price(request)
-    held = budget.reserve(price) if budget is not None else 0.0
+    hold = await hold_spend(spec, price, budget, take=found.may_pay)
     try:
-        if found.may_pay:
-            await take_spend(spec, price)
         inputs = (
             await upload_inputs(spec, request, loaded, mask, archive)
             if isinstance(request, EditRequest)
@@ -116,14 +131,13 @@ async def produce(
         archived: list[ArchivedImage] = await make_images_for(spec)(
             spec, request, inputs, key, archive, parents, extra, timeout_seconds, row
         )
-    except BaseException:
-        if budget is not None:
-            budget.settle(held, None)  # it may have been billed: keep the reservation
+    except BaseException as exc:
+        await hold.follow(exc, archive, key)  # given back if nothing was created, else kept
         raise
-    if budget is not None:
-        paid = [i for i in archived if not i.from_archive]  # not another run's images
-        costs = [i.cost for i in paid if i.cost is not None]
-        budget.settle(held, sum(costs) if costs or not paid else None)
+    paid = [i for i in archived if not i.from_archive]  # not another run's images
+    costs = [i.cost for i in paid if i.cost is not None]
+    await hold.settle(sum(costs) if costs or not paid else None)
+    await point_to_newest(archive, base, key)
     return archived
 
 
@@ -140,15 +154,6 @@ def _resumable_route_key(found: Recorded, provider: str) -> str:
         "(run it through that route or provider to collect it; nothing is paid again)",
         member=str(found.member or made_by),
     )
-
-
-def refresh_stamp() -> str:
-    """What makes `refresh=True` pay for new images: new for each flow run, the same when a
-    suspended run starts again from the top or the run is retried (nothing paid twice)."""
-    context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        return f":refresh:{context.flow_run.id}"
-    return f":refresh:{time.time_ns()}"
 
 
 def check_timeout(timeout_seconds: float) -> None:

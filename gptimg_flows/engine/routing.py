@@ -32,7 +32,8 @@ from gptimg_flows.engine import route_health as health
 from gptimg_flows.engine.job_record import NO_PAYING, State, recorded
 from gptimg_flows.engine.pacing import ROUTED_SUBMIT, RoutedSubmit, account_limiter
 from gptimg_flows.engine.records import request_key, route_key
-from gptimg_flows.engine.spend_limit import take_spend
+from gptimg_flows.engine.refresh import point_to_newest, remade_key, with_newest
+from gptimg_flows.engine.spending import Hold, hold_spend
 from gptimg_flows.engine.steps import make_images_for, upload_inputs
 from gptimg_flows.errors import (
     BudgetExceeded,
@@ -179,6 +180,8 @@ async def produce_routed(
     extra: dict[str, Any] | None,
     row: int | None,
     budget: Budget | None,
+    base_slot: str | None = None,
+    remake_uncertain: bool = False,
 ) -> list[ArchivedImage]:
     """The request made by one member of the route (see the module docstring)."""
     logger = get_run_logger()
@@ -186,12 +189,18 @@ async def produce_routed(
     planner = RoutePlanner(route)
     keys = planner.keys(request, prepared.digests, slot)
     key = keys[0]  # the route's own: what it claims and records under
-    found = await recorded(archive, keys)
-    if not refresh and found.state is State.ARCHIVED and found.images:
+    base = route_key(request, prepared.digests, slot if base_slot is None else base_slot)
+    found = await recorded(archive, keys if refresh else await with_newest(archive, keys))
+    while remake_uncertain and found.state is State.UNCERTAIN:
+        logger.info("this request's submit is uncertain: making it again (remake_uncertain)")
+        key = remade_key(found)
+        found = await recorded(archive, [key])
+    if found.state is State.ARCHIVED and found.images:
         logger.info(
             "%d image(s) for this request are already archived: no provider call",
             len(found.images),
         )
+        await point_to_newest(archive, base, found.key)
         answered = [img.model_copy(update={"from_archive": True}) for img in found.images]
         _count_images(route, answered)
         return answered
@@ -266,6 +275,7 @@ async def produce_routed(
                 raise
             continue
         _count_images(route, made)
+        await point_to_newest(archive, base, key)
         return made
 
 
@@ -330,18 +340,19 @@ async def _attempt(
     account = _account(member)
     rate = usd_rate(member, adapter)
     price = adapter.price(request)
-    held = 0.0
+    hold: Hold | None = None
     stats = health.run_stats(health.run_id(), member.name)
     paid = False
     try:
-        if budget is not None:  # inside the try: a refusal here still ends a probe
-            held = budget.reserve(in_unit(price, unit, rate, member.name))
-        try:
-            if not resumed:
-                await take_spend(member.spec, price)
-        except BudgetExceeded as exc:
-            exc.unpaid = True  # this member's own limit: another may still make it
-            raise
+        # Inside the try: a refusal here still ends a probe. The run's budget refused stays
+        # refused; the member's own spend limit (unpaid) lets another member make it.
+        hold = await hold_spend(
+            member.spec,
+            price,
+            budget,
+            budget_price=in_unit(price, unit, rate, member.name),
+            take=not resumed,
+        )
         inputs = (
             await upload_inputs(member.spec, request, prepared.loaded, prepared.mask, archive)
             if isinstance(request, EditRequest)
@@ -364,8 +375,8 @@ async def _attempt(
     except BaseException as exc:
         now = time.monotonic()
         unpaid = isinstance(exc, ProviderError) and exc.unpaid
-        if budget is not None:
-            budget.settle(held, 0.0 if unpaid else None)  # unknown: it may have been billed
+        if hold is not None:
+            await hold.follow(exc, archive, key)  # given back if nothing was created, else kept
         if can_move_on(exc) and not isinstance(exc, RateLimited | BudgetExceeded):
             if health.failed(account, now, route.policy):
                 health.count(stats, cooldowns=1)
@@ -383,11 +394,11 @@ async def _attempt(
     finally:
         if paid:
             health.succeeded(account, time.monotonic(), route.policy)
-    if budget is not None:
-        mine = [i for i in archived if not i.from_archive]
-        costs = [i.cost for i in mine if i.cost is not None]
-        billed = sum(costs) if costs or not mine else None
-        budget.settle(held, None if billed is None else amount_in(billed, adapter, unit, rate))
+    mine = [i for i in archived if not i.from_archive]
+    costs = [i.cost for i in mine if i.cost is not None]
+    billed = sum(costs) if costs or not mine else None
+    assert hold is not None
+    await hold.settle(None if billed is None else amount_in(billed, adapter, unit, rate), billed)
     return archived
 
 
