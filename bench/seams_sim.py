@@ -92,15 +92,15 @@ async def _stories(
 ) -> None:
     from gptimg_flows.engine.rate_limiter import forget_limiters
     from gptimg_flows.engine.route_health import forget_health
-    from tests.support.simulation import plan, save_blocks, simulate
+    from tests.support.simulation import plan, simulate
 
-    await save_blocks(_block_maker(emu))
+    blocks = _block_maker(emu)
     for seed in range(first, last):
         if show:
             print(plan(seed))
         forget_limiters()
         forget_health()
-        outcome = await simulate(seed, emu.client, work)
+        outcome = await simulate(seed, emu.client, work, blocks)
         totals.update(
             stories=1,
             runs=outcome.runs,

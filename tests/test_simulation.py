@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .support.simulation import save_blocks, simulate
+from .support.simulation import simulate
 
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
@@ -22,7 +22,6 @@ SEEDS = range(*map(int, os.environ.get("GPTIMG_SIM_SEEDS", "0-8").split("-")))
 async def test_seeded_story_pays_each_request_once_and_loses_no_paid_image(
     seed: int, emulator: Any, provider_block: Any, tmp_path: Path
 ) -> None:
-    await save_blocks(provider_block)
-    outcome = await simulate(seed, emulator, tmp_path)
+    outcome = await simulate(seed, emulator, tmp_path, provider_block)
     assert outcome.violations == [], f"seed {seed}: " + "\n".join(outcome.violations)
     assert outcome.runs >= 4

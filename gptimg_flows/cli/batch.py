@@ -28,6 +28,7 @@ from gptimg_flows.cli.args import (
 )
 from gptimg_flows.cli.console import (
     OPTIONS,
+    Stop,
     run_command,
     stderr_console,
     stdout_console,
@@ -40,6 +41,7 @@ from gptimg_flows.cli.errors import (
 from gptimg_flows.results import RowsFailed, cost_text
 
 if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
     from rich.progress import Progress, TaskID
 
     from gptimg_flows.flows import BatchResult
@@ -63,6 +65,11 @@ def batch(
         None, "--template", help="Each row's prompt from its columns: 'shot of {name}, {style}'."
     ),
     refresh: bool = typer.Option(False, help="Pay for new images even if archived."),
+    remake_uncertain: bool = typer.Option(
+        False,
+        "--remake-uncertain",
+        help="Pay again only for requests whose earlier submit is uncertain (SubmitUncertain).",
+    ),
     timeout: float = typer.Option(900.0, help="Seconds to wait for each provider job."),
     max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
@@ -117,6 +124,7 @@ def batch(
             output_format=output_format,
             prompt_template=template,
             refresh=refresh,
+            remake_uncertain=remake_uncertain,
             timeout_seconds=timeout,
             max_cost=max_cost,
             fail_on_row_failure=strict,
@@ -174,24 +182,40 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
     )
     task_id = progress.add_task("batch", total=total)
     running: asyncio.Task[BatchResult] = asyncio.ensure_future(flow_run(**kwargs))
-    with progress:
-        await _follow(run_name, total, running, progress, task_id)
-        try:
-            result = await running
-        except RowsFailed as exc:  # --strict: the run is Failed; the summary still shows
-            if exc.result is None:
-                raise
-            result = exc.result
-        progress.update(task_id, completed=total)
+    cancelled: list[str] = []  # the run's id, once it is seen cancelled in Prefect
+    try:
+        with progress:
+            await _follow(run_name, total, running, progress, task_id, cancelled)
+            try:
+                result = await running
+            except RowsFailed as exc:  # --strict: the run is Failed; the summary still shows
+                if exc.result is None:
+                    raise
+                result = exc.result
+            progress.update(task_id, completed=total)
+    except asyncio.CancelledError:  # a Stop (console.py): the run stops too
+        running.cancel()
+        await asyncio.wait({running})
+        if not running.cancelled():
+            running.exception()  # the run's own end; the stop is what the command reports
+        if cancelled:  # the engine marked it Crashed on its way out: it was Cancelled
+            await _mark_cancelled(cancelled[0])
+        raise
     where = (await resolve_archive(kwargs["archive"])).basepath
     return result, where
 
 
 async def _follow(
-    run_name: str, total: int, running: asyncio.Task[Any], progress: Progress, task_id: TaskID
+    run_name: str,
+    total: int,
+    running: asyncio.Task[Any],
+    progress: Progress,
+    task_id: TaskID,
+    cancelled: list[str] | None = None,
 ) -> None:
     """Every 0.5 s until the flow ends: the newest progress artifact of the run named
-    `run_name`, as items done out of `total`.
+    `run_name`, as items done out of `total`; and whether the run was cancelled in Prefect
+    (its id goes into `cancelled`).
 
     The filter is posted as JSON rather than through `read_artifacts`, which sends
     `"task_runs": null` (refused by Prefect 3.8.8's server) or, given an empty filter, joins on
@@ -213,9 +237,42 @@ async def _follow(
                 data = found[0].get("data") if found else None
                 if isinstance(data, int | float):
                     progress.update(task_id, completed=min(round(total * data / 100), total))
+                if cancelled is not None and not cancelled:
+                    cancelled.extend(await _stop_if_cancelled(client, run_name))
             except Exception as exc:  # the bar is informational: the flow's result decides
                 log.debug("progress poll failed: %s", exc)
             await asyncio.wait({running}, timeout=0.5)
+
+
+async def _stop_if_cancelled(client: PrefectClient, run_name: str) -> list[str]:
+    """A run cancelled in Prefect (the UI's Cancel, the API's Cancelling): Prefect 3.9 does
+    not stop a run made in-process (it would go on paying, then stay Cancelling), so the
+    command stops as at a first Ctrl-C (the paid calls already sent are recorded first).
+    The run's id when so."""
+    stop = Stop.current
+    if stop is None or stop.reason is not None:
+        return []
+    body = {"flow_runs": {"name": {"any_": [run_name]}}, "limit": 1}
+    response = await client.request("POST", "/flow_runs/filter", json=body)
+    response.raise_for_status()
+    found = response.json()
+    if not found or (found[0].get("state") or {}).get("type") != "CANCELLING":
+        return []
+    stop.request("the flow run was cancelled in Prefect")
+    return [str(found[0]["id"])]
+
+
+async def _mark_cancelled(run_id: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    try:
+        async with get_client() as client:
+            await client.set_flow_run_state(
+                run_id, Cancelled(message="Cancelled in Prefect; stopped by gptimg"), force=True
+            )
+    except Exception as exc:  # the stop itself is done; the state is what the UI shows
+        log.debug("could not mark the run Cancelled: %s", exc)
 
 
 def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:

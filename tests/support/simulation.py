@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ class RunPlan:
     kill_after_paid: int | None  # SIGKILL once this many more submits are paid (None: no kill)
     kill_delay: float
     chunk: tuple[int, int] = (0, 0)  # the rows a "chunk" run makes
+    refresh: bool = False  # pays for new images (a refresh)
+    remake: bool = False  # remake_uncertain=True: pays again for requests in doubt
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Plan:
     other: str
     prompts: list[str]
     runs: list[RunPlan]
+    cap: int = 0  # the home block's daily cap, in images
 
 
 def plan(seed: int, *, kills: bool = True) -> Plan:
@@ -98,9 +102,12 @@ def plan(seed: int, *, kills: bool = True) -> Plan:
                 else None,
                 kill_delay=rng.uniform(0.0, 0.6),
                 chunk=(lo := rng.randrange(len(prompts)), rng.randint(lo + 1, len(prompts))),
+                refresh=rng.random() < 0.15,
+                remake=rng.random() < 0.2,
             )
         )
-    return Plan(seed, home, other, prompts, runs)
+    cap = rng.randint(len(prompts), 3 * len(prompts))
+    return Plan(seed, home, other, prompts, runs, cap)
 
 
 @dataclass
@@ -137,6 +144,10 @@ def _kwargs(p: Plan, run: RunPlan | None, path: str, archive: Path) -> dict[str,
     if path == "chunk" and run is not None:  # the rows a chunk run of distributed_batch makes
         lo, hi = run.chunk
         kw.update(prompts=p.prompts[lo:hi], row_numbers=list(range(lo, hi)))
+    if run is not None and run.refresh:
+        kw["refresh"] = True
+    if run is not None and run.remake:
+        kw["remake_uncertain"] = True
     return kw
 
 
@@ -171,10 +182,46 @@ def _reachable() -> dict[State, set[State]]:
 REACH = _reachable()
 
 
-async def save_blocks(provider_block: Any) -> None:
+#: Prices for the providers that document none (a spend limit needs an estimate).
+PRICES = {"scenario": 5.0, "runware": 0.05}
+
+
+async def save_blocks(provider_block: Any, caps: dict[str, str] | None = None) -> None:
+    """The story's blocks; `caps` gives a provider a spend limit (a bucket on the server) in
+    which every image, whatever its price, takes one slot."""
     for provider in sorted(set(FAMILIES) | set(FAMILIES.values())):
-        block = provider_block(provider, retries=2, max_retry_after_seconds=RETRY_AFTER_CAP)
+        extra: dict[str, Any] = {}
+        if provider in PRICES:
+            extra["price_per_image"] = PRICES[provider]
+        if caps and provider in caps:
+            extra.update(
+                spend_limit=caps[provider], spend_limit_unit=1e6, spend_limit_wait_seconds=0.2
+            )
+        block = provider_block(
+            provider, retries=2, max_retry_after_seconds=RETRY_AFTER_CAP, **extra
+        )
         await block.save(_name(provider), overwrite=True)
+
+
+async def _cap(limit: int) -> str:
+    from prefect.client.orchestration import get_client
+
+    name = f"sim-cap-{uuid.uuid4().hex[:10]}"
+    async with get_client() as client:
+        response = await client._client.post(
+            "/v2/concurrency_limits/",
+            json={"name": name, "limit": limit, "slot_decay_per_second": 1e-6},
+        )
+        response.raise_for_status()
+    return name
+
+
+async def _held(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(name)
+    return int(limit.active_slots)
 
 
 def _kill_9(
@@ -266,19 +313,25 @@ def _check_moves(before: dict[str, State], after: dict[str, State], when: str) -
     return bad
 
 
-async def simulate(seed: int, emulator: Any, workdir: Path, *, kills: bool = True) -> Outcome:
+async def simulate(
+    seed: int, emulator: Any, workdir: Path, provider_block: Any, *, kills: bool = True
+) -> Outcome:
     """Play one seeded story and judge it (see the module docstring)."""
     p = plan(seed, kills=kills)
     out = Outcome(seed)
     archive = workdir / f"sim-{seed}"
     emulator.reset(config=True)
     emulator.configure(latency=0.3, render_mode="stamp", retry_after=0.2, seed=seed)
+    cap = await _cap(p.cap)
+    await save_blocks(provider_block, {p.home: cap})
     snap = _snapshot(archive)
+    tokens: set[str] = set()
     for number, run in enumerate(p.runs):
         await _one_run(p, run, run.path, emulator, archive, out)
         now = _snapshot(archive)
         out.violations += _check_moves(snap, now, f"run {number} ({run.path})")
         snap = now
+        tokens |= _tokens(archive)
     # Settle: every path once, no faults, no kills.
     settle = ["batch", "route-pq", "alone"] if p.home == "openai" else ["route-pq", "alone"]
     results = []
@@ -287,11 +340,50 @@ async def simulate(seed: int, emulator: Any, workdir: Path, *, kills: bool = Tru
         now = _snapshot(archive)
         out.violations += _check_moves(snap, now, f"settling ({path})")
         snap = now
-    _judge(p, emulator, archive, results, out)
+    _judge(p, emulator, archive, results, out, extra_payments=len(tokens) + _remakes(p))
+    held, paid_home = await _held(cap), _paid_at(emulator, p, p.home)
+    if not paid_home <= held <= p.cap:
+        out.violations.append(
+            f"the daily cap of {p.cap} image(s) at {p.home}: {held} slot(s) held for "
+            f"{paid_home} paid (paid <= held <= cap must hold)"
+        )
+    if out.kills == 0 and held > paid_home + out.uncertain:
+        out.violations.append(
+            f"{held - paid_home} slot(s) of {p.home}'s cap held with nothing paid and nothing "
+            "in doubt: a reservation was not given back"
+        )
     return out
 
 
-def _judge(p: Plan, emulator: Any, archive: Path, results: list[Any], out: Outcome) -> None:
+def _tokens(archive: Path) -> set[str]:
+    out = set()
+    for path in archive.glob("_refreshes/*.json"):
+        try:
+            out.add(str(json.loads(path.read_text()).get("token")))
+        except ValueError:
+            continue
+    return out
+
+
+def _remakes(p: Plan) -> int:
+    return sum(1 for run in p.runs if run.remake)
+
+
+def _paid_at(emulator: Any, p: Plan, provider: str) -> int:
+    subs = emulator.ledger()["submissions"]
+    return sum(1 for s in subs if s["provider"] == provider and s.get("prompt") in p.prompts)
+
+
+def _judge(
+    p: Plan,
+    emulator: Any,
+    archive: Path,
+    results: list[Any],
+    out: Outcome,
+    extra_payments: int = 0,
+) -> None:
+    """Paid at most once (plus once per refresh and re-make the story asked for), every paid
+    request archived or reported uncertain, every request made or refused by the cap."""
     ledger = emulator.ledger()
     paid: dict[str, list[str]] = {}
     for sub in ledger["submissions"]:
@@ -299,19 +391,24 @@ def _judge(p: Plan, emulator: Any, archive: Path, results: list[Any], out: Outco
             paid.setdefault(sub["prompt"], []).append(f"{sub['provider']}:{sub['job_id']}")
     out.paid = sum(len(v) for v in paid.values())
     for prompt, jobs in paid.items():
-        if len(jobs) > 1:
-            out.violations.append(f"{prompt!r} was paid {len(jobs)} times: {jobs}")
+        if len(jobs) > 1 + extra_payments:
+            out.violations.append(
+                f"{prompt!r} was paid {len(jobs)} times ({extra_payments} refresh(es) and "
+                f"re-make(s) asked for): {jobs}"
+            )
     archived = set()
     for sidecar in archive.glob("images/*/*.json"):
         meta = json.loads(sidecar.read_text())
         if meta.get("prompt") in p.prompts:
             archived.add(meta["prompt"])
     out.archived = len(archived)
-    uncertain = set()
+    uncertain, capped = set(), set()
     for result in results:
         for failure in getattr(result, "failures", []) or []:
             if failure.error_type in ("SubmitUncertain", "MalformedResponse"):
                 uncertain.add(p.prompts[failure.index])
+            if failure.error_type == "BudgetExceeded":
+                capped.add(p.prompts[failure.index])
     out.uncertain = len(uncertain)
     for prompt in paid:
         if prompt not in archived and prompt not in uncertain:
@@ -320,7 +417,7 @@ def _judge(p: Plan, emulator: Any, archive: Path, results: list[Any], out: Outco
                 f"(last results: {[_describe(r) for r in results]})"
             )
     for prompt in p.prompts:
-        if prompt not in paid and prompt not in archived and prompt not in uncertain:
+        if prompt not in paid and prompt not in archived | uncertain | capped:
             out.violations.append(f"{prompt!r} was never made after the settling runs")
     store = Archive(str(archive))
     for path in archive.glob("_jobs/*.json"):
