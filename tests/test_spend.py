@@ -103,3 +103,32 @@ async def test_the_run_budget_is_given_back_for_a_refused_submit(
     )
     assert [f.error_type for f in result.failures] == ["ContentRejected"]
     assert len(result.images) == 2
+
+
+async def test_a_batch_create_refused_with_503_holds_nothing_and_is_sent_next_time(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """Found by the seams simulation: a 503 on the create kept the batch record at "creating"
+    and its lines' reservations, though OpenAI had made nothing."""
+    name = await _bucket(10)
+    block = provider_block(
+        "openai", spend_limit=name, spend_limit_unit=1.0, spend_limit_wait_seconds=0.5
+    )
+    kw: dict[str, Any] = {
+        "prompts": [f"a refused batch line {i}" for i in range(3)],
+        "provider": block,
+        "archive": str(archive_dir),
+        "batch_api": True,
+        "batch_poll_seconds": 0.2,
+        "size": "256x256",
+        "quality": "low",
+    }
+    emulator.force("submit_503", provider="openai")
+    refused: BatchResult = await batch_generate(**kw)
+    assert {f.error_type for f in refused.failures} == {"ServerError"}
+    assert await _held(name) == 0 and list(archive_dir.glob("_batches/*.json")) == []
+
+    made: BatchResult = await batch_generate(**kw)
+    assert made.failures == [] and len(made.images) == 3
+    assert [b["lines"] for b in emulator.ledger()["batches"]] == [3]
+    assert await _held(name) == 3

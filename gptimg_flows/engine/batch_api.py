@@ -47,9 +47,8 @@ from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, settled
 from gptimg_flows.errors import (
     BudgetExceeded,
     InvalidRequest,
-    MalformedResponse,
     ProviderError,
-    TransportError,
+    nothing_created,
 )
 from gptimg_flows.media.download import save_inline
 from gptimg_flows.media.sniff import magic_mime
@@ -171,10 +170,10 @@ async def submit_openai_batch(
     await asyncio.to_thread(archive.write_json, batch_rel(record), state)
     try:
         created = await api.create(file_id, {METADATA_KEY: record}, endpoint_of(items[0].request))
-    except (TransportError, MalformedResponse) as exc:
-        if isinstance(exc, TransportError) and not exc.request_sent:
+    except ProviderError as exc:
+        if nothing_created(exc):  # refused or never sent: no batch, nothing held for it
             await asyncio.to_thread(archive.delete, batch_rel(record))
-        raise  # "creating" stays: the next run looks the batch up before creating one
+        raise  # otherwise "creating" stays: the next run looks the batch up before creating one
     await _write_created(archive, record, state, created)
     logger.info("created OpenAI batch %s with %d line(s)", created.id, len(items))
     return created.id

@@ -69,6 +69,7 @@ class RunPlan:
     kill_delay: float
     chunk: tuple[int, int] = (0, 0)  # the rows a "chunk" run makes
     refresh: bool = False  # pays for new images (a refresh)
+    edit: bool = False  # the story's edit request too (after the batch, same path)
     remake: bool = False  # remake_uncertain=True: pays again for requests in doubt
 
 
@@ -80,6 +81,14 @@ class Plan:
     prompts: list[str]
     runs: list[RunPlan]
     cap: int = 0  # the home block's daily cap, in images
+
+    @property
+    def edit_prompt(self) -> str:
+        return f"sim {self.seed} edit: a storm sky"
+
+    @property
+    def every_prompt(self) -> list[str]:
+        return [*self.prompts, self.edit_prompt]
 
 
 def plan(seed: int, *, kills: bool = True) -> Plan:
@@ -103,6 +112,7 @@ def plan(seed: int, *, kills: bool = True) -> Plan:
                 kill_delay=rng.uniform(0.0, 0.6),
                 chunk=(lo := rng.randrange(len(prompts)), rng.randint(lo + 1, len(prompts))),
                 refresh=rng.random() < 0.15,
+                edit=rng.random() < 0.4,
                 remake=rng.random() < 0.2,
             )
         )
@@ -120,6 +130,7 @@ class Outcome:
     archived: int = 0
     uncertain: int = 0
     longest_run: float = 0.0
+    edits: list[Any] = field(default_factory=list)  # what each edit answered
 
 
 def _name(provider: str) -> str:
@@ -298,10 +309,46 @@ async def _one_run(
             out.violations.append(f"a {path} run did not end within its timeout plus a margin")
         except Exception as exc:  # a run may fail (a row's error is in its result otherwise)
             result = exc
+        if run is None or run.edit:
+            out.edits.append(await _edit(p, run, path, archive, out))
     took = time.monotonic() - started
     out.longest_run = max(out.longest_run, took)
     out.runs += 1
     return result
+
+
+async def _edit(p: Plan, run: RunPlan | None, path: str, archive: Path, out: Outcome) -> Any:
+    """The story's edit (an input image of its own), down the run's path where an edit can go
+    (a route with a member that takes no local image first falls back to the home provider)."""
+    from PIL import Image
+
+    import gptimg_flows
+
+    source = archive.parent / f"sim-{p.seed}-source.png"
+    if not source.exists():
+        Image.new("RGB", (256, 256), (40, 90, 160)).save(source)
+    where = path if path in ("alone", "route-pq", "batch") else "alone"
+    kw: dict[str, Any] = {"timeout_seconds": TIMEOUT_SECONDS}
+    if where == "batch":
+        kw.update(batch_api=True, batch_wait_seconds=TIMEOUT_SECONDS, batch_poll_seconds=0.2)
+    if run is not None and run.remake:
+        kw["remake_uncertain"] = True
+    try:
+        return await asyncio.wait_for(
+            gptimg_flows.edit_image(
+                image=str(source),
+                prompt=p.edit_prompt,
+                provider=_provider(p, where),
+                archive=str(archive),
+                **kw,
+            ),
+            TIMEOUT_SECONDS + MARGIN_SECONDS,
+        )
+    except TimeoutError:
+        out.violations.append(f"an edit ({where}) did not end within its timeout plus a margin")
+        return None
+    except Exception as exc:
+        return exc
 
 
 def _check_moves(before: dict[str, State], after: dict[str, State], when: str) -> list[str]:
@@ -371,7 +418,7 @@ def _remakes(p: Plan) -> int:
 
 def _paid_at(emulator: Any, p: Plan, provider: str) -> int:
     subs = emulator.ledger()["submissions"]
-    return sum(1 for s in subs if s["provider"] == provider and s.get("prompt") in p.prompts)
+    return sum(1 for s in subs if s["provider"] == provider and s.get("prompt") in p.every_prompt)
 
 
 def _judge(
@@ -387,7 +434,7 @@ def _judge(
     ledger = emulator.ledger()
     paid: dict[str, list[str]] = {}
     for sub in ledger["submissions"]:
-        if sub.get("prompt") in p.prompts:
+        if sub.get("prompt") in p.every_prompt:
             paid.setdefault(sub["prompt"], []).append(f"{sub['provider']}:{sub['job_id']}")
     out.paid = sum(len(v) for v in paid.values())
     for prompt, jobs in paid.items():
@@ -399,7 +446,7 @@ def _judge(
     archived = set()
     for sidecar in archive.glob("images/*/*.json"):
         meta = json.loads(sidecar.read_text())
-        if meta.get("prompt") in p.prompts:
+        if meta.get("prompt") in p.every_prompt:
             archived.add(meta["prompt"])
     out.archived = len(archived)
     uncertain, capped = set(), set()
@@ -409,6 +456,12 @@ def _judge(
                 uncertain.add(p.prompts[failure.index])
             if failure.error_type == "BudgetExceeded":
                 capped.add(p.prompts[failure.index])
+    for settled_edit in out.edits[-len(results) :]:
+        kind = type(settled_edit).__name__
+        if kind in ("SubmitUncertain", "MalformedResponse"):
+            uncertain.add(p.edit_prompt)
+        elif kind == "BudgetExceeded":
+            capped.add(p.edit_prompt)
     out.uncertain = len(uncertain)
     for prompt in paid:
         if prompt not in archived and prompt not in uncertain:
@@ -416,7 +469,7 @@ def _judge(
                 f"{prompt!r} was paid but is neither archived nor reported uncertain "
                 f"(last results: {[_describe(r) for r in results]})"
             )
-    for prompt in p.prompts:
+    for prompt in p.every_prompt:
         if prompt not in paid and prompt not in archived | uncertain | capped:
             out.violations.append(f"{prompt!r} was never made after the settling runs")
     store = Archive(str(archive))
