@@ -15,7 +15,7 @@ from .support.simulation import simulate
 pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 #: Seeds run in CI; GPTIMG_SIM_SEEDS=a-b runs others (a story that failed, replayed by seed).
-SEEDS = range(*map(int, os.environ.get("GPTIMG_SIM_SEEDS", "0-8").split("-")))
+SEEDS = range(*map(int, os.environ.get("GPTIMG_SIM_SEEDS", "0-6").split("-")))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -24,4 +24,4 @@ async def test_seeded_story_pays_each_request_once_and_loses_no_paid_image(
 ) -> None:
     outcome = await simulate(seed, emulator, tmp_path, provider_block)
     assert outcome.violations == [], f"seed {seed}: " + "\n".join(outcome.violations)
-    assert outcome.runs >= 4
+    assert outcome.runs >= 4  # the story ran, and was judged
