@@ -91,9 +91,17 @@ DRY_RUN_HELP = "Print the cost estimate and exit: nothing is run or paid."
 
 
 def main() -> None:
-    """The console script: exit 130 on Ctrl-C, not a traceback."""
+    """The console script: exit 130 on Ctrl-C, not a traceback (a command's first Ctrl-C
+    waits for its paid calls already sent to be recorded: see console.Stop). A SIGTERM during
+    a flow run (Prefect's handler raises TerminationSignal) exits 143 once the closing event
+    loop has let those calls end recorded."""
+    from prefect.exceptions import TerminationSignal
+
     OPTIONS.owns_process = True
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except TerminationSignal as exc:
+        sys.stderr.write("stopped by a termination signal\n")
+        sys.exit(128 + exc.signal)

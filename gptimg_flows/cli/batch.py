@@ -193,7 +193,9 @@ async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[Batc
                     raise
                 result = exc.result
             progress.update(task_id, completed=total)
-    except asyncio.CancelledError:  # a Stop (console.py): the run stops too
+    except BaseException as exc:  # a Stop (console.py), a SIGTERM: the run stops too
+        if isinstance(exc, KeyboardInterrupt | SystemExit):  # now, not after the run
+            raise
         running.cancel()
         await asyncio.wait({running})
         if not running.cancelled():
@@ -229,7 +231,9 @@ async def _follow(
         "limit": 1,
     }
     async with get_client() as client:
+        polls = 0
         while not running.done():
+            polls += 1
             try:
                 response = await client.request("POST", "/artifacts/filter", json=body)
                 response.raise_for_status()
@@ -237,7 +241,7 @@ async def _follow(
                 data = found[0].get("data") if found else None
                 if isinstance(data, int | float):
                     progress.update(task_id, completed=min(round(total * data / 100), total))
-                if cancelled is not None and not cancelled:
+                if cancelled is not None and not cancelled and polls % 4 == 1:  # every 2 s
                     cancelled.extend(await _stop_if_cancelled(client, run_name))
             except Exception as exc:  # the bar is informational: the flow's result decides
                 log.debug("progress poll failed: %s", exc)

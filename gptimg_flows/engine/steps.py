@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from typing import Any
 
 import httpx
@@ -91,7 +92,8 @@ from gptimg_flows.providers.base import PreparedInputs, Provider
 URL_REFRESHES = 3
 #: The way out of SubmitUncertain, once (the error class says why it is not retried).
 UNCERTAIN_FIX = (
-    "Look the job up in the provider's dashboard; re-run with refresh=True to pay for a new one"
+    "Look the job up in the provider's dashboard; to pay for a new one for just the requests "
+    "in doubt, re-run with remake_uncertain=True (gptimg: --remake-uncertain)"
 )
 
 # -- tasks --------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ async def submit_job(
         # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
         held: list[ClaimAttempt] = []  # a claim already made, used by the first try only
         if limiter.rate is None and limiter.waiting == 0:
-            claim = await asyncio.to_thread(try_claim, archive, key, submitting)
+            claim = await _claim(archive, key, submitting)
             record = claim.record if claim.owner is None else None
             held = [claim] if claim.owner is not None else []
         else:
@@ -229,6 +231,61 @@ class _ClaimedElsewhere(Exception):
     """Another run claimed this key first: this one waits for that run's job instead."""
 
 
+class _PaidCall(asyncio.Task[Job]):
+    """A paid call's own task, run until its answer is recorded. A cancellation of it is
+    refused, only noted (`stopping`): what cancels every task of a loop at once (asyncio.run
+    closing after a Ctrl-C, a KeyboardInterrupt or a SIGTERM) waits for it instead of cutting
+    a call that was sent. `cut` (a second Ctrl-C: `stop_paying`) cancels it for real."""
+
+    what = ""
+    sent = False  # its request may have reached the provider
+    stopping = False  # no new call: one not sent yet withdraws its claim
+    _may_cut = False
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        if self._may_cut:
+            return super().cancel(msg)
+        self.stopping = True
+        return False
+
+    def cut(self) -> bool:
+        self.stopping = self._may_cut = True
+        return super().cancel("stopped at once")
+
+
+#: Every paid call's task in this process until it ends: what a stop waits for, or cuts.
+PAID_CALLS: set[_PaidCall] = set()
+#: Event loops that send no new paid call (their command is stopping).
+_NOT_PAYING: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def stop_paying(*, at_once: bool = False) -> list[str]:
+    """This event loop sends no new paid call (a task a stopped flow left running, such as a
+    row of a gather whose sibling raised, withdraws its claim instead); `at_once` (a second
+    Ctrl-C) also cuts every paid call in flight, ending each claim as possibly billed (a
+    re-run stops on it with SubmitUncertain). What each call sent and unanswered is."""
+    _NOT_PAYING.add(asyncio.get_running_loop())
+    sent = sorted(call.what for call in PAID_CALLS if call.sent and not call.done())
+    if at_once:
+        for call in list(PAID_CALLS):
+            call.cut()
+    return sent
+
+
+async def _claim(archive: Archive, key: str, submitting: dict[str, Any]) -> ClaimAttempt:
+    """`try_claim` in a thread; stopped meanwhile, the claim it made is withdrawn once the
+    thread is done (nothing was sent: left, it would read as a lost answer, SubmitUncertain)."""
+    loop = asyncio.get_running_loop()
+    claiming = loop.run_in_executor(None, try_claim, archive, key, submitting)
+    try:
+        return await asyncio.shield(claiming)
+    except asyncio.CancelledError:
+        await asyncio.wait({claiming})
+        if not claiming.exception() and claiming.result().owner is not None:
+            await asyncio.shield(loop.run_in_executor(None, archive.delete, job_rel(key)))
+        raise
+
+
 async def _claimed_submit(
     adapter: Provider,
     request: ImageRequest,
@@ -239,11 +296,58 @@ async def _claimed_submit(
     held: list[ClaimAttempt],
 ) -> Job:
     """One try of the paid call under an exclusive claim made just before it (each try claims
-    afresh: a refused try withdrew its claim), recorded before the claim is let go."""
-    claim = held.pop() if held else await asyncio.to_thread(try_claim, archive, key, submitting)
+    afresh: a refused try withdrew its claim), recorded before the claim is let go.
+
+    The call runs as its own task (`_PaidCall`), awaited through a shield: a cancellation of
+    the caller (Ctrl-C, a cancelled run) waits until its answer is recorded (the job, or the
+    claim withdrawn or ended), then raises CancelledError. A second one stops waiting; the
+    call still ends recorded unless it is cut (`stop_paying`)."""
+    call = _PaidCall(
+        _paid_call(adapter, request, inputs, key, archive, submitting, held),
+        loop=asyncio.get_running_loop(),
+        name=f"paid-submit-{key[:12]}",
+    )
+    call.what = f"{adapter.display_name} submit of {request.prompt[:40]!r} (request {key[:12]})"
+    PAID_CALLS.add(call)
+    call.add_done_callback(PAID_CALLS.discard)
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError as exc:
+        stop = exc
+    call.stopping = True
+    if not call.done():
+        if call.sent:
+            get_run_logger().info(
+                "stopping: waiting for the answer of the %s, already sent, to be recorded",
+                call.what,
+            )
+        await asyncio.wait({call})
+    if not call.cancelled():
+        call.exception()  # its outcome is on record; the run stops all the same
+    raise stop
+
+
+async def _paid_call(
+    adapter: Provider,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    submitting: dict[str, Any],
+    held: list[ClaimAttempt],
+) -> Job:
+    """The body of `_claimed_submit`, in its own task: claim, send, record."""
+    me = asyncio.current_task()
+    assert isinstance(me, _PaidCall)
+    claim = held.pop() if held else await _claim(archive, key, submitting)
     if claim.owner is None or claim.record is None:
         raise _ClaimedElsewhere
+    if me.stopping or me.get_loop() in _NOT_PAYING:  # stopped: nothing sent, nothing owed
+        await asyncio.to_thread(archive.delete, job_rel(key))
+        raise asyncio.CancelledError
     withdraw = False  # True when the provider created nothing: the claim goes
+    answer: Job | None = None
+    me.sent = True
     try:
         async with held_claim(archive, key, claim.record):  # renewed while the call runs
             try:
@@ -261,18 +365,32 @@ async def _claimed_submit(
                 job = found
             if submitting.get("member"):
                 job = job.model_copy(update={"member": submitting["member"]})
-            job = await _stage_inline(archive, job)
-    except BaseException:
-        # After the renewals stopped, so this write is the last: a withdrawn claim lets the
-        # next try (or run) claim afresh; an ended one stays as evidence the call may have
-        # been billed, so a re-run looks the job up (or stops with SubmitUncertain).
-        if withdraw:
-            await asyncio.to_thread(archive.delete, job_rel(key))
-        else:
-            await asyncio.shield(asyncio.to_thread(end_claim, archive, key, claim.record))
+            answer = await _stage_inline(archive, job)
+    except BaseException as exc:
+        if answer is None:
+            # After the renewals stopped, so this write is the last: a withdrawn claim lets
+            # the next try (or run) claim afresh; an ended one stays as evidence the call may
+            # have been billed, so a re-run looks the job up (or stops with SubmitUncertain).
+            if withdraw:
+                await asyncio.to_thread(archive.delete, job_rel(key))
+            else:
+                await asyncio.shield(asyncio.to_thread(end_claim, archive, key, claim.record))
+                if isinstance(exc, asyncio.CancelledError):
+                    get_run_logger().warning(
+                        "stopped at once: the %s was sent and its answer is not recorded: it "
+                        "may have been billed. %s",
+                        me.what,
+                        UNCERTAIN_FIX,
+                    )
+            raise
+        # The answer is in hand: what ended the renewals (a closing loop cancels every task,
+        # theirs too) does not lose it.
+        await record_job(archive, answer)
+        if isinstance(exc, asyncio.CancelledError):
+            return answer
         raise
-    await record_job(archive, job)
-    return job
+    await record_job(archive, answer)
+    return answer
 
 
 async def _asked_after_ambiguous(
