@@ -199,6 +199,7 @@ class Stop:
                 raise RunCancelled(self.reason) from None
             raise KeyboardInterrupt from None  # exit 130, as Ctrl-C ends any command
         except TerminationSignal:  # Prefect's handler, in the work's own task: it has stopped
+            _stop_paying()  # what it left running sends nothing new while this waits
             await self._recorded()
             raise
         finally:
