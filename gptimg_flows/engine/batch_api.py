@@ -326,11 +326,6 @@ class Sorted:
     elsewhere: list[tuple[BatchItem, Recorded]] = field(default_factory=list)
 
 
-def _made_by(found: Recorded) -> str | None:
-    job = (found.record or {}).get("job")
-    return job.get("provider") if isinstance(job, dict) else None
-
-
 async def sorted_by_record(
     archive: Archive, items: list[BatchItem], *, remake_uncertain: bool = False
 ) -> Sorted:
@@ -348,7 +343,7 @@ async def sorted_by_record(
             continue
         if found.state is State.NONE and item.routed_key:
             routed = await settled(archive, item.routed_key)  # sent through a route before
-            if routed.state is State.SUBMITTED and _made_by(routed) == "openai":
+            if routed.state is State.SUBMITTED and routed.made_by == "openai":
                 item.key = routed.key  # resumed under the key it was paid under
                 found = routed
             elif routed.state is not State.NONE:

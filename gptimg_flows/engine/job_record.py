@@ -37,7 +37,7 @@ from typing import Any
 
 from gptimg_flows.archive.layout import batch_rel, job_rel
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.engine.records import claim_alive, read_result
+from gptimg_flows.engine.records import claim_alive, member_of_record, read_result
 from gptimg_flows.models import ArchivedImage
 
 
@@ -91,11 +91,15 @@ class Recorded:
     @property
     def member(self) -> str | None:
         """The route member a record names (where the request stays)."""
-        if self.record is None:
-            return None
-        job = self.record.get("job")
-        held_by = job.get("member") if isinstance(job, dict) else self.record.get("member")
-        return held_by if isinstance(held_by, str) else None
+        return member_of_record(self.record)
+
+    @property
+    def made_by(self) -> str | None:
+        """The provider a record's job (or claim) names."""
+        record = self.record or {}
+        job = record.get("job")
+        provider = job.get("provider") if isinstance(job, dict) else record.get("provider")
+        return provider if isinstance(provider, str) else None
 
 
 def state_of(archive: Archive, key: str, *, results: bool = True) -> Recorded:

@@ -144,15 +144,12 @@ async def produce(
 def _resumable_route_key(found: Recorded, provider: str) -> str:
     """A request sent through a route earlier, met by a run of one provider: resumed under
     the route's key when that provider made it; otherwise it stays where it was sent."""
-    record = found.record or {}
-    job = record.get("job")
-    made_by = job.get("provider") if isinstance(job, dict) else record.get("provider")
-    if made_by == provider:
+    if found.made_by == provider:
         return found.key
     raise RoutedElsewhere(
-        f"this request was sent through a route to {found.member or made_by!r}: it stays there "
-        "(run it through that route or provider to collect it; nothing is paid again)",
-        member=str(found.member or made_by),
+        f"this request was sent through a route to {found.member or found.made_by!r}: it stays "
+        "there (run it through that route or provider to collect it; nothing is paid again)",
+        member=str(found.member or found.made_by),
     )
 
 

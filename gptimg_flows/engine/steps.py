@@ -489,11 +489,7 @@ async def _job_of_record(
         logger.info("found job %s submitted earlier under this key", job.job_id)
         return job
     if not adapter.capabilities.can_find_job_by_key:
-        raise SubmitUncertain(
-            f"a submit for this request started at {record.get('started_at')} and its answer "
-            "was lost; it may have been billed. " + UNCERTAIN_FIX,
-            provider=adapter.name,
-        )
+        raise SubmitUncertain(uncertain_text(found), provider=adapter.name)
     # The provider has no job under this key: the dead claim goes, and this run claims afresh
     # (unless another run replaced the claim meanwhile).
     await asyncio.to_thread(_withdraw_if_same, archive, key, record)
@@ -522,13 +518,12 @@ async def settled(archive: Archive, key: str) -> Recorded:
     return found
 
 
-def uncertain_text(found: Recorded, row: int | None = None) -> str:
+def uncertain_text(found: Recorded) -> str:
     """Why an uncertain request is not sent again, and the way out."""
     started = (found.record or {}).get("started_at", "an unknown time")
-    where = f"row {row}: " if row is not None else ""
     return (
-        f"{where}a submit for this request started at {started} and its answer was lost; it "
-        "may have been billed. " + UNCERTAIN_FIX
+        f"a submit for this request started at {started} and its answer was lost; it may have "
+        "been billed. " + UNCERTAIN_FIX
     )
 
 
