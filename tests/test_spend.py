@@ -4,6 +4,8 @@ back when the provider says nothing was created, and stays when the answer is am
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,12 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from gptimg_flows import batch_generate
+from gptimg_flows.archive.layout import job_rel
+from gptimg_flows.archive.store import Archive
+from gptimg_flows.blocks.credentials import provider_of
+from gptimg_flows.engine.records import request_key, try_claim
 from gptimg_flows.flows import BatchResult
+from gptimg_flows.models import ImageRequest
 
 from .support.prefect_api import api_post
 
@@ -132,3 +139,35 @@ async def test_a_batch_create_refused_with_503_holds_nothing_and_is_sent_next_ti
     assert made.failures == [] and len(made.images) == 3
     assert [b["lines"] for b in emulator.ledger()["batches"]] == [3]
     assert await _held(name) == 3
+
+
+async def test_a_run_that_pays_after_another_runs_claim_is_withdrawn_takes_from_the_cap(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """The request is claimed by another live run when this one starts (it waits, paying
+    nothing); that claim is then withdrawn (its submit refused), so this run pays: it must
+    take its 10 credits from the cap like any paid submit (it used to take none)."""
+    name = await _bucket(50)
+    block = provider_block(
+        "gptimage2ai", spend_limit=name, spend_limit_unit=1.0, spend_limit_wait_seconds=0.5
+    )
+    request = ImageRequest(prompt="claimed elsewhere first", size="1:1")
+    key = request_key(provider_of(block), request, [], "0")
+    archive = Archive(str(archive_dir))
+    claim = try_claim(archive, key, {"state": "submitting", "key": key, "provider": "gptimage2ai"})
+    assert claim.owner is not None
+    withdrawn_at: list[float] = []
+
+    def withdraw() -> None:
+        time.sleep(1.5)
+        archive.delete(job_rel(key))
+        withdrawn_at.append(time.time())
+
+    threading.Thread(target=withdraw, daemon=True).start()
+    result: BatchResult = await batch_generate(
+        prompts=[request.prompt], provider=block, archive=str(archive_dir), size="1:1"
+    )
+    assert result.failures == [] and len(result.images) == 1
+    assert withdrawn_at, "the run paid before the other claim was withdrawn: it never met it"
+    assert len(emulator.ledger()["submissions"]) == 1
+    assert await _held(name) == 10, "a submit paid after a withdrawn claim took nothing"

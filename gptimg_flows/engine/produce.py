@@ -22,7 +22,12 @@ from gptimg_flows.engine.refresh import (
 )
 from gptimg_flows.engine.routing import Prepared, RoutePlanner, produce_routed
 from gptimg_flows.engine.spending import hold_spend
-from gptimg_flows.engine.steps import load_edit_inputs, make_images_for, upload_inputs
+from gptimg_flows.engine.steps import (
+    load_edit_inputs,
+    make_images_for,
+    past_live_claim,
+    upload_inputs,
+)
 from gptimg_flows.errors import BudgetExceeded, InvalidRequest, RoutedElsewhere
 from gptimg_flows.models import ArchivedImage, EditRequest, ImageRequest
 from gptimg_flows.spend.estimate import Pricer
@@ -120,6 +125,7 @@ async def produce(
         return [img.model_copy(update={"from_archive": True}) for img in found.images]
     if found.key != key and found.state in NO_PAYING:
         key = _resumable_route_key(found, adapter.name)
+    found = await past_live_claim(archive, found)
     price = adapter.price(request)
     hold = await hold_spend(spec, price, budget, take=found.may_pay)
     try:

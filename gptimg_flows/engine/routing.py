@@ -34,7 +34,7 @@ from gptimg_flows.engine.pacing import ROUTED_SUBMIT, RoutedSubmit, account_limi
 from gptimg_flows.engine.records import request_key, route_key
 from gptimg_flows.engine.refresh import point_to_newest, remade_key, with_newest
 from gptimg_flows.engine.spending import Hold, hold_spend
-from gptimg_flows.engine.steps import make_images_for, upload_inputs
+from gptimg_flows.engine.steps import make_images_for, past_live_claim, upload_inputs
 from gptimg_flows.errors import (
     BudgetExceeded,
     InvalidRequest,
@@ -204,6 +204,7 @@ async def produce_routed(
         answered = [img.model_copy(update={"from_archive": True}) for img in found.images]
         _count_images(route, answered)
         return answered
+    found = await past_live_claim(archive, found)
     held_by = found.member if found.key == key else None
     if found.key != key and found.state in NO_PAYING:
         # Recorded under a member's own key (sent there before the provider became a route):

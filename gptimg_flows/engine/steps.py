@@ -518,6 +518,15 @@ async def settled(archive: Archive, key: str) -> Recorded:
     return found
 
 
+async def past_live_claim(archive: Archive, found: Recorded) -> Recorded:
+    """`found`, or, when it is another run's live claim, what that claim became: its job, or
+    nothing if it was withdrawn. Read before a hold, so a run that ends up paying (the claim
+    withdrawn) has taken its estimate from the budgets like any other paid submit."""
+    if found.state is not State.SUBMITTING:
+        return found
+    return await settled(archive, found.key)
+
+
 def uncertain_text(found: Recorded) -> str:
     """Why an uncertain request is not sent again, and the way out."""
     started = (found.record or {}).get("started_at", "an unknown time")
