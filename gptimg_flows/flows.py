@@ -34,7 +34,7 @@ from gptimg_flows.engine.produce import (
 from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_under
-from gptimg_flows.engine.refresh import refresh_stamp
+from gptimg_flows.engine.refresh import end_refresh, refresh_stamp, refreshed_rows
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
@@ -444,6 +444,7 @@ async def batch_generate(
     max_review_rounds: int = 3,
     fail_on_row_failure: bool = False,
     row_numbers: list[int] | None = None,
+    refresh_rows: list[int] | None = None,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -472,6 +473,11 @@ async def batch_generate(
 
     `row_numbers`: each prompt's row in a larger input (distributed_batch's chunk runs pass
     it), so sidecars, results and failures name the input's row, not the chunk's.
+
+    `refresh=True` pays for new images of every row; `refresh_rows` (row numbers, from 0 as in
+    results and sidecars) of just those rows, the others served from the archive. The same
+    refresh run again (after a crash, or while rows of it are still in flight) resumes it
+    instead of paying again; a plain run afterwards returns the newest images (engine/refresh).
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
@@ -481,6 +487,7 @@ async def batch_generate(
     rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)
     row_of = _row_numbers(row_numbers, len(rows))
+    fresh = refreshed_rows(refresh, refresh_rows, row_of)
     spec = await resolve_provider(provider)
     adapter = planner_of(spec)
     defaults = {"size": size, "quality": quality, "output_format": output_format}
@@ -510,7 +517,7 @@ async def batch_generate(
                     req,
                     store,
                     slot=slot,
-                    refresh=refresh,
+                    refresh=i in fresh,
                     remake_uncertain=remake_uncertain,
                     timeout_seconds=timeout_seconds,
                     row=row_of[i],
@@ -541,7 +548,8 @@ async def batch_generate(
             rows,
             requests,
             slots,
-            await refresh_stamp(store) if refresh else None,
+            await refresh_stamp(store) if fresh else None,
+            fresh,
             budget,
             batch_wait_seconds,
             batch_poll_seconds,
@@ -558,6 +566,8 @@ async def batch_generate(
             )
         )
     failures.sort(key=lambda f: f.index)
+    if fresh:
+        await end_refresh(store, [f.error_type for f in failures])
     await progress.finish()
     images = [img for i in sorted(by_row) for img in by_row[i]]
     reviews: list[ReviewRound] = []

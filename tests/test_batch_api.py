@@ -66,7 +66,9 @@ async def test_a_lost_create_answer_is_looked_up_not_sent_again(
     emulator.configure(latency=0.5)
     emulator.force("submit_lost_response", provider="openai")
     first = await run(provider_block("openai"), archive_dir)
-    assert first.images == [] and {f.error_type for f in first.failures} == {"TransportError"}
+    assert first.images == [] and {f.error_type for f in first.failures} == {"BatchPending"}
+    assert "may have been created" in first.failures[0].error
+    assert "TransportError" in first.failures[0].error
     records = [json.loads(p.read_text()) for p in archive_dir.glob("_batches/*.json")]
     assert [r["state"] for r in records] == ["creating"]
 

@@ -191,7 +191,9 @@ async def test_a_lost_create_behind_more_than_a_page_of_newer_batches_is_not_sen
     emulator.configure(latency=0.5)
     emulator.force("submit_lost_response", provider="openai")
     first = await run(provider_block("openai"), archive_dir)
-    assert first.images == [] and {f.error_type for f in first.failures} == {"TransportError"}
+    assert first.images == [] and {f.error_type for f in first.failures} == {"BatchPending"}
+    assert "may have been created" in first.failures[0].error
+    assert "TransportError" in first.failures[0].error
     [record] = [json.loads(p.read_text()) for p in archive_dir.glob("_batches/*.json")]
     assert record["state"] == "creating"
     async with batch_api(emulator) as api:  # the account's other work since

@@ -265,6 +265,8 @@ def _flow_runs() -> int:
         (["batch", "no-such-file.jsonl"], "prompts: no such file"),
         (["batch", "{prompts}", "--template", "{{nom}}"], "prompt_template: no row has a column"),
         (["edit", "{image}", "x", "--size", "1000x1000"], "multiples of 16"),
+        (["batch", "{prompts}", "--refresh-rows", "0,4"], "refresh_rows: row(s) 4 are not in"),
+        (["batch", "{prompts}", "--refresh-rows", "first"], "give row numbers (from 0)"),
     ],
     ids=[
         "archive-protocol",
@@ -274,6 +276,8 @@ def _flow_runs() -> int:
         "prompt-file",
         "template",
         "edit-size",
+        "refresh-rows-range",
+        "refresh-rows-text",
     ],
 )
 def test_typos_are_refused_before_any_flow_run(

@@ -17,6 +17,7 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from gptimg_flows import batch_generate
+from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.flows import BatchResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +118,68 @@ async def test_a_refresh_killed_mid_run_is_resumed_by_the_same_refresh_then_a_pl
     newer: BatchResult = await batch_generate(provider="refresh-s", refresh=True, **kw)
     assert len(_paid(emulator)) == 18, "a refresh after a completed one makes new images"
     assert {i.job_id for i in newer.images}.isdisjoint(refreshed)
+
+
+async def test_refresh_rows_pays_for_just_those_rows_and_a_plain_run_then_returns_them(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    kw: dict[str, Any] = {
+        "prompts": [f"row to refresh maybe {i}" for i in range(5)],
+        "provider": provider_block("gptimage2ai"),
+        "archive": str(archive_dir),
+        "size": "1:1",
+    }
+    first: BatchResult = await batch_generate(**kw)
+    assert len(_paid(emulator)) == 5
+
+    with pytest.raises(InvalidRequest, match=r"refresh_rows: row\(s\) 5, 9 are not in this batch"):
+        await batch_generate(**kw, refresh_rows=[1, 5, 9])
+    assert len(_paid(emulator)) == 5
+
+    some: BatchResult = await batch_generate(**kw, refresh_rows=[1, 3])
+    assert some.failures == [] and len(_paid(emulator)) == 7
+    new = {i.row for i in some.images if not i.from_archive}
+    assert new == {1, 3}
+    before = {i.row: i.sha256 for i in first.images}
+    after = {i.row: i.sha256 for i in some.images}
+    assert [r for r in range(5) if after[r] != before[r]] == [1, 3]
+
+    plain: BatchResult = await batch_generate(**kw)
+    assert all(i.from_archive for i in plain.images) and len(_paid(emulator)) == 7
+    assert {i.row: i.sha256 for i in plain.images} == after, "not the newest images"
+
+
+async def test_a_refresh_that_ends_with_a_batch_still_running_stays_open_until_collected(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    """Found in session 9: a refresh run that completed while its Batch API batch still ran
+    was "done", so the same refresh again took a new token and paid for a second batch, and
+    the first was never collected."""
+    emulator.configure(latency=0.2)
+    kw: dict[str, Any] = {
+        "prompts": [f"a slow batch line {i}" for i in range(3)],
+        "provider": provider_block("openai"),
+        "archive": str(archive_dir),
+        "size": "256x256",
+        "quality": "low",
+        "batch_api": True,
+        "batch_poll_seconds": 0.2,
+    }
+    await batch_generate(**kw)
+    emulator.configure(latency=3.0)
+    early: BatchResult = await batch_generate(**kw, refresh=True, batch_wait_seconds=0.3)
+    assert {f.error_type for f in early.failures} == {"BatchPending"}
+    assert len(emulator.ledger()["batches"]) == 2
+
+    emulator.configure(latency=0.2)
+    later: BatchResult = await batch_generate(**kw, refresh=True)
+    assert later.failures == [] and len(later.images) == 3
+    assert len(emulator.ledger()["batches"]) == 2, "the same refresh created a second batch"
+    assert len(_paid(emulator)) == 6
+
+    plain: BatchResult = await batch_generate(**kw)
+    assert all(i.from_archive for i in plain.images)
+    assert [i.sha256 for i in plain.images] == [i.sha256 for i in later.images]
+
+    await batch_generate(**kw, refresh=True)  # the refresh was collected: this one is new
+    assert len(emulator.ledger()["batches"]) == 3 and len(_paid(emulator)) == 9

@@ -65,6 +65,11 @@ def batch(
         None, "--template", help="Each row's prompt from its columns: 'shot of {name}, {style}'."
     ),
     refresh: bool = typer.Option(False, help="Pay for new images even if archived."),
+    refresh_rows: str | None = typer.Option(
+        None,
+        "--refresh-rows",
+        help="Pay for new images of just these rows (from 0, commas: 3,7,12); others as archived.",
+    ),
     remake_uncertain: bool = typer.Option(
         False,
         "--remake-uncertain",
@@ -85,6 +90,7 @@ def batch(
     item failed (1), or any did with --strict (1; the flow run is Failed too).
     """
     with exit_on_error():
+        from gptimg_flows.engine.refresh import refreshed_rows
         from gptimg_flows.errors import InvalidRequest
         from gptimg_flows.models import ImageRequest
         from gptimg_flows.rows import check_columns
@@ -92,9 +98,11 @@ def batch(
         source = source_arg(prompts_file)
         ImageRequest(prompt="-", size=size, quality=quality, output_format=output_format)
         precheck(provider, archive_arg(archive), timeout)
+        fresh = _row_list(refresh_rows)
         rows = prompt_rows(source, archive_arg(archive))
         if not rows:
             raise InvalidRequest(f"prompts: {prompts_file} holds no prompt", field="prompts")
+        refreshed_rows(refresh, fresh, list(range(len(rows))))  # a wrong number: before a run
         check_columns(rows, template)
         if template is None and (empty := [i for i, r in enumerate(rows) if not _prompt_of(r)]):
             shown = ", ".join(str(i) for i in empty[:10]) + (" …" if len(empty) > 10 else "")
@@ -124,6 +132,7 @@ def batch(
             output_format=output_format,
             prompt_template=template,
             refresh=refresh,
+            refresh_rows=fresh,
             remake_uncertain=remake_uncertain,
             timeout_seconds=timeout,
             max_cost=max_cost,
@@ -145,6 +154,21 @@ def batch(
                 f"{how_many} item(s) failed (first: {first.error_type}: "
                 f"{short_error(first.error_type, first.error)})"
             )
+
+
+def _row_list(text: str | None) -> list[int] | None:
+    """--refresh-rows "3,7,12" as row numbers."""
+    from gptimg_flows.errors import InvalidRequest
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise InvalidRequest(
+            f"--refresh-rows {text!r}: give row numbers (from 0) separated by commas, e.g. 3,7,12",
+            field="refresh_rows",
+        ) from None
 
 
 def _prompt_of(row: dict[str, Any]) -> str:

@@ -479,7 +479,7 @@ async def run_through_batch_api(
             if not isinstance(exc, Exception):
                 raise
             for row in rows.values():
-                errors[row] = (type(exc).__name__, str(exc))
+                errors[row] = _failed_batch(exc, record, created)
             return
         images.extend(got)
         for key, text in why.items():
@@ -513,6 +513,7 @@ async def batch_api_rows(
     requests: list[ImageRequest | None],
     slots: list[str],
     refresh_stamp: str | None,
+    refreshed: set[int],
     budget: Budget | None,
     wait_seconds: float,
     poll_seconds: float,
@@ -520,16 +521,20 @@ async def batch_api_rows(
     failures: list[BatchFailure],
     remake_uncertain: bool = False,
 ) -> None:
-    """The rows through OpenAI's Batch API (same keys as a synchronous run would use)."""
+    """The rows through OpenAI's Batch API (same keys as a synchronous run would use); the
+    rows `refreshed` under the refresh's stamp."""
     adapter = provider_of(spec)
-    stamp = refresh_stamp or ""
+
+    def slot(i: int) -> str:
+        return slots[i] + (refresh_stamp or "") if i in refreshed else slots[i]
+
     items = [
         BatchItem(
             row=i,
             request=r,
-            key=request_key(adapter, r, [], slots[i] + stamp),
+            key=request_key(adapter, r, [], slot(i)),
             extra=row_metadata(rows[i]),
-            routed_key=route_key(r, [], slots[i] + stamp),
+            routed_key=route_key(r, [], slot(i)),
             base_key=request_key(adapter, r, [], slots[i]),
         )
         for i, r in enumerate(requests)
@@ -633,6 +638,20 @@ async def batch_produce(
     order = {item.key: item.row for item in items}
     images.sort(key=lambda img: order.get(img.request_key or "", 0))
     return [img.model_copy(update={"row": None}) for img in images]
+
+
+def _failed_batch(exc: Exception, record: str, created: Any) -> tuple[str, str]:
+    """Why a batch's rows have no images: its own error while nothing is on record; once a
+    batch record is (its create answered, or its answer lost), BatchPending: a later run looks
+    the batch up or collects it, never sending the rows again."""
+    if not isinstance(created, dict):
+        return type(exc).__name__, str(exc)
+    how = "created" if created.get("batch_id") else "may have been created (its answer was lost)"
+    return (
+        "BatchPending",
+        f"batch {created.get('batch_id') or record} {how}; this run stopped on "
+        f"{type(exc).__name__}: {exc}; re-run to collect it (nothing is sent again)",
+    )
 
 
 async def _kept(hold: Hold) -> None:
