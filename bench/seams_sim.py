@@ -70,7 +70,8 @@ async def run(first: int, last: int, show: bool, work: Path) -> list[str]:
         f"## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, seeds {first}-{last - 1}",
         "",
         f"- stories {totals['stories']}, runs {totals['runs']} (of them killed with SIGKILL: "
-        f"{totals['kills']}), wall {wall:.0f} s",
+        f"{totals['kills']}; stopped by a Ctrl-C or a cancel: {totals['stops']}), "
+        f"wall {wall:.0f} s",
         f"- requests paid {totals['paid']}, archived {totals['archived']}, reported uncertain "
         f"{totals['uncertain']}; longest run {longest_run[0]:.1f} s",
         f"- **violations: {len(violations)}**",
@@ -105,6 +106,7 @@ async def _stories(
             stories=1,
             runs=outcome.runs,
             kills=outcome.kills,
+            stops=outcome.stops,
             paid=outcome.paid,
             archived=outcome.archived,
             uncertain=outcome.uncertain,
@@ -112,7 +114,8 @@ async def _stories(
         longest_run[0] = max(longest_run[0], outcome.longest_run)
         violations += [f"seed {seed}: {v}" for v in outcome.violations]
         print(
-            f"seed {seed}: {outcome.runs} runs, {outcome.kills} killed, {outcome.paid} paid, "
+            f"seed {seed}: {outcome.runs} runs, {outcome.kills} killed, {outcome.stops} "
+            f"stopped, {outcome.paid} paid, "
             f"{outcome.archived} archived, {outcome.uncertain} uncertain, "
             f"{len(outcome.violations)} violation(s)",
             flush=True,

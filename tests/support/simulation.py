@@ -4,14 +4,16 @@ emulator and a real Prefect server (issue #32): the same seed plays the same sto
 One example: a few prompts; a home provider P and another seller Q; 3-5 runs, each down one path
 (P alone, a route [P, Q] or [Q, P], for OpenAI the Batch API too), each with forced faults (a
 lost answer, a gateway 504 after the job exists, a 503, a 429 with a junk or huge Retry-After,
-refused polls, truncated downloads, Q down), some killed with SIGKILL in the middle. Then every
+refused polls, truncated downloads, Q down), some stopped in the middle: killed with SIGKILL,
+a Ctrl-C (SIGINT), or `gptimg batch` cancelled through the Prefect API. Then every
 path is run once more with no faults (the runs that settle), and the example is judged from the
 emulator's ledger and the archive:
 
 - each request (prompt) paid at most once, by any seller;
 - every paid request has its image archived, or the settling runs report it uncertain (never
   sent again);
-- every run ended within its timeout plus a margin;
+- every run ended within its timeout plus a margin (a Ctrl-C'd or cancelled one too), and a
+  Ctrl-C or a cancel left no request uncertain beyond the run's ambiguous faults;
 - no job record moved where engine/job_record does not go (backwards).
 
 tests/test_simulation.py runs a fixed budget of seeds in CI; bench/seams_sim.py runs many more.
@@ -55,6 +57,10 @@ FAULTS: tuple[str, ...] = (
     "poll_429",
     "download_truncate",
 )
+#: How a run may be stopped in the middle (RunPlan.stop).
+STOPS = ("kill", "sigint", "cancel")
+#: Faults that may leave a request uncertain (its answer lost or ambiguous after sending).
+AMBIGUOUS = frozenset({"submit_lost_response", "gateway_504", "malformed_json"})
 JUNK_RETRY_AFTER = ("soon", "1e9", "inf", "-5", "Wed, 21 Oct 2065 07:28:00 GMT", "")
 FAMILIES = {"scenario": "gptimage2ai", "runware": "gptimage2ai", "openai": "gptimage2ai"}
 
@@ -65,12 +71,16 @@ class RunPlan:
     faults: list[tuple[str, str]]
     retry_after_header: str | None
     q_down: bool
-    kill_after_paid: int | None  # SIGKILL once this many more submits are paid (None: no kill)
+    kill_after_paid: int | None  # stop the run once this many more submits are paid (None: no stop)
     kill_delay: float
     chunk: tuple[int, int] = (0, 0)  # the rows a "chunk" run makes
     refresh: bool = False  # pays for new images (a refresh)
     edit: bool = False  # the story's edit request too (after the batch, same path)
     remake: bool = False  # remake_uncertain=True: pays again for requests in doubt
+    #: how it is stopped: "kill" (SIGKILL), "sigint" (a Ctrl-C), "cancel" (its flow run set to
+    #: Cancelling through the Prefect API, as the UI's Cancel does; `gptimg batch` watches for
+    #: it, so this run is that command; paths the CLI does not take get a Ctrl-C instead)
+    stop: str = "kill"
 
 
 @dataclass
@@ -114,6 +124,7 @@ def plan(seed: int, *, kills: bool = True) -> Plan:
                 refresh=rng.random() < 0.15,
                 edit=rng.random() < 0.4,
                 remake=rng.random() < 0.2,
+                stop=rng.choice(STOPS),
             )
         )
     cap = rng.randint(len(prompts), 3 * len(prompts))
@@ -126,6 +137,7 @@ class Outcome:
     violations: list[str] = field(default_factory=list)
     runs: int = 0
     kills: int = 0
+    stops: int = 0  # runs stopped by a Ctrl-C or a cancel (not a kill)
     paid: int = 0
     archived: int = 0
     uncertain: int = 0
@@ -174,6 +186,11 @@ def _snapshot(archive: Path) -> dict[str, State]:
         except Exception:  # a record read mid-write by a killed process: judged next time
             continue
     return out
+
+
+def _uncertain(archive: Path) -> set[str]:
+    """Keys whose submit is uncertain (a claim whose answer was never recorded)."""
+    return {key for key, state in _snapshot(archive).items() if state in (State.UNCERTAIN,)}
 
 
 def _reachable() -> dict[State, set[State]]:
@@ -235,17 +252,18 @@ async def _held(name: str) -> int:
     return int(limit.active_slots)
 
 
-def _kill_9(
-    spec: dict[str, Any], emulator: Any, after_paid: int, delay: float, deadline: float
-) -> bool:
-    """Run one flow in its own process; SIGKILL it once `after_paid` more submits are paid
-    (and `delay` later). False when it ended first."""
+def _stopped(
+    command: list[str], emulator: Any, after_paid: int, delay: float, deadline: float, how: str
+) -> str:
+    """Run one flow's process; stop it `how` once `after_paid` more submits are paid (and
+    `delay` later): "ended" (it ended first), "stopped", or "hung" (a Ctrl-C or a cancel that
+    did not end the process within the deadline)."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     before = len(emulator.ledger()["submissions"])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.flow_process", json.dumps(spec)],
+        [sys.executable, *command],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -259,14 +277,59 @@ def _kill_9(
                 break
             time.sleep(0.05)
         if proc.poll() is not None:
-            return False
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        return True
+            return "ended"
+        if how == "kill":
+            os.kill(proc.pid, signal.SIGKILL)
+        elif how == "sigint":
+            os.kill(proc.pid, signal.SIGINT)
+        elif not asyncio.run(_cancel_running_batch()):
+            proc.wait(max(1.0, stop - time.monotonic()))  # it ended before it was cancelled
+            return "ended"
+        try:
+            proc.wait(max(10.0, stop - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return "hung"
+        return "stopped"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+async def _cancel_running_batch() -> bool:
+    """The running `gptimg batch` flow run set to Cancelling, as the UI's Cancel does."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.states import Cancelling
+
+    for _ in range(100):
+        async with get_client() as client:
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=10)
+            for run in runs:
+                if run.name.startswith("gptimg-batch-") and run.state and run.state.is_running():
+                    await client.set_flow_run_state(run.id, Cancelling(), force=True)
+                    return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _command(p: Plan, run: RunPlan, path: str, archive: Path) -> tuple[list[str], str]:
+    """The process a stopped run is, and how it is stopped."""
+    kwargs = _kwargs(p, run, path, archive)
+    if run.stop != "cancel" or path in ("batch", "chunk"):  # the CLI has no chunk or Batch API
+        spec = {"flow": "batch_generate", "provider": _provider(p, path), "kwargs": kwargs}
+        how = "sigint" if run.stop == "cancel" else run.stop
+        return ["-m", "tests.support.flow_process", json.dumps(spec)], how
+    prompts = archive.parent / f"sim-{p.seed}-prompts.txt"
+    prompts.write_text("".join(f"{prompt}\n" for prompt in kwargs["prompts"]))
+    provider = _provider(p, path)
+    args = ["-m", "gptimg_flows.cli", "batch", str(prompts)]
+    args += ["-p", provider if isinstance(provider, str) else ",".join(provider)]
+    args += ["-a", str(archive), "--size", SIZE, "--concurrency", str(kwargs["concurrency"])]
+    args += ["--timeout", str(kwargs["timeout_seconds"])]
+    args += ["--refresh"] * bool(kwargs.get("refresh"))
+    args += ["--remake-uncertain"] * bool(kwargs.get("remake_uncertain"))
+    return args, "cancel"
 
 
 async def _one_run(
@@ -283,20 +346,28 @@ async def _one_run(
     started = time.monotonic()
     result: Any = None
     if run is not None and run.kill_after_paid is not None:
-        spec = {
-            "flow": "batch_generate",
-            "provider": _provider(p, path),
-            "kwargs": _kwargs(p, run, path, archive),
-        }
-        killed = await asyncio.to_thread(
-            _kill_9,
-            spec,
+        command, how = _command(p, run, path, archive)
+        doubt_before = _uncertain(archive)
+        ended = await asyncio.to_thread(
+            _stopped,
+            command,
             emulator,
             run.kill_after_paid,
             run.kill_delay,
             TIMEOUT_SECONDS + MARGIN_SECONDS,
+            how,
         )
-        out.kills += int(killed)
+        out.kills += int(ended == "stopped" and how == "kill")
+        out.stops += int(ended == "stopped" and how != "kill")
+        if ended == "hung":
+            out.violations.append(f"a {path} run stopped by {how} did not end")
+        elif how != "kill":  # a Ctrl-C or a cancel lets every sent submit land
+            ambiguous = sum(kind in AMBIGUOUS for kind, _ in run.faults)
+            if (new := len(_uncertain(archive) - doubt_before)) > ambiguous:
+                out.violations.append(
+                    f"a {path} run stopped by {how} left {new} request(s) uncertain with "
+                    f"{ambiguous} ambiguous fault(s): a sent submit was cut"
+                )
     else:
         try:
             result = await asyncio.wait_for(
