@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,aws]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,aws,ocr]'
 	touch $(STAMP)
 
 install: $(STAMP)

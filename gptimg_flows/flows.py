@@ -35,6 +35,14 @@ from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_under
 from gptimg_flows.engine.refresh import end_refresh, refresh_stamp, refreshed_rows
+from gptimg_flows.engine.text_checking import (
+    check_rows,
+    checked,
+    checked_text_of,
+    text_failed,
+    text_failures,
+    text_rule,
+)
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import (
@@ -74,10 +82,12 @@ from gptimg_flows.rows import (
     occurrence_slots,
     on_row,
     plan_rows,
+    row_expected_text,
     row_failure,
     row_metadata,
 )
 from gptimg_flows.spend.prices import Budget
+from gptimg_flows.textcheck import TextCheckMode
 
 # -- one request, end to end --------------------------------------------------------------------
 
@@ -111,11 +121,18 @@ async def generate_images(
     review_timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     on_review_timeout: OnTimeout = "reject",
     max_review_rounds: int = 3,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> list[ArchivedImage]:
     """Generate `n` images from a prompt and archive them.
 
     `max_cost` (in the provider's cost unit) refuses the run before any provider call when
     its estimate is over it (BudgetExceeded).
+
+    `text_check="flag"` reads back the text the prompt quotes (or `expected_text`) from each
+    image and marks the ones that misread it; `"remake"` also makes the request again, up to
+    `text_check_attempts` more times, until an image passes (engine/text_checking.py).
 
     `review=True`: once archived, the run pauses (suspends, under a worker) until a person
     approves candidates in the Resume form, or asks for a new round from a new prompt. Every
@@ -135,19 +152,26 @@ async def generate_images(
         extras=extras or {},
     )
     check_timeout(timeout_seconds)
+    rule = text_rule(text_check, expected_text, text_check_attempts)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(planner_of(spec), max_cost, [request])
-    images = await produce(
-        spec,
-        request,
+    images = await checked(
+        lambda suffix: produce(
+            spec,
+            request,
+            store,
+            slot=f"0{suffix}",
+            refresh=refresh,
+            remake_uncertain=remake_uncertain,
+            timeout_seconds=timeout_seconds,
+            budget=budget,
+        ),
+        request.prompt,
+        rule,
         store,
-        refresh=refresh,
-        remake_uncertain=remake_uncertain,
-        timeout_seconds=timeout_seconds,
-        budget=budget,
     )
     if review:
         rounds = Rounds(
@@ -161,15 +185,20 @@ async def generate_images(
         async def again(prompt: str, number: int) -> list[ArchivedImage]:
             req = request.model_copy(update={"prompt": prompt})
             planner_of(spec).validate(req)
-            return await produce(
-                spec,
-                req,
+            return await checked(
+                lambda suffix: produce(
+                    spec,
+                    req,
+                    store,
+                    slot=f"round-{number}{suffix}",
+                    refresh=refresh,
+                    remake_uncertain=remake_uncertain,
+                    timeout_seconds=timeout_seconds,
+                    budget=budget,
+                ),
+                prompt,
+                rule,
                 store,
-                slot=f"round-{number}",
-                refresh=refresh,
-                remake_uncertain=remake_uncertain,
-                timeout_seconds=timeout_seconds,
-                budget=budget,
             )
 
         images = await rounds.run(images, request.prompt, again)
@@ -198,11 +227,17 @@ async def edit_image(
     batch_api: bool = False,
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> list[ArchivedImage]:
     """Edit an image (local path, fsspec URL or http URL), optionally only where a mask says.
 
     `batch_api=True` (an OpenAI block) sends the edit through OpenAI's Batch API at half the
-    price (see batch_generate); its size must be auto, 1024x1024, 1536x1024 or 1024x1536."""
+    price (see batch_generate); its size must be auto, 1024x1024, 1536x1024 or 1024x1536.
+
+    `text_check` as in generate_images: the edit prompt's quotes, else `expected_text`, else
+    the text its source image was checked for (its sidecar's `text_check`)."""
     request = build_request(
         EditRequest,
         images=[image] if isinstance(image, str) else image,
@@ -217,30 +252,38 @@ async def edit_image(
         extras=extras or {},
     )
     check_timeout(timeout_seconds)
+    rule = text_rule(text_check, expected_text, text_check_attempts)
     spec = await resolve_provider(provider)
     store = await resolve_archive(archive)
     budget = run_budget(planner_of(spec), max_cost, [request])
-    if batch_api:
-        images = await batch_produce(
-            _batch_provider(spec),
-            store,
-            [(request, "0", {})],
-            refresh_stamp=await refresh_stamp(store) if refresh else None,
-            budget=budget,
-            wait_seconds=batch_wait_seconds,
-            poll_seconds=batch_poll_seconds,
-            remake_uncertain=remake_uncertain,
-        )
-    else:
-        images = await produce(
+    stamp = await refresh_stamp(store) if refresh and batch_api else None
+
+    async def make(suffix: str) -> list[ArchivedImage]:
+        if batch_api:
+            return await batch_produce(
+                _batch_provider(spec),
+                store,
+                [(request, f"0{suffix}", {})],
+                refresh_stamp=stamp,
+                budget=budget,
+                wait_seconds=batch_wait_seconds,
+                poll_seconds=batch_poll_seconds,
+                remake_uncertain=remake_uncertain,
+            )
+        return await produce(
             spec,
             request,
             store,
+            slot=f"0{suffix}",
             refresh=refresh,
             remake_uncertain=remake_uncertain,
             timeout_seconds=timeout_seconds,
             budget=budget,
         )
+
+    sources = [i for i in request.images if isinstance(i, str)]
+    source_text = await checked_text_of(store, sources) if rule.on else []
+    images = await checked(make, request.prompt, rule, store, fallback=source_text)
     await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
 
@@ -445,6 +488,9 @@ async def batch_generate(
     fail_on_row_failure: bool = False,
     row_numbers: list[int] | None = None,
     refresh_rows: list[int] | None = None,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> BatchResult:
     """One request per row, `concurrency` at a time; a failed row does not stop the rest.
 
@@ -478,11 +524,23 @@ async def batch_generate(
     results and sidecars) of just those rows, the others served from the archive. The same
     refresh run again (after a crash, or while rows of it are still in flight) resumes it
     instead of paying again; a plain run afterwards returns the newest images (engine/refresh).
+
+    `text_check` as in generate_images, per row: a row's `expected_text` column, else the
+    batch's `expected_text`, else what the row's prompt (its template filled) quotes. With
+    `fail_on_row_failure`, a row none of whose images passed is a failed row (TextCheckFailed).
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
+    rule = text_rule(text_check, expected_text, text_check_attempts)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
+    if batch_api and rule.mode == "remake":
+        raise InvalidRequest(
+            "text_check='remake' does not work with batch_api=True yet (a remake would be a "
+            "second batch, a day later): use text_check='flag' and re-run the flagged rows "
+            "with refresh_rows",
+            field="text_check",
+        )
     store = await resolve_archive(archive)
     rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)
@@ -512,17 +570,22 @@ async def batch_generate(
         extra = row_metadata(rows[i])
         async with gate:
             try:
-                made = await produce(
-                    spec,
-                    req,
+                made = await checked(
+                    lambda suffix: produce(
+                        spec,
+                        req,
+                        store,
+                        slot=slot + suffix,
+                        refresh=i in fresh,
+                        remake_uncertain=remake_uncertain,
+                        timeout_seconds=timeout_seconds,
+                        row=row_of[i],
+                        extra=extra,
+                        budget=budget,
+                    ),
+                    req.prompt,
+                    rule.given(row_expected_text(rows[i])),
                     store,
-                    slot=slot,
-                    refresh=i in fresh,
-                    remake_uncertain=remake_uncertain,
-                    timeout_seconds=timeout_seconds,
-                    row=row_of[i],
-                    extra=extra,
-                    budget=budget,
                 )
                 into[i] = on_row(made, row_of[i], extra)
             except Exception as exc:  # one item's failure is reported, not fatal
@@ -557,6 +620,7 @@ async def batch_generate(
             failures,
             remake_uncertain,
         )
+        await check_rows(by_row, rows, rule, store)  # once the batch is in
     else:
         await asyncio.gather(
             *(
@@ -565,6 +629,8 @@ async def batch_generate(
                 if r is not None
             )
         )
+    if fail_on_row_failure and rule.on:
+        failures += text_failures(by_row, rows, row_of)
     failures.sort(key=lambda f: f.index)
     if fresh:
         await end_refresh(store, [f.error_type for f in failures])
@@ -609,6 +675,7 @@ async def batch_generate(
         reviews=reviews,
         refused_submits=traffic.refused,
         rate_limit_wait_seconds=round(traffic.waited_seconds, 3),
+        text_check_failed=text_failed(images),
     )
     logger.info(
         "batch: %d image(s), %d failure(s), cost %s",

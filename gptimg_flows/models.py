@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.sizes import TIER_LONG_SIDE, dims_for, normalise_ratio, parse_size
+from gptimg_flows.textcheck.check import TextCheck
 
 Quality = Literal["auto", "low", "medium", "high"]
 Background = Literal["auto", "transparent", "opaque"]
@@ -324,6 +325,9 @@ class ArchivedImage(BaseModel):
         default_factory=dict, description="a batch row's metadata columns (sku, campaign, …)"
     )
     review: ReviewRecord | None = Field(None, description="the review's decision, when reviewed")
+    text_check: TextCheck | None = Field(
+        None, description="the quoted text read back from the image (text_check='flag'/'remake')"
+    )
 
 
 def canonical_json(value: Any) -> str:

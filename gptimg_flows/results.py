@@ -66,6 +66,9 @@ class BatchResult(BaseModel):
     rate_limit_wait_seconds: float = Field(
         0.0, description="time this run's submits spent waiting for the accounts' rate limits"
     )
+    text_check_failed: int = Field(
+        0, description="images whose text check failed (text_check='flag' or 'remake')"
+    )
 
 
 class RowsFailed(Exception):

@@ -178,9 +178,23 @@ def fill_row_template(template: str, row: Row) -> str:
         raise InvalidRequest(f"prompt_template: {exc}", field="prompt_template") from None
 
 
+#: Row columns that steer the run without being sent or kept as metadata.
+CHECK_FIELDS = frozenset({"expected_text"})
+
+
 def row_metadata(row: Row) -> dict[str, Any]:
     """The row's columns that are not request fields: carried with its images, never sent."""
-    return {k: v for k, v in row.items() if k not in REQUEST_FIELDS}
+    return {k: v for k, v in row.items() if k not in REQUEST_FIELDS and k not in CHECK_FIELDS}
+
+
+def row_expected_text(row: Row) -> list[str] | None:
+    """A row's own `expected_text`: a list (JSONL), or one line (CSV; " | " parts several)."""
+    value = row.get("expected_text")
+    if value is None or value == "":
+        return None
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [part.strip() for part in str(value).split(" | ")]
 
 
 def row_prompt(row: Row) -> str:

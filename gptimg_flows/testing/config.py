@@ -46,6 +46,7 @@ FaultKind = Literal[
     "malformed_json",
     "html_error",
     "gateway_504",
+    "misspell_text",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 

@@ -3,7 +3,9 @@
 A fault is decided at the stage where it would happen for real: before a job exists
 (`submit`: nothing is charged), just after it was created (`accepted`: the job exists and is
 charged, so `submit_lost_response`, `malformed_json` and `gateway_504` cost credits), when the
-job is set up (`job`), on a poll, when an output URL is issued (`url`), and on a download.
+job is set up (`job`), as each output is drawn (`text`: `misspell_text` draws the prompt's
+quoted text misspelt, as a model may), on a poll, when an output URL is issued (`url`), and
+on a download.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ STAGES: dict[str, tuple[str, ...]] = {
     "submit": ("submit_429", "submit_500", "submit_503", "submit_drop", "html_error"),
     "accepted": ("submit_lost_response", "malformed_json", "gateway_504"),
     "job": ("job_fail",),
+    "text": ("misspell_text",),
     "poll": ("poll_429", "poll_500", "poll_drop"),
     "url": ("url_expired",),
     "download": ("download_truncate", "download_not_image"),

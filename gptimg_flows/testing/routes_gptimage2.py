@@ -132,7 +132,7 @@ async def generate(request: Request, emu: Emulator) -> Response:
     final_prompt = _final_prompt(body)
     specs = [
         OutputSpec(
-            prompt=final_prompt,
+            prompt=emu.drawn(P, final_prompt, path),
             width=width,
             height=height,
             fmt="png",

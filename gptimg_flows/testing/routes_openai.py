@@ -187,7 +187,7 @@ async def _generate(
     job_id = new_id("emu-openai-")
     specs = [
         OutputSpec(
-            prompt=params.prompt,
+            prompt=emu.drawn(P, params.prompt, path),
             width=params.width,
             height=params.height,
             fmt=params.fmt,

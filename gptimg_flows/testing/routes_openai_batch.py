@@ -248,7 +248,7 @@ async def _answer(emu: Emulator, batch: Batch, raw: bytes) -> bytes:
     job_id = f"{batch.batch_id}:{custom_id}"
     specs = [
         OutputSpec(
-            prompt=params.prompt,
+            prompt=emu.drawn(P, params.prompt, path),
             width=params.width,
             height=params.height,
             fmt=params.fmt,

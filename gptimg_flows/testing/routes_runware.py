@@ -224,7 +224,7 @@ async def _infer(request: Request, emu: Emulator, task: dict[str, Any]) -> Job:
         }
     specs = [
         OutputSpec(
-            prompt=prompt,
+            prompt=emu.drawn(P, prompt, path),
             width=width,
             height=height,
             fmt=fmt,

@@ -214,7 +214,7 @@ async def generate(request: Request, emu: Emulator) -> Response:
     job_id = new_id("job_")
     specs = [
         OutputSpec(
-            prompt=prompt,
+            prompt=emu.drawn(P, prompt, path),
             width=width,
             height=height,
             fmt="png",

@@ -187,7 +187,7 @@ async def submit(request: Request, emu: Emulator) -> Response:
     job_id = new_id("gen_")
     specs = [
         OutputSpec(
-            prompt=prompt,
+            prompt=emu.drawn(P, prompt, path),
             width=width,
             height=height,
             fmt=fmt,

@@ -27,6 +27,7 @@ from gptimg_flows.testing.config import PROVIDERS, EmulatorConfig, ForcedFault
 from gptimg_flows.testing.faults import DroppedConnection, FaultPicker, html_error_response
 from gptimg_flows.testing.images import InputStore, OutputSpec, Renderer
 from gptimg_flows.testing.ledger import Ledger
+from gptimg_flows.testing.misspell import misspell_quotes
 
 State = Literal["queued", "running", "succeeded", "failed", "canceled"]
 
@@ -254,6 +255,13 @@ class Emulator:
         if self.fault(provider, "job", path):
             return (code, "The image generation failed upstream.")
         return None
+
+    def drawn(self, provider: str, prompt: str, path: str) -> str:
+        """The prompt one output is drawn from: its quoted text misspelt when the
+        `misspell_text` fault says the model got the words wrong."""
+        if self.fault(provider, "text", path):
+            return misspell_quotes(prompt, self.faults.rng)
+        return prompt
 
     def moderated(self, *texts: str | None) -> bool:
         """The stand-in for moderation: the configured word appears in a prompt field."""

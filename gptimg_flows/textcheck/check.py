@@ -1,0 +1,71 @@
+"""One image's text check: what was expected, what was read, how far apart (public: it is kept
+on each `ArchivedImage` and in its sidecar as `text_check`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gptimg_flows.textcheck.match import best_match
+from gptimg_flows.textcheck.ocr import engine_name, read_text
+
+#: "off": no check; "flag": every image kept, a failed one marked; "remake": a request none of
+#: whose images passed is made again (up to `text_check_attempts` more times).
+TextCheckMode = Literal["off", "flag", "remake"]
+
+#: An expected line passes at or under this character error rate. Tuned on bench/text_check.py's
+#: data set (bench/RESULTS-text.md): 0 flags OCR's own slips on long lines; more lets a dropped
+#: letter of a 12-letter headline through.
+MAX_ERROR_RATE = 0.05
+
+
+class TextLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    expected: str
+    error_rate: float = Field(description="character error rate against the best-matching region")
+    matched: str = Field(description="that region, normalised (case, spaces and Unicode)")
+    passed: bool
+
+
+class TextCheck(BaseModel):
+    """The words an image was expected to carry, read back by OCR."""
+
+    model_config = ConfigDict(frozen=True)
+
+    expected: list[str]
+    read: list[str] = Field(description="the lines the OCR engine read, top to bottom")
+    lines: list[TextLine]
+    error_rate: float = Field(description="the worst line's character error rate")
+    passed: bool
+    engine: str = Field(description="the OCR engine and its version")
+    max_error_rate: float = MAX_ERROR_RATE
+
+
+def judge(expected: list[str], read: list[str], engine: str) -> TextCheck:
+    lines = []
+    for text in expected:
+        match = best_match(text, read)
+        lines.append(
+            TextLine(
+                expected=text,
+                error_rate=match.error_rate,
+                matched=match.region,
+                passed=match.error_rate <= MAX_ERROR_RATE,
+            )
+        )
+    worst = max((line.error_rate for line in lines), default=0.0)
+    return TextCheck(
+        expected=expected,
+        read=read,
+        lines=lines,
+        error_rate=worst,
+        passed=all(line.passed for line in lines),
+        engine=engine,
+    )
+
+
+async def check_image(data: bytes, expected: list[str]) -> TextCheck:
+    """Read the image (off the event loop) and judge each expected line."""
+    return judge(expected, await read_text(data), engine_name())

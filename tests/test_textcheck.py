@@ -1,0 +1,102 @@
+"""The text check's parts that need no Prefect (issue #34): what a prompt quotes, matching that
+knows OCR's habits, and the embedded engine reading a real rendered image."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gptimg_flows.media import render
+from gptimg_flows.testing.misspell import misspell, misspell_quotes
+from gptimg_flows.textcheck import OCRMissing, best_match, expected_lines, quoted, require_ocr
+from gptimg_flows.textcheck import ocr as ocr_module
+from gptimg_flows.textcheck.check import MAX_ERROR_RATE, judge
+from gptimg_flows.textcheck.ocr import read_lines
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ('a poster that says "GRAND OPENING"', ["GRAND OPENING"]),
+        ("a sign reading 'Open 7 Days' and \u201cFree Wifi\u201d", ["Open 7 Days", "Free Wifi"]),
+        ("the cat's hat, don't 'SALE' it", ["SALE"]),
+        ("\u2018Fresh\u2019 bread, \u00abPain frais\u00bb", ["Fresh", "Pain frais"]),
+        ('blank "   " and "!!" are not text', []),
+        ("no quotes at all", []),
+        ("it's Sam's shop", []),
+    ],
+)
+def test_a_prompt_quotes_what_its_image_should_carry(prompt: str, expected: list[str]) -> None:
+    assert quoted(prompt) == expected
+
+
+def test_given_text_wins_over_the_quotes() -> None:
+    assert expected_lines('say "A"', [" Menu ", "", "Soup $4"]) == ["Menu", "Soup $4"]
+    assert expected_lines('say "A"', None) == ["A"]
+    assert expected_lines('say "A"', []) == []
+
+
+@pytest.mark.parametrize(
+    ("expected", "read", "rate"),
+    [
+        ("GRAND OPENING", ["a poster that says", 's "GRAND', 'OPENING" in bold'], 0.0),
+        ("Summer Sale", ["summer   sale"], 0.0),
+        ("BOOK NOW", ["B0OK N0W"], 0.0),  # O read as 0
+        ("Hello Bill", ["He11o Bi|l"], 0.0),  # l read as 1 or |
+        ("Espresso $3.50", ["Espresso $3.50 on slate"], 0.0),
+        ("GRAND OPENING", ["GRAND OPENNG"], round(1 / 12, 4)),  # a letter dropped
+        ("GRAND OPENING", ["GRAND OPEINNG"], round(2 / 12, 4)),  # two swapped
+        ("GRAND OPENING", ["GRAND OPENINGG"], round(1 / 12, 4)),  # a letter doubled
+        ("Go", ["GGo"], 0.5),  # doubled at the edge of the word
+        ("50% OFF", ["Sale50%off today"], 0.0),  # digits end a word: OCR's lost space is free
+        ("Sale", ["Sole"], 0.25),  # a letter replaced
+        ("Sale", [], 1.0),  # nothing read
+    ],
+)
+def test_matching_tolerates_ocr_habits_and_counts_real_misspellings(
+    expected: str, read: list[str], rate: float
+) -> None:
+    assert best_match(expected, read).error_rate == rate
+
+
+def test_the_best_region_is_reported() -> None:
+    match = best_match("Free Shipping", ["Today only:", "FREE SHIPPNG on all", "orders"])
+    assert match.region == "free shippng" and match.edits == 1
+
+
+def test_a_check_passes_only_when_every_line_is_read_right() -> None:
+    good = judge(["GRAND OPENING", "Oct 14"], ["GRAND OPENING", "Oct 14"], "engine 1")
+    assert good.passed and good.error_rate == 0.0 and good.engine == "engine 1"
+    bad = judge(["GRAND OPENING", "Oct 14"], ["GRAND OPENING", "Oct 41"], "engine 1")
+    assert not bad.passed
+    assert [line.passed for line in bad.lines] == [True, False]
+    assert bad.error_rate > MAX_ERROR_RATE
+    assert judge([], ["anything"], "e").passed
+
+
+def test_misspell_always_changes_a_letter() -> None:
+    rng = random.Random(7)
+    for text in ["GRAND OPENING", "Summer Sale 2026", "Espresso $3.50", "Go"]:
+        for kind in ("drop", "double", "swap", "replace"):
+            wrong = misspell(text, rng, kind)
+            assert wrong != text and best_match(text, [wrong]).edits >= 1, (text, kind, wrong)
+    assert misspell_quotes('say "Hello" now', rng).startswith('say "')
+
+
+def test_without_the_extra_a_check_is_refused_with_the_install_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ocr_module, "find_spec", lambda name: None)
+    with pytest.raises(OCRMissing, match=r"pip install 'gptimg-flows\[ocr\]'") as caught:
+        require_ocr()
+    assert caught.value.field == "text_check"
+
+
+def test_the_embedded_engine_reads_a_rendered_headline() -> None:
+    prompt = 'a poster that says "GRAND OPENING" in bold letters'
+    data = render.encode(render.draw(prompt, 768, 768, seed=3), "png")
+    read = read_lines(data)
+    assert judge(quoted(prompt), read, "e").passed, read
+    wrong = render.encode(render.draw(prompt.replace("OPENING", "OPENNG"), 768, 768, 3), "png")
+    assert not judge(quoted(prompt), read_lines(wrong), "e").passed
