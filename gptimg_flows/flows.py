@@ -36,12 +36,15 @@ from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_under
 from gptimg_flows.engine.refresh import end_refresh, refresh_stamp, refreshed_rows
 from gptimg_flows.engine.text_checking import (
+    TextRule,
     check_rows,
     checked,
     checked_text_of,
+    edit_all,
     text_failed,
     text_failures,
     text_rule,
+    worth_editing,
 )
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
@@ -311,9 +314,11 @@ async def _generate_then_edit(
     batch_api: bool = False,
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
+    text: TextRule | None = None,
 ) -> PipelineResult:
     """generate_edit_archive's steps, also run by daily_content in its own flow run (so a
     deployment's review suspends the deployment's run, not a subflow)."""
+    rule = text or TextRule()
     first = build_request(
         ImageRequest, prompt=prompt, n=n, size=size, quality=quality, output_format=output_format
     )
@@ -371,8 +376,10 @@ async def _generate_then_edit(
 
     if batch_api:
         check_batch_edit(edit)  # before the generation is paid
-    candidates = await make([(first, "0", {})])
-    generated, to_edit = candidates, candidates
+    candidates = await checked(
+        lambda suffix: make([(first, f"0{suffix}", {})]), first.prompt, rule, store
+    )
+    generated, to_edit = candidates, worth_editing(candidates)
     reviews: list[ReviewRound] = []
     if review:
         rounds = Rounds(
@@ -382,15 +389,27 @@ async def _generate_then_edit(
         async def again(new_prompt: str, number: int) -> list[ArchivedImage]:
             req = first.model_copy(update={"prompt": new_prompt})
             adapter.validate(req)
-            return await make([(req, f"round-{number}", {})])
+            return await checked(
+                lambda suffix: make([(req, f"round-{number}{suffix}", {})]), new_prompt, rule, store
+            )
 
         generated = await rounds.run(candidates, prompt, again)
         to_edit, reviews = rounds.approved, rounds.records
-    edited = await make(
-        [
-            (edit.model_copy(update={"images": [source.uri]}), "0", {"derived_from": source.uri})
-            for source in to_edit
-        ]
+    edited = await edit_all(
+        lambda sources, suffix: make(
+            [
+                (
+                    edit.model_copy(update={"images": [source.uri]}),
+                    f"0{suffix}",
+                    {"derived_from": source.uri},
+                )
+                for source in sources
+            ]
+        ),
+        to_edit,
+        edit.prompt,
+        rule,
+        store,
     )
     both = generated + edited
     result = PipelineResult(
@@ -426,9 +445,16 @@ async def generate_edit_archive(
     batch_api: bool = False,
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> PipelineResult:
     """Generate `n` candidates, edit each (with the mask, if given), and archive all with
     lineage.
+
+    `text_check` (see generate_images): only candidates whose text passed are edited (the
+    best one, flagged, when none did), so no edit is paid for on a misspelt source; each edit
+    is checked for its own quotes, else its source's text.
 
     `batch_api=True` (an OpenAI block): the candidates go as one Batch API batch at half the
     price, and once it is done (and reviewed, with `review=True`) the edits as a second one;
@@ -461,6 +487,7 @@ async def generate_edit_archive(
         batch_api=batch_api,
         batch_wait_seconds=batch_wait_seconds,
         batch_poll_seconds=batch_poll_seconds,
+        text=text_rule(text_check, expected_text, text_check_attempts),
     )
 
 
@@ -756,6 +783,9 @@ async def daily_content(
     batch_wait_seconds: float = 86400.0,
     batch_poll_seconds: float = 30.0,
     remake_uncertain: bool = False,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> PipelineResult:
     """The scheduled pipeline: fill the prompt with the run's date and theme, then generate
     `n` candidates → (review) → edit (with the mask) → archive. The date is the run's
@@ -791,4 +821,5 @@ async def daily_content(
         batch_api=batch_api,
         batch_wait_seconds=batch_wait_seconds,
         batch_poll_seconds=batch_poll_seconds,
+        text=text_rule(text_check, expected_text, text_check_attempts),
     )

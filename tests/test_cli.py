@@ -267,6 +267,7 @@ def _flow_runs() -> int:
         (["edit", "{image}", "x", "--size", "1000x1000"], "multiples of 16"),
         (["batch", "{prompts}", "--refresh-rows", "0,4"], "refresh_rows: row(s) 4 are not in"),
         (["batch", "{prompts}", "--refresh-rows", "first"], "give row numbers (from 0)"),
+        (["generate", "x", "--text-check", "maybe"], "text_check='maybe'; it is 'off'"),
     ],
     ids=[
         "archive-protocol",
@@ -278,6 +279,7 @@ def _flow_runs() -> int:
         "edit-size",
         "refresh-rows-range",
         "refresh-rows-text",
+        "text-check",
     ],
 )
 def test_typos_are_refused_before_any_flow_run(

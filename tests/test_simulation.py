@@ -1,8 +1,7 @@
 """The seeded simulation of issues #32 and #35 (tests/support/simulation.py): paths, faults, a
 daily cap, refreshes, re-makes and stops (kill -9, Ctrl-C, a cancel through the Prefect API)
 mixed, judged from the emulator's ledger, the archive and the cap. A fixed budget of seeds runs
-here;
-bench/seams_sim.py runs many more and writes bench/RESULTS-seams.md."""
+here; bench/seams_sim.py runs many more and writes bench/RESULTS-seams.md."""
 
 from __future__ import annotations
 

@@ -7,16 +7,23 @@ may."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
-from gptimg_flows import batch_generate, edit_image, generate_images
+from gptimg_flows import batch_generate, edit_image, generate_edit_archive, generate_images
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.flows import BatchResult
 from gptimg_flows.results import RowsFailed
 from gptimg_flows.textcheck import ocr as ocr_module
+
+from .support.prefect_api import artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -53,6 +60,8 @@ async def test_flag_marks_the_misspelt_image_and_a_rerun_reads_nothing_again(
     assert checks[1] is not None and checks[1].passed, checks[1]
     assert checks[1].engine.startswith("rapidocr ")
     assert _sidecar(first.images[0])["text_check"]["passed"] is False
+    gallery = next(a for a in await artifacts() if a.get("key") == "batch-generate")
+    assert "✗ text" in gallery["data"] and "expected: GRAND OPENING" in gallery["data"]
 
     def no_ocr(data: bytes) -> list[str]:
         raise AssertionError("a re-run read an image again")
@@ -158,3 +167,49 @@ async def test_a_check_without_the_ocr_extra_is_refused_before_paying(
             text_check="flag",
         )
     assert emulator.ledger()["requests"] == {}
+
+
+def test_gptimg_batch_flags_a_misread_headline_in_its_summary(
+    emulator: Any, provider_block: Any, archive_dir: Path, tmp_path: Path
+) -> None:
+    name = f"text-{uuid.uuid4().hex[:8]}"
+    provider_block("gptimage2ai").save(name)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(HEADLINE + "\n" + "a shop sign reading 'Fresh Bread Daily'\n")
+    emulator.force("misspell_text", provider="gptimage2ai", count=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "GPTIMAGE2"))}
+    env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
+    args = ["batch", str(prompts), "-p", name, "-a", str(archive_dir), "--size", "1:1"]
+    args += ["--concurrency", "1", "--text-check", "flag"]
+    done = subprocess.run(
+        [sys.executable, "-m", "gptimg_flows.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "text misread" in done.stdout and "1 image(s)" in done.stdout, done.stdout
+    assert "TEXT MISREAD: expected ['GRAND OPENING']" in done.stdout, done.stdout
+    assert "text ok" in done.stdout
+
+
+async def test_a_pipeline_edits_only_the_candidate_whose_text_passed(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    emulator.force("misspell_text", provider="openai", count=1)  # the first candidate
+    result = await generate_edit_archive(
+        prompt=HEADLINE,
+        edit_prompt="the same poster, at night",
+        provider=provider_block("openai"),
+        archive=str(archive_dir),
+        size="1024x1024",
+        n=2,
+        text_check="flag",
+    )
+    checks = [img.text_check for img in result.generated]
+    assert [c.passed for c in checks if c] == [False, True], checks
+    assert len(result.edited) == 1, "an edit was paid for on a misspelt source"
+    assert result.edited[0].extra["derived_from"] == result.generated[1].uri
+    assert result.edited[0].text_check is not None
+    assert result.edited[0].text_check.expected == ["GRAND OPENING"]

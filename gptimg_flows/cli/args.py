@@ -99,6 +99,31 @@ def print_estimate(
         typer.echo(f"note: {note}")
 
 
+TEXT_CHECK_HELP = (
+    "off, flag (read back the text the prompt quotes and mark misspelt images) or remake "
+    "(also pay for another try, --text-check-attempts times at most). Needs gptimg-flows[ocr]."
+)
+EXPECTED_TEXT_HELP = "The text each image must carry (repeatable), instead of the prompt's quotes."
+
+
+def text_check_args(mode: str, expected: list[str] | None, attempts: int) -> dict[str, Any]:
+    """The text check's flow parameters, checked before any flow run exists."""
+    from gptimg_flows.engine.text_checking import text_rule
+
+    text_rule(mode, expected, attempts)  # type: ignore[arg-type]  # checked inside
+    return {"text_check": mode, "expected_text": expected or None, "text_check_attempts": attempts}
+
+
+def text_check_line(img: ArchivedImage) -> str:
+    """How an image's text check went, for a line of output ("" when unchecked)."""
+    check = img.text_check
+    if check is None:
+        return ""
+    if check.passed:
+        return "  text ok"
+    return f"  TEXT MISREAD: expected {check.expected}, read {check.read[:4]}"
+
+
 def print_images(images: list[ArchivedImage], as_json: bool) -> None:
     from gptimg_flows.flows import cost_summary
 
@@ -111,7 +136,7 @@ def print_images(images: list[ArchivedImage], as_json: bool) -> None:
             cost += ", from the archive: 0 this run"
         typer.echo(
             f"{img.uri}  ({img.width}x{img.height}, {img.provider}, sha256 {img.sha256[:12]}, "
-            f"{cost})"
+            f"{cost}){text_check_line(img)}"
         )
     typer.echo(f"{cost_summary(images)}; each image has a .json sidecar")
 

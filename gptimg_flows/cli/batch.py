@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,12 +19,16 @@ from gptimg_flows.cli.app import (
     app,
 )
 from gptimg_flows.cli.args import (
+    EXPECTED_TEXT_HELP,
+    TEXT_CHECK_HELP,
     archive_arg,
     precheck,
     print_rows_estimate,
     prompt_rows,
     provider_arg,
     source_arg,
+    text_check_args,
+    text_check_line,
 )
 from gptimg_flows.cli.console import (
     OPTIONS,
@@ -78,6 +82,11 @@ def batch(
     timeout: float = typer.Option(900.0, help="Seconds to wait for each provider job."),
     max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    text_check: str = typer.Option("off", "--text-check", help=TEXT_CHECK_HELP),
+    expected_text: Annotated[
+        list[str] | None, typer.Option("--expected-text", help=EXPECTED_TEXT_HELP)
+    ] = None,
+    text_check_attempts: int = typer.Option(2, "--text-check-attempts", min=0, max=10),
     as_json: bool = typer.Option(False, "--json", help="Print the BatchResult as JSON."),
     strict: bool = typer.Option(
         False, "--strict", help="Any failed item fails the flow run and exits 1 (after all ran)."
@@ -98,6 +107,7 @@ def batch(
         source = source_arg(prompts_file)
         ImageRequest(prompt="-", size=size, quality=quality, output_format=output_format)
         precheck(provider, archive_arg(archive), timeout)
+        checks = text_check_args(text_check, expected_text, text_check_attempts)
         fresh = _row_list(refresh_rows)
         rows = prompt_rows(source, archive_arg(archive))
         if not rows:
@@ -137,6 +147,7 @@ def batch(
             timeout_seconds=timeout,
             max_cost=max_cost,
             fail_on_row_failure=strict,
+            **checks,
         )
         result, where = run_command(lambda: _batch_with_progress(kwargs, len(rows)))
         if as_json:
@@ -323,11 +334,14 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
             f"{result.refused_submits} submit(s) refused with 429 (nothing paid), "
             f"{result.rate_limit_wait_seconds:.0f} s waited",
         )
+    if result.text_check_failed:
+        summary.add_row("text misread", f"{result.text_check_failed} image(s) (marked below)")
     summary.add_row("archived under", Text(where))
     console.print(summary)
     for img in result.images:  # one line per image, in input order: paths stay whole
         meta = ", ".join(f"{k}={v}" for k, v in img.extra.items() if k != "derived_from")
-        console.print(Text(f"row {img.row}  {img.uri}" + (f"  ({meta})" if meta else "")))
+        line = f"row {img.row}  {img.uri}" + (f"  ({meta})" if meta else "")
+        console.print(Text(line + text_check_line(img)))
     if result.failures:
         failures = Table("row", "prompt", "error", title="failures")
         for f in result.failures:

@@ -18,6 +18,8 @@ from gptimg_flows.cli.app import (
     app,
 )
 from gptimg_flows.cli.args import (
+    EXPECTED_TEXT_HELP,
+    TEXT_CHECK_HELP,
     archive_arg,
     extras_arg,
     precheck,
@@ -27,6 +29,7 @@ from gptimg_flows.cli.args import (
     prompt_rows,
     provider_arg,
     source_arg,
+    text_check_args,
 )
 from gptimg_flows.cli.console import (
     require_prefect_api,
@@ -105,6 +108,11 @@ def generate(
     timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
     max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    text_check: str = typer.Option("off", "--text-check", help=TEXT_CHECK_HELP),
+    expected_text: Annotated[
+        list[str] | None, typer.Option("--expected-text", help=EXPECTED_TEXT_HELP)
+    ] = None,
+    text_check_attempts: int = typer.Option(2, "--text-check-attempts", min=0, max=10),
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Text → images, archived; prints each image's URI. A re-run returns the archived ones."""
@@ -127,6 +135,7 @@ def generate(
         # bad input exits here, before Prefect runs anything
         request = ImageRequest(**fields)
         precheck(provider, archive_arg(archive), timeout, request)
+        checks = text_check_args(text_check, expected_text, text_check_attempts)
         if dry_run:
             print_estimate(provider, [request], as_json)
             return
@@ -141,6 +150,7 @@ def generate(
                 remake_uncertain=remake_uncertain,
                 timeout_seconds=timeout,
                 max_cost=max_cost,
+                **checks,
                 **fields,
             )
             return images
@@ -181,6 +191,11 @@ def edit(
     timeout: float = typer.Option(900.0, help="Seconds to wait for the provider's job."),
     max_cost: float | None = typer.Option(None, "--max-cost", help=MAX_COST_HELP),
     dry_run: bool = typer.Option(False, "--dry-run", help=DRY_RUN_HELP),
+    text_check: str = typer.Option("off", "--text-check", help=TEXT_CHECK_HELP),
+    expected_text: Annotated[
+        list[str] | None, typer.Option("--expected-text", help=EXPECTED_TEXT_HELP)
+    ] = None,
+    text_check_attempts: int = typer.Option(2, "--text-check-attempts", min=0, max=10),
     as_json: bool = typer.Option(False, "--json", help="Print the ArchivedImage records as JSON."),
 ) -> None:
     """Image (+ mask) → images, archived with the input as parent; prints each image's URI."""
@@ -201,6 +216,7 @@ def edit(
         )
         request = EditRequest(images=images_in, **fields)
         precheck(provider, archive_arg(archive), timeout, request)
+        checks = text_check_args(text_check, expected_text, text_check_attempts)
         if dry_run:
             print_estimate(provider, [request], as_json)
             return
@@ -216,6 +232,7 @@ def edit(
                 remake_uncertain=remake_uncertain,
                 timeout_seconds=timeout,
                 max_cost=max_cost,
+                **checks,
                 **fields,
             )
             return images

@@ -49,6 +49,7 @@ from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_g
 from gptimg_flows.distributed.watch import Watcher
 from gptimg_flows.engine.produce import check_timeout, planner_of, run_budget
 from gptimg_flows.engine.reading import read_rules
+from gptimg_flows.engine.text_checking import failed_rows, text_failed, text_rule
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
@@ -59,6 +60,7 @@ from gptimg_flows.rows import (
     check_columns,
     plan_rows,
 )
+from gptimg_flows.textcheck import TextCheckMode
 
 DEFAULT_DEPLOYMENT = "batch-generate/batch-from-file"
 #: Prefect's engine never beats more often than every 30 s; unless told, every 180 s.
@@ -85,6 +87,9 @@ async def distributed_batch(
     lost_after_seconds: float | None = None,
     fail_on_row_failure: bool = False,
     start_timeout_seconds: float = 600.0,
+    text_check: TextCheckMode = "off",
+    expected_text: list[str] | None = None,
+    text_check_attempts: int = 2,
 ) -> BatchResult:
     """Split the rows into chunks of `chunk_size`, run each as a flow run of `deployment`
     (a deployment of batch_generate) on whichever worker takes it, and gather one result.
@@ -114,11 +119,15 @@ async def distributed_batch(
     together they never pass it. Unlike batch_generate, a budget smaller than the estimate is
     refused up front (BudgetExceeded) instead of spent on the first rows.
 
+    `text_check`, `expected_text` and `text_check_attempts` are passed to each chunk run (see
+    batch_generate); with `fail_on_row_failure`, a row none of whose images passed fails.
+
     Images come back in input order, each with its global `row`; `cost` is what this run
     spent (rows already archived when it started cost 0), `images_cost` what the images cost.
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
+    rule = text_rule(text_check, expected_text, text_check_attempts)
     lost_after = _check_watch_options(
         chunk_size, chunk_retries, heartbeat_seconds, lost_after_seconds
     )
@@ -159,6 +168,12 @@ async def distributed_batch(
             "prompt_template": prompt_template,
             "timeout_seconds": timeout_seconds,
         }
+        if rule.on:  # only then: an unchecked batch keeps the digest it always had
+            options.update(
+                text_check=text_check,
+                expected_text=expected_text,
+                text_check_attempts=text_check_attempts,
+            )
         digest = batch_digest(rows, options, deployment, chunk_size, max_cost)
         chunks = make_chunks(
             adapter,
@@ -192,8 +207,14 @@ async def distributed_batch(
         )
         await watcher.run(client)
         images, failures = await gather_results(client, store, rows, keys, done, chunks, failures)
+    if fail_on_row_failure and rule.on:
+        failures = sorted([*failures, *failed_rows(images, rows)], key=lambda f: f.index)
     result = BatchResult(
-        images=images, failures=failures, cost=spent_cost(images), images_cost=total_cost(images)
+        images=images,
+        failures=failures,
+        cost=spent_cost(images),
+        images_cost=total_cost(images),
+        text_check_failed=text_failed(images),
     )
     logger.info(
         "distributed batch: %d image(s), %d failure(s); %s",

@@ -136,8 +136,8 @@ def review_cell(img: ArchivedImage) -> str:
 #: Short columns first, the prompt (which wraps) after them, the link last: at a 1366 px
 #: window every column is on screen (checked in Chromium by tests/test_browser.py).
 HEADER = (  # `#` is the gallery's picking number (what the review form takes), not a row
-    "| # | from | image | provider | size | cost | review | prompt | link |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| # | from | image | provider | size | cost | review | text | prompt | link |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -151,7 +151,22 @@ def row(number: int | str, shown: Shown) -> str:
     return (
         f"| {number} | {source} | {arrow}{picture(shown.thumb, label)} | {provider_cell(img)} "
         f"| {img.width}x{img.height} | {cost_cell(img)} | {review_cell(img)} "
-        f"| {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
+        f"| {text_cell(img)} | {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
+    )
+
+
+def text_cell(img: ArchivedImage) -> str:
+    """The text check: passed, or failed with what was expected and what was read (escaped:
+    OCR reads whatever the image says)."""
+    check = img.text_check
+    if check is None:
+        return ""
+    if check.passed:
+        return "✓ " + cell(" / ".join(check.expected), 80)
+    read = " / ".join(check.read) or "(nothing)"
+    return (
+        f"**✗ text** (error rate {check.error_rate:.2f})<br>expected: "
+        f"{cell(' / '.join(check.expected), 80)}<br>read: {cell(read, 120)}"
     )
 
 
@@ -266,12 +281,12 @@ def review_form_markdown(
             "the run's gallery artifacts, numbered the same way.",
             "",
         ]
-    lines += ["| # | candidate | size | cost |", "|---|---|---|---|"]
+    lines += ["| # | candidate | size | cost | text |", "|---|---|---|---|---|"]
     for n, s in enumerate(shown, start=1):
         img = s.image
         lines.append(
             f"| **{n}** | {picture(s.thumb, f'candidate {n}')} | {img.width}x{img.height} "
-            f"| {cost_cell(img)} |"
+            f"| {cost_cell(img)} | {text_cell(img)} |"
         )
     lines += [
         "",

@@ -11,6 +11,7 @@ when a budget (`max_cost`, the block's daily cap) refuses the next one.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -205,3 +206,54 @@ def text_failures(
             )
         )
     return failed
+
+
+def failed_rows(images: list[ArchivedImage], rows: list[Row]) -> list[BatchFailure]:
+    """`text_failures` of images that carry their input row (a gathered distributed batch)."""
+    by_row: dict[int, list[ArchivedImage]] = {}
+    for img in images:
+        if img.row is not None:
+            by_row.setdefault(img.row, []).append(img)
+    return text_failures(by_row, rows, list(range(len(rows))))
+
+
+def worth_editing(candidates: list[ArchivedImage]) -> list[ArchivedImage]:
+    """The candidates a pipeline edits: those whose text passed (all when none was checked),
+    else the one read best (its check stays failed, flagged), so no edit is paid for on a
+    misspelt source when a right one exists."""
+    checked_ones = [c for c in candidates if c.text_check is not None]
+    if not checked_ones:
+        return candidates
+    passing = [c for c in candidates if _passed(c)]
+    if passing:
+        return passing
+    best = min(checked_ones, key=lambda c: c.text_check.error_rate if c.text_check else 1.0)
+    get_run_logger().warning(
+        "no candidate's text passed its check: editing the one read best (%s), flagged",
+        best.uri,
+    )
+    return [best]
+
+
+async def edit_all(
+    make: Callable[[list[ArchivedImage], str], Awaitable[list[ArchivedImage]]],
+    sources: list[ArchivedImage],
+    prompt: str,
+    rule: TextRule,
+    archive: Archive,
+) -> list[ArchivedImage]:
+    """A pipeline's edits of `sources`: made together (one Batch API batch) when nothing is
+    checked; otherwise one source at a time, each checked for the edit prompt's quotes, else
+    the text its source was checked for."""
+    if not rule.on:
+        return await make(sources, "")
+    made: list[ArchivedImage] = []
+    for source in sources:
+        made += await checked(
+            functools.partial(make, [source]),
+            prompt,
+            rule,
+            archive,
+            fallback=source.text_check.expected if source.text_check else None,
+        )
+    return made

@@ -14,6 +14,8 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
+from gptimg_flows.textcheck.expected import quoted
+
 Format = Literal["png", "jpeg", "webp"]
 MIME: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
@@ -66,7 +68,33 @@ def draw(
         stroke_width=max(1, size // 12),
         stroke_fill=(0, 0, 0, 255),
     )
+    _headline(shapes, quoted(prompt), width, height)
     return img
+
+
+def _headline(canvas: ImageDraw.ImageDraw, lines: list[str], width: int, height: int) -> None:
+    """The text a prompt quotes, large on a plain panel in the lower half, as a model asked
+    for a poster's words draws them (what the text check reads back)."""
+    if not lines:
+        return
+    lines = lines[:3]
+    size = max(12, min(height // 10, int(width * 0.85 / (0.62 * max(map(len, lines))))))
+    font = ImageFont.load_default(size=size)
+    gap = size // 3
+    boxes = [canvas.textbbox((0, 0), line, font=font) for line in lines]
+    tall = sum(b[3] - b[1] for b in boxes) + gap * (len(lines) - 1)
+    top = height * 5 // 8 - tall // 2
+    wide = max(b[2] - b[0] for b in boxes)
+    pad = size // 2
+    left = (width - wide) // 2
+    canvas.rectangle(
+        (left - pad, top - pad, left + wide + pad, top + tall + pad), fill=(250, 248, 240, 255)
+    )
+    y = top
+    for line, box in zip(lines, boxes, strict=True):
+        x = (width - (box[2] - box[0])) // 2 - box[0]
+        canvas.text((x, y - box[1]), line, font=font, fill=(20, 20, 20, 255))
+        y += box[3] - box[1] + gap
 
 
 def encode(img: Image.Image, fmt: Format, quality: int | None = None) -> bytes:

@@ -51,11 +51,12 @@ class Match:
 
 def best_match(expected: str, read: list[str]) -> Match:
     """The expected text against the best-matching stretch of everything read (its lines
-    joined: a headline wrapped over two lines still matches), by edit distance with free ends
-    in what was read and spaces free on both sides. The stretch then takes in any letters glued
+    joined: a headline wrapped over two lines still matches; lines of one character, which
+    are mostly shapes read as letters, left out), by edit distance with free ends in what was
+    read and spaces free on both sides. The stretch then takes in any letters glued
     to its first or last letter (the same word), so "GRAND OPENINGG" is one edit, not none."""
     want = normalize(expected)
-    text = _folded(" ".join(read))
+    text = _folded(" ".join(line for line in read if len(normalize(line)) > 1))
     if not want:
         return Match(0.0, 0, "")
     start, end = _region(want, text)
