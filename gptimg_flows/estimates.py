@@ -34,6 +34,7 @@ async def estimate_cost(
     output_format: OutputFormat | None = None,
     prompt_template: str | None = None,
     archive: ArchiveParam = None,
+    text_check_attempts: int = 0,
 ) -> CostEstimate:
     """The expected cost of requests (ImageRequest / EditRequest), or of a batch's prompts
     (a list or a prompt file, read as `batch_generate` reads it), on one provider.
@@ -43,7 +44,25 @@ async def estimate_cost(
     the others are unknown, and the estimate says so. Rows a batch would refuse are left out
     and noted. The estimate assumes nothing is archived yet. A prompt file on the archive's
     store (`archive`: a block, a saved block's name or a URL) is read with its storage options.
+    `text_check_attempts` (a run with text_check='remake') adds what every remake could cost
+    (`at_most`, and a note).
     """
+    estimate = await _estimate(
+        requests, prompts, provider, size, quality, output_format, prompt_template, archive
+    )
+    return estimate.with_remakes(text_check_attempts)
+
+
+async def _estimate(
+    requests: ImageRequest | Sequence[ImageRequest] | None,
+    prompts: PromptsParam | None,
+    provider: ProviderParam,
+    size: str | None,
+    quality: Quality | None,
+    output_format: OutputFormat | None,
+    prompt_template: str | None,
+    archive: ArchiveParam,
+) -> CostEstimate:
     if requests is not None and prompts is not None:
         raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
     if requests is None and prompts is None:

@@ -100,3 +100,13 @@ def test_the_embedded_engine_reads_a_rendered_headline() -> None:
     assert judge(quoted(prompt), read, "e").passed, read
     wrong = render.encode(render.draw(prompt.replace("OPENING", "OPENNG"), 768, 768, 3), "png")
     assert not judge(quoted(prompt), read_lines(wrong), "e").passed
+
+
+def test_an_estimate_says_what_the_remakes_could_cost() -> None:
+    from gptimg_flows.spend.prices import CostEstimate
+
+    estimate = CostEstimate(requests=2, images=2, total={"credits": 20.0})
+    assert estimate.with_remakes(0) == estimate
+    remade = estimate.with_remakes(2)
+    assert remade.total == {"credits": 20.0} and remade.at_most == {"credits": 60.0}
+    assert "up to 2 more time(s); at most 60 credits" in remade.notes[-1]

@@ -114,6 +114,11 @@ def text_check_args(mode: str, expected: list[str] | None, attempts: int) -> dic
     return {"text_check": mode, "expected_text": expected or None, "text_check_attempts": attempts}
 
 
+def remakes(checks: dict[str, Any]) -> int:
+    """How many more tries a request may get (what its estimate must allow for)."""
+    return int(checks["text_check_attempts"]) if checks["text_check"] == "remake" else 0
+
+
 def text_check_line(img: ArchivedImage) -> str:
     """How an image's text check went, for a line of output ("" when unchecked)."""
     check = img.text_check
@@ -169,6 +174,7 @@ def print_rows_estimate(
     quality: str | None,
     output_format: str | None,
     template: str | None,
+    text_check_attempts: int = 0,
 ) -> None:
     """The estimate of a prompt file's rows, already read by `prompt_rows` (the file and a
     saved archive block are not fetched a second time), priced as `batch_generate` plans them."""
@@ -181,4 +187,5 @@ def print_rows_estimate(
         quality=quality,
         output_format=output_format,
         prompt_template=template,
+        text_check_attempts=text_check_attempts,
     )

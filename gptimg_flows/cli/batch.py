@@ -26,6 +26,7 @@ from gptimg_flows.cli.args import (
     print_rows_estimate,
     prompt_rows,
     provider_arg,
+    remakes,
     source_arg,
     text_check_args,
     text_check_line,
@@ -130,6 +131,7 @@ def batch(
                 quality=quality,
                 output_format=output_format,
                 template=template,
+                text_check_attempts=remakes(checks),
             )
             return
         kwargs: dict[str, Any] = dict(

@@ -28,6 +28,7 @@ from gptimg_flows.cli.args import (
     print_rows_estimate,
     prompt_rows,
     provider_arg,
+    remakes,
     source_arg,
     text_check_args,
 )
@@ -137,7 +138,7 @@ def generate(
         precheck(provider, archive_arg(archive), timeout, request)
         checks = text_check_args(text_check, expected_text, text_check_attempts)
         if dry_run:
-            print_estimate(provider, [request], as_json)
+            print_estimate(provider, [request], as_json, text_check_attempts=remakes(checks))
             return
 
         async def work() -> list[ArchivedImage]:
@@ -218,7 +219,7 @@ def edit(
         precheck(provider, archive_arg(archive), timeout, request)
         checks = text_check_args(text_check, expected_text, text_check_attempts)
         if dry_run:
-            print_estimate(provider, [request], as_json)
+            print_estimate(provider, [request], as_json, text_check_attempts=remakes(checks))
             return
 
         async def work() -> list[ArchivedImage]:

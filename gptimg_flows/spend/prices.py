@@ -131,6 +131,23 @@ class CostEstimate(BaseModel):
     basis: list[Basis] = Field(default_factory=list)
     unknown: int = Field(0, description="requests whose cost cannot be estimated")
     notes: list[str] = Field(default_factory=list)
+    at_most: dict[str, float] = Field(
+        default_factory=dict,
+        description="with text_check='remake': the total if every request is made again as "
+        "many times as it may be",
+    )
+
+    def with_remakes(self, attempts: int) -> CostEstimate:
+        """This estimate, with what `attempts` remakes of every request could cost at most."""
+        if attempts <= 0:
+            return self
+        most = {unit: round(amount * (1 + attempts), 6) for unit, amount in self.total.items()}
+        shown = ", ".join(f"{amount:g} {unit}" for unit, amount in most.items()) or "unknown"
+        note = (
+            f"text_check='remake': a request whose text misreads is made again up to "
+            f"{attempts} more time(s); at most {shown} if every one were"
+        )
+        return self.model_copy(update={"at_most": most, "notes": [*self.notes, note]})
 
     @classmethod
     def of(cls, prices: list[tuple[Price, int]]) -> CostEstimate:
