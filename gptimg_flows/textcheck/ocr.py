@@ -1,7 +1,9 @@
 """The embedded OCR engine: RapidOCR (PP-OCR models inside its wheel, run by onnxruntime), from
 the optional extra `gptimg-flows[ocr]`. Loaded once per process, on first use; every read runs
 in a thread pool sized to the cores (onnxruntime works outside the GIL), so a batch's submits
-and polls never wait on OCR. Large images are scaled down for reading."""
+and polls never wait on OCR; the engine itself reads one image at a time (its onnxruntime
+sessions already use every core, and the pipeline is not documented as thread-safe), while the
+pool decodes and scales the next. Large images are scaled down for reading."""
 
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ def engine_name() -> str:
 
 
 _LOCK = threading.Lock()
+_READING = threading.Lock()
 _ENGINE: Any = None
 _POOL: ThreadPoolExecutor | None = None
 
@@ -86,7 +89,9 @@ def read_lines(data: bytes) -> list[str]:
         img = opened.convert("RGB")
     if max(img.size) > MAX_SIDE:
         img.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
-    out = _engine()(np.asarray(img))
+    engine = _engine()
+    with _READING:  # one read at a time: onnxruntime already spreads one over the cores
+        out = engine(np.asarray(img))
     texts = getattr(out, "txts", None) or ()
     return [str(t) for t in texts]
 
