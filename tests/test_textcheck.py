@@ -110,3 +110,28 @@ def test_an_estimate_says_what_the_remakes_could_cost() -> None:
     remade = estimate.with_remakes(2)
     assert remade.total == {"credits": 20.0} and remade.at_most == {"credits": 60.0}
     assert "up to 2 more time(s); at most 60 credits" in remade.notes[-1]
+
+
+def test_what_ocr_read_is_shown_escaped_in_the_artifact() -> None:
+    from gptimg_flows.engine.artifacts import text_cell
+    from gptimg_flows.models import ArchivedImage
+
+    check = judge(["SALE"], ["<img src=x onerror=alert(1)> | [win](http://evil.example)"], "e")
+    image = ArchivedImage(
+        uri="/a/images/ab/abc.png",
+        sidecar_uri="/a/images/ab/abc.json",
+        sha256="abc",
+        mime="image/png",
+        width=1,
+        height=1,
+        size_bytes=1,
+        provider="offline",
+        model="m",
+        prompt='a "SALE" sign',
+        text_check=check,
+    )
+    shown = text_cell(image)
+    assert shown.startswith("**✗ text**") and "expected: SALE" in shown
+    assert "<img" not in shown and "&lt;img" in shown
+    assert " | " not in shown and "http://" not in shown
+    assert text_cell(image.model_copy(update={"text_check": None})) == ""
