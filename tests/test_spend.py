@@ -171,3 +171,41 @@ async def test_a_run_that_pays_after_another_runs_claim_is_withdrawn_takes_from_
     assert withdrawn_at, "the run paid before the other claim was withdrawn: it never met it"
     assert len(emulator.ledger()["submissions"]) == 1
     assert await _held(name) == 10, "a submit paid after a withdrawn claim took nothing"
+
+
+async def test_a_take_cut_by_a_stop_gives_its_slots_back_once_the_server_counted_them(
+    provider_block: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the seams simulation (seed 469): a run stopped while its take of the cap was
+    on the wire left the slots held for a submit that was never sent."""
+    import asyncio
+
+    from gptimg_flows.engine import spend_limit
+    from gptimg_flows.spend.prices import Price
+
+    name = await _bucket(10)
+    block = provider_block(
+        "gptimage2ai", spend_limit=name, spend_limit_unit=1.0, spend_limit_wait_seconds=0.5
+    )
+    real = spend_limit._increment
+    counted = asyncio.Event()
+
+    async def slow_answer(*args: Any) -> str:
+        outcome = await real(*args)  # the server has counted the slots
+        counted.set()
+        await asyncio.sleep(1.0)  # ... and its answer is still on its way
+        return outcome
+
+    monkeypatch.setattr(spend_limit, "_increment", slow_answer)
+    take = asyncio.ensure_future(
+        spend_limit.take_spend(block, Price(amount=3.0, unit="credits", basis="documented price"))
+    )
+    await counted.wait()
+    take.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await take
+    for _ in range(50):
+        if await _held(name) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await _held(name) == 0, "a take cut by a stop kept its slots"

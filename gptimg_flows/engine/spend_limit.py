@@ -49,7 +49,7 @@ async def take_spend(spec: ProviderSpec, price: Price) -> int:
     slots = spend_slots(price, spec.spend_limit_unit)
     if slots == 0:
         return 0
-    outcome = await _increment(name, slots, spec.spend_limit_wait_seconds)
+    outcome = await _taken_whole(spec, slots)
     if outcome == "missing":
         raise InvalidRequest(
             f"spend limit {name!r} does not exist; create it with `prefect gcl create {name} "
@@ -64,6 +64,28 @@ async def take_spend(spec: ProviderSpec, price: Price) -> int:
             + (" (more than the whole limit)" if outcome == "too-big" else "")
         )
     return slots
+
+
+async def _taken_whole(spec: ProviderCredentials, slots: int) -> str:
+    """`_increment`, never cut halfway: a run stopped while its take is on the wire (a
+    Ctrl-C, a cancel) gives the slots back once the server has counted them, instead of
+    leaving them held for a submit that was never sent."""
+    assert spec.spend_limit is not None
+    take = asyncio.ensure_future(_increment(spec.spend_limit, slots, spec.spend_limit_wait_seconds))
+    try:
+        return await asyncio.shield(take)
+    except asyncio.CancelledError:
+
+        async def undo() -> None:
+            try:
+                taken = await take
+            except Exception:  # the take failed: nothing is held
+                return
+            if taken == "taken":
+                await give_back_spend(spec, slots)
+
+        await asyncio.shield(asyncio.ensure_future(undo()))
+        raise
 
 
 async def give_back_spend(spec: ProviderSpec, slots: int) -> None:
