@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gptimg_flows"
 #: Units (a top-level module or a package) from the bottom up: a unit imports only units of
 #: its own rank or lower. flows.py and the flow packages are the top; plain values the bottom.
 RANKS: dict[str, int] = {
-    "errors": 0, "sizes": 0, "models": 0, "results": 0, "rows": 0,
+    "errors": 0, "sizes": 0, "models": 0, "results": 0, "rows": 0, "textcheck": 0,
     "media": 1,
     "spend": 2, "providers": 2, "archive": 2,
     "blocks": 3, "testing": 3,
@@ -28,7 +28,8 @@ RANKS: dict[str, int] = {
 }  # fmt: skip
 #: Units that never import Prefect.
 NO_PREFECT = {"errors", "sizes", "models", "results", "rows", "media", "spend", "providers",
-              "archive", "engine.rate_limiter", "engine.records", "engine.job_record"}  # fmt: skip
+              "archive", "textcheck", "engine.rate_limiter", "engine.records",
+              "engine.job_record"}  # fmt: skip
 #: Units where Prefect's task and flow machinery may be used.
 TASK_MACHINERY = {"engine", "tasks", "flows", "review", "distributed"}
 
