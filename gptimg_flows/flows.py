@@ -558,16 +558,9 @@ async def batch_generate(
     """
     logger = get_run_logger()
     check_timeout(timeout_seconds)
-    rule = text_rule(text_check, expected_text, text_check_attempts)
+    rule = text_rule(text_check, expected_text, text_check_attempts, batch_api=batch_api)
     if review:
         check_review_options(review_timeout_seconds, on_review_timeout, max_review_rounds)
-    if batch_api and rule.mode == "remake":
-        raise InvalidRequest(
-            "text_check='remake' does not work with batch_api=True yet (a remake would be a "
-            "second batch, a day later): use text_check='flag' and re-run the flagged rows "
-            "with refresh_rows",
-            field="text_check",
-        )
     store = await resolve_archive(archive)
     rows = await asyncio.to_thread(read_prompts, prompts, read_rules(store))
     check_columns(rows, prompt_template)

@@ -135,3 +135,20 @@ def test_what_ocr_read_is_shown_escaped_in_the_artifact() -> None:
     assert "<img" not in shown and "&lt;img" in shown
     assert " | " not in shown and "http://" not in shown
     assert text_cell(image.model_copy(update={"text_check": None})) == ""
+
+
+def test_a_text_rule_that_cannot_be_kept_is_refused_before_paying() -> None:
+    from gptimg_flows.engine.text_checking import text_rule
+    from gptimg_flows.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=r"text_check='maybe'; it is 'off', 'flag' or"):
+        text_rule("maybe")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=r"text_check_attempts=11; it must be 0 to 10"):
+        text_rule("remake", None, 11)
+    with pytest.raises(InvalidRequest, match=r"does not work with batch_api=True yet"):
+        text_rule("remake", batch_api=True)
+    assert text_rule("flag", batch_api=True).on and not text_rule("off").on
+    rule = text_rule("flag", ["A"])
+    assert rule.given(None) is rule and rule.given(["B"]).expected == ["B"]
+    assert rule.expected_for('say "C"') == ["A"]
+    assert text_rule("flag").expected_for("no quotes", ["from source"]) == ["from source"]

@@ -312,11 +312,14 @@ async def publish_review(
             + (f" · new prompt: {cell(rnd.new_prompt, 200)}" if rnd.new_prompt else "")
             + (f" · note: {cell(rnd.note, 300)}" if rnd.note else ""),
             "",
-            "| # | candidate | decision |",
-            "|---|---|---|",
+            "| # | candidate | decision | text |",
+            "|---|---|---|---|",
         ]
         for n, s in enumerate(shown, start=1):
-            parts.append(f"| {n} | {picture(s.thumb, f'candidate {n}')} | {review_cell(s.image)} |")
+            parts.append(
+                f"| {n} | {picture(s.thumb, f'candidate {n}')} | {review_cell(s.image)} "
+                f"| {text_cell(s.image)} |"
+            )
         parts.append("")
     body = "\n".join(parts)
     await acreate_markdown_artifact(markdown=body, key=key, description="review decisions")

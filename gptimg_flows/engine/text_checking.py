@@ -53,9 +53,22 @@ class TextRule:
 
 
 def text_rule(
-    mode: TextCheckMode, expected: list[str] | None = None, attempts: int = 2
+    mode: TextCheckMode,
+    expected: list[str] | None = None,
+    attempts: int = 2,
+    *,
+    batch_api: bool = False,
 ) -> TextRule:
-    """The run's rule, refused before anything is paid when it cannot be kept."""
+    """The run's rule, refused before anything is paid when it cannot be kept (`batch_api`:
+    a batch_generate whose rows go through the Batch API, where a remake would be a second
+    batch a day later)."""
+    if batch_api and mode == "remake":
+        raise InvalidRequest(
+            "text_check='remake' does not work with batch_api=True yet (a remake would be a "
+            "second batch, a day later): use text_check='flag' and re-run the flagged rows "
+            "with refresh_rows",
+            field="text_check",
+        )
     if mode not in ("off", "flag", "remake"):
         raise InvalidRequest(
             f"text_check={mode!r}; it is 'off', 'flag' or 'remake'", field="text_check"
