@@ -100,6 +100,8 @@ async def _one_or_saved_route(provider: OneProvider) -> ProviderSpec | Route:
         return await _saved_route(name)
     except InvalidRequest:
         pass
+    if name in PROVIDER_NAMES:
+        return await _by_provider_name(name)
     saved = await saved_provider_names()
     close = difflib.get_close_matches(name, saved + list(PROVIDER_NAMES), n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -172,6 +174,51 @@ async def saved_provider_names() -> list[str]:
         return []
     slugs.add(ProviderRoute.get_block_type_slug())
     return sorted(d.name for d in docs if d.name and d.block_type and d.block_type.slug in slugs)
+
+
+async def _by_provider_name(name: str) -> ProviderSpec:
+    """A provider's own name (`openai`) where no block has that name: the one saved block of
+    that provider, else a block from the environment's key (OPENAI_API_KEY, …), never saved;
+    several saved ones are listed to choose from."""
+    from gptimg_flows.blocks.from_env import SOURCES
+
+    cls = next(c for c in CREDENTIAL_BLOCKS if c.provider_name == name)
+    saved = await _saved_of(cls)
+    if len(saved) == 1:
+        return await _load_block(cls, saved[0], saved[0])
+    if len(saved) > 1:
+        raise InvalidRequest(
+            f"provider: {name!r} names no block, and {len(saved)} saved {name} blocks could be "
+            f"meant ({', '.join(saved)}): pass one of their names",
+            field="provider",
+        )
+    source = next(s for s in SOURCES if s.block is cls)
+    values = {field: os.environ.get(var, "").strip() for field, var in source.secrets}
+    if all(values.values()):
+        return cls(**values, base_url=os.environ.get(source.base_url_var) or None)
+    variables = " and ".join(var for _, var in source.secrets)
+    raise InvalidRequest(
+        f"provider: no saved {name} block, and {variables} is not set: set it, or save a block "
+        f"from it with `gptimg blocks create` (or {cls.__name__}(...).save(name))",
+        field="provider",
+    )
+
+
+async def _saved_of(cls: type[ProviderCredentials]) -> list[str]:
+    """The names of the saved blocks of one credentials type."""
+    from prefect.client.orchestration import get_client
+
+    slug = cls.get_block_type_slug()
+    try:
+        async with get_client() as client:
+            docs = await client.read_block_documents(include_secrets=False)
+    except Exception:  # no API: as if none were saved
+        return []
+    return sorted(
+        d.name
+        for d in docs
+        if d.name and not d.is_anonymous and d.block_type and d.block_type.slug == slug
+    )
 
 
 def unkeyed_block(name: str) -> ProviderCredentials | None:

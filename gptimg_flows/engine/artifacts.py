@@ -136,12 +136,17 @@ def review_cell(img: ArchivedImage) -> str:
 #: Short columns first, the prompt (which wraps) after them, the link last: at a 1366 px
 #: window every column is on screen (checked in Chromium by tests/test_browser.py).
 HEADER = (  # `#` is the gallery's picking number (what the review form takes), not a row
+    "| # | from | image | provider | size | cost | review | prompt | link |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+#: With a text check in the run: its column after `review`.
+HEADER_TEXT = (
     "| # | from | image | provider | size | cost | review | text | prompt | link |\n"
     "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
-def row(number: int | str, shown: Shown) -> str:
+def row(number: int | str, shown: Shown, text: bool = False) -> str:
     img = shown.image
     source = picture(shown.source_thumb, "source") if img.parents else ""
     arrow = "→ " if img.parents else ""  # between the source and the edit, not under one
@@ -151,7 +156,8 @@ def row(number: int | str, shown: Shown) -> str:
     return (
         f"| {number} | {source} | {arrow}{picture(shown.thumb, label)} | {provider_cell(img)} "
         f"| {img.width}x{img.height} | {cost_cell(img)} | {review_cell(img)} "
-        f"| {text_cell(img)} | {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
+        + (f"| {text_cell(img)} " if text else "")
+        + f"| {cell(img.prompt, 400)}{extra} | {link_text(shown)} |"
     )
 
 
@@ -238,7 +244,8 @@ async def publish_images(
 
     Returns the markdown of each page (what the UI renders)."""
     shown = await show(images, archive)
-    rows = [row(i + 1, s) for i, s in enumerate(shown)]
+    text = any(img.text_check is not None for img in images)  # its column only when checked
+    rows = [row(i + 1, s, text) for i, s in enumerate(shown)]
     summary = f"{cost_summary(images)}\n\n"
     if traffic := traffic_text(run_traffic()):
         summary += f"{traffic}\n\n"
@@ -249,7 +256,8 @@ async def publish_images(
     bodies: list[str] = []
     for n, page in enumerate(pages, start=1):
         of = f" (page {n} of {len(pages)})" if len(pages) > 1 else ""
-        table = (HEADER + "\n" + "\n".join(page)) if page else "*No images.*"
+        head = HEADER_TEXT if text else HEADER
+        table = (head + "\n" + "\n".join(page)) if page else "*No images.*"
         body = f"## {cell(title, 300)}{of}\n\n" + (summary if n == 1 else "") + table
         body += tail if n == 1 else ""
         page_key = key if n == 1 else f"{key}-page-{n}"
@@ -281,12 +289,17 @@ def review_form_markdown(
             "the run's gallery artifacts, numbered the same way.",
             "",
         ]
-    lines += ["| # | candidate | size | cost | text |", "|---|---|---|---|---|"]
+    text = any(s.image.text_check is not None for s in shown)
+    lines += (
+        ["| # | candidate | size | cost | text |", "|---|---|---|---|---|"]
+        if text
+        else ["| # | candidate | size | cost |", "|---|---|---|---|"]
+    )
     for n, s in enumerate(shown, start=1):
         img = s.image
         lines.append(
             f"| **{n}** | {picture(s.thumb, f'candidate {n}')} | {img.width}x{img.height} "
-            f"| {cost_cell(img)} | {text_cell(img)} |"
+            f"| {cost_cell(img)} |" + (f" {text_cell(img)} |" if text else "")
         )
     lines += [
         "",
@@ -301,6 +314,7 @@ async def publish_review(
 ) -> str:
     """One artifact recording each round's candidates and decision."""
     parts = ["## Review", ""]
+    text = any(s.image.text_check is not None for shown in shown_by_round for s in shown)
     for rnd, shown in zip(rounds, shown_by_round, strict=True):
         decided = rnd.decided_at.strftime("%Y-%m-%d %H:%M:%S UTC")
         who = "timed out: nobody answered" if rnd.timed_out else "answered"
@@ -312,13 +326,13 @@ async def publish_review(
             + (f" · new prompt: {cell(rnd.new_prompt, 200)}" if rnd.new_prompt else "")
             + (f" · note: {cell(rnd.note, 300)}" if rnd.note else ""),
             "",
-            "| # | candidate | decision | text |",
-            "|---|---|---|---|",
+            "| # | candidate | decision |" + (" text |" if text else ""),
+            "|---|---|---|" + ("---|" if text else ""),
         ]
         for n, s in enumerate(shown, start=1):
             parts.append(
-                f"| {n} | {picture(s.thumb, f'candidate {n}')} | {review_cell(s.image)} "
-                f"| {text_cell(s.image)} |"
+                f"| {n} | {picture(s.thumb, f'candidate {n}')} | {review_cell(s.image)} |"
+                + (f" {text_cell(s.image)} |" if text else "")
             )
         parts.append("")
     body = "\n".join(parts)
