@@ -214,3 +214,19 @@ async def test_a_pipeline_edits_only_the_candidate_whose_text_passed(
     assert result.edited[0].extra["derived_from"] == result.generated[1].uri
     assert result.edited[0].text_check is not None
     assert result.edited[0].text_check.expected == ["GRAND OPENING"]
+
+
+async def test_a_remake_that_fails_still_returns_the_image_already_paid_for(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    emulator.configure(balance={"gptimage2ai": 10})  # one image's credits
+    emulator.force("misspell_text", provider="gptimage2ai", count=1)
+    images = await generate_images(
+        prompt=HEADLINE,
+        provider=provider_block("gptimage2ai"),
+        archive=str(archive_dir),
+        size="1:1",
+        text_check="remake",
+    )
+    assert len(images) == 1 and images[0].text_check is not None
+    assert not images[0].text_check.passed and Path(images[0].uri).is_file()

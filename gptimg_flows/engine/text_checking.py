@@ -5,7 +5,8 @@ is made again. Below the flows, so adding `text_check` to a flow is a parameter 
 A remake is the same request under the slot `<slot>:text-<k>` (k = 1, 2, …): its own key, so it
 is paid once, resumed after a crash, and found again by a re-run, which reads every check back
 from the sidecars and pays nothing. Remakes stop at `attempts`, at the first passing image, or
-when a budget (`max_cost`, the block's daily cap) refuses the next one.
+when the next one is refused (`max_cost`, the block's daily cap) or fails: the images already
+paid for are returned either way.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.errors import BudgetExceeded, InvalidRequest
+from gptimg_flows.errors import InvalidRequest, ProviderError
 from gptimg_flows.models import ArchivedImage
 from gptimg_flows.results import BatchFailure
 from gptimg_flows.rows import Row, row_expected_text, row_metadata
@@ -114,8 +115,10 @@ async def checked(
         )
         try:
             more = await make(f":text-{attempt}")
-        except BudgetExceeded as exc:
-            get_run_logger().warning("no more text remakes for this request: %s", exc)
+        except ProviderError as exc:  # a budget refused it, or the try failed: keep what was made
+            get_run_logger().warning(
+                "no more text remakes for this request (%s): %s", type(exc).__name__, exc
+            )
             break
         made += await check_all(more, expected, archive)
     return sorted(made, key=lambda img: not _passed(img))
