@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
 from gptimg_flows.blocks.aws import (
@@ -38,6 +39,9 @@ from gptimg_flows.blocks.credentials import (
 from gptimg_flows.blocks.route import Member, ProviderRoute, Route, RoutePolicy, member_name
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OFFLINE_NAMES
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import BlockDocument
 
 OneProvider = (
     OpenAIImageCredentials
@@ -164,16 +168,22 @@ PROVIDER_NAMES = tuple(cls.provider_name for cls in CREDENTIAL_BLOCKS)
 
 async def saved_provider_names() -> list[str]:
     """The names of the saved credentials blocks (empty when no API answers: a hint only)."""
+    slugs = {cls.get_block_type_slug() for cls in CREDENTIAL_BLOCKS}
+    slugs.add(ProviderRoute.get_block_type_slug())
+    docs = await _block_documents()
+    return sorted(d.name for d in docs if d.name and d.block_type and d.block_type.slug in slugs)
+
+
+async def _block_documents() -> list[BlockDocument]:
+    """Every saved block document, secrets left out (none when no API answers: callers use
+    them for hints and choices only, not worth a second error)."""
     from prefect.client.orchestration import get_client
 
-    slugs = {cls.get_block_type_slug() for cls in CREDENTIAL_BLOCKS}
     try:
         async with get_client() as client:
-            docs = await client.read_block_documents(include_secrets=False)
-    except Exception:  # a hint is not worth a second error
+            return await client.read_block_documents(include_secrets=False)
+    except Exception:
         return []
-    slugs.add(ProviderRoute.get_block_type_slug())
-    return sorted(d.name for d in docs if d.name and d.block_type and d.block_type.slug in slugs)
 
 
 async def _by_provider_name(name: str) -> ProviderSpec:
@@ -206,14 +216,8 @@ async def _by_provider_name(name: str) -> ProviderSpec:
 
 async def _saved_of(cls: type[ProviderCredentials]) -> list[str]:
     """The names of the saved blocks of one credentials type."""
-    from prefect.client.orchestration import get_client
-
     slug = cls.get_block_type_slug()
-    try:
-        async with get_client() as client:
-            docs = await client.read_block_documents(include_secrets=False)
-    except Exception:  # no API: as if none were saved
-        return []
+    docs = await _block_documents()
     return sorted(
         d.name
         for d in docs

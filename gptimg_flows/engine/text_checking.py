@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
@@ -193,7 +194,8 @@ async def checked_text_of(archive: Archive, sources: list[str]) -> list[str]:
         rel = archive.rel_of(source)
         if not rel.startswith("images/"):
             continue
-        sidecar = await asyncio.to_thread(archive.read_json, rel.rsplit(".", 1)[0] + ".json")
+        sha = posixpath.basename(rel).split(".", 1)[0]  # archived images are named by sha256
+        sidecar = await asyncio.to_thread(archive.read_json, Archive.sidecar_rel(sha))
         kept = sidecar.get("text_check") if isinstance(sidecar, dict) else None
         if isinstance(kept, dict) and isinstance(kept.get("expected"), list):
             return [str(line) for line in kept["expected"]]
