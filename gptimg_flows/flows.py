@@ -175,6 +175,7 @@ async def generate_images(
         request.prompt,
         rule,
         store,
+        size=request.pixels(),
     )
     if review:
         rounds = Rounds(
@@ -286,7 +287,9 @@ async def edit_image(
 
     sources = [i for i in request.images if isinstance(i, str)]
     source_text = await checked_text_of(store, sources) if rule.on else []
-    images = await checked(make, request.prompt, rule, store, fallback=source_text)
+    images = await checked(
+        make, request.prompt, rule, store, fallback=source_text, size=request.pixels()
+    )
     await publish_images(images, store, f"Edited: {request.prompt[:60]}", "edit-image")
     return images
 
@@ -377,7 +380,11 @@ async def _generate_then_edit(
     if batch_api:
         check_batch_edit(edit)  # before the generation is paid
     candidates = await checked(
-        lambda suffix: make([(first, f"0{suffix}", {})]), first.prompt, rule, store
+        lambda suffix: make([(first, f"0{suffix}", {})]),
+        first.prompt,
+        rule,
+        store,
+        size=first.pixels(),
     )
     generated, to_edit = candidates, worth_editing(candidates)
     reviews: list[ReviewRound] = []
@@ -606,6 +613,7 @@ async def batch_generate(
                     req.prompt,
                     rule.given(row_expected_text(rows[i])),
                     store,
+                    size=req.pixels(),
                 )
                 into[i] = on_row(made, row_of[i], extra)
             except Exception as exc:  # one item's failure is reported, not fatal

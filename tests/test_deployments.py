@@ -32,7 +32,11 @@ from .support.prefect_cli import ROOT, api, cli, deploy_all
 pytestmark = pytest.mark.slow
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-BATCH_PROMPTS = ["a red kite over dunes", "a blue kite over dunes", "a green kite over dunes"]
+BATCH_PROMPTS = [
+    "a red kite over dunes",
+    "a blue kite over dunes",
+    'a green kite over dunes, a banner saying "Kite Festival"',
+]
 
 
 async def _save_blocks(env: dict[str, str], emulator: Any, archive: Path) -> str:
@@ -128,7 +132,12 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
             "batch_api": True,
             "batch_poll_seconds": 0.5,
         },
-        "batch-generate/batch-from-file": {"provider": "deploy-route", "prompts": str(prompts)},
+        # Checked for the text its prompts quote (#34): the OCR runs in the worker's flow run.
+        "batch-generate/batch-from-file": {
+            "provider": "deploy-route",
+            "prompts": str(prompts),
+            "text_check": "flag",
+        },
         "batch-generate/batch-from-file#outside": {
             "provider": "deploy-route",
             "prompts": str(elsewhere),
@@ -160,6 +169,9 @@ async def test_shipped_deployments_keep_what_they_paid_for_after_the_worker_exit
     assert {s["job_id"] for s in daily} == {b["batch_id"] for b in batches}, daily
     routed = [s for s in sidecars if s["prompt"] in BATCH_PROMPTS]
     assert [s["member"] for s in routed] == ["deploy-openai"] * len(BATCH_PROMPTS), routed
+    checks = [s.get("text_check") for s in sorted(routed, key=lambda s: s["row"])]
+    assert checks[:2] == [None, None], "nothing quoted: nothing checked"
+    assert checks[2]["expected"] == ["Kite Festival"] and checks[2]["passed"], checks[2]
     assert not list(workdir.rglob("images")), "nothing was archived in the worker's cwd"
 
     second = _run_flows(env, runs, workdir)

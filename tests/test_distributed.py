@@ -308,7 +308,8 @@ async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_t
     chunk run archives there, with keys that exist only in the saved ImageArchive block."""
     import json as _json
 
-    emulator.configure(latency=0.3, render_mode="stamp")
+    emulator.configure(latency=0.3)  # drawn in full: each label's words are read back (#34)
+    emulator.force("misspell_text", provider="runware", count=2)
     provider = await save_provider(cluster, emulator)
     basepath, options = s3_archive
     bucket = basepath.removeprefix("s3://").split("/")[0]
@@ -324,12 +325,13 @@ async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_t
         ).asave(name)
     params: dict[str, Any] = dict(
         prompts=f"s3://{bucket}/in/rows.csv",
-        prompt_template="product shot of {name}, {style} light",
+        prompt_template='product shot of {name}, a tag reading "{name} {style}"',
         provider=provider,
         archive=name,
         chunk_size=4,
         concurrency=4,
-        **IMAGE,
+        text_check="flag",
+        **{**IMAGE, "size": "512x512"},
     )
     parent = start_parent(cluster, params)
     done = await wait_for_run(cluster, parent["id"], timeout=240)
@@ -338,6 +340,12 @@ async def test_a_csv_in_the_teams_bucket_is_fanned_out_and_archived_there_with_t
     listed = client.list_objects_v2(Bucket=bucket, Prefix=basepath.split("/", 3)[3] + "/images/")
     images = [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith(".png")]
     assert len(images) == 12, images
+    checks = [
+        _json.loads(client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read())["text_check"]
+        for o in listed["Contents"]
+        if o["Key"].endswith(".json")
+    ]
+    assert sorted(c["passed"] for c in checks) == [False] * 2 + [True] * 10, checks
 
 
 async def test_b_a_worker_killed_mid_batch_its_chunks_are_restarted_and_nothing_paid_twice(

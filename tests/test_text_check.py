@@ -230,3 +230,53 @@ async def test_a_remake_that_fails_still_returns_the_image_already_paid_for(
     )
     assert len(images) == 1 and images[0].text_check is not None
     assert not images[0].text_check.passed and Path(images[0].uri).is_file()
+
+
+async def test_a_check_that_cannot_work_is_refused_before_paying(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    kw: dict[str, Any] = {
+        "provider": provider_block("openai"),
+        "archive": str(archive_dir),
+        "text_check": "flag",
+    }
+    with pytest.raises(InvalidRequest, match=r"size 128x128 is too small for a text check"):
+        await generate_images(prompt=HEADLINE, size="128x128", **kw)
+    with pytest.raises(InvalidRequest, match=r"expected_text has an empty line"):
+        await generate_images(prompt=HEADLINE, size="1024x1024", expected_text=[""], **kw)
+    long = 'a flyer that says "' + "Fresh Bread Every Day " * 6 + '"'
+    with pytest.raises(InvalidRequest, match=r"the text the prompt quotes is 108 characters"):
+        await generate_edit_archive(prompt=long, edit_prompt="at night", size="1024x1024", **kw)
+    rows = [{"prompt": HEADLINE, "expected_text": ["  "]}, {"prompt": HEADLINE}]
+    result: BatchResult = await batch_generate(prompts=rows, size="1024x1024", concurrency=1, **kw)
+    assert [f.index for f in result.failures] == [0] and len(result.images) == 1
+    assert "expected_text has an empty line" in result.failures[0].error
+    assert _paid(emulator) == 1, "only the valid row was paid for"
+
+
+async def test_the_daily_pipeline_remakes_a_misspelt_poster_before_editing_it(
+    emulator: Any, provider_block: Any, archive_dir: Path
+) -> None:
+    import datetime
+
+    from gptimg_flows import daily_content
+
+    emulator.force("misspell_text", provider="openai", count=1)  # the first try
+    kw: dict[str, Any] = {
+        "prompt_template": 'a poster for {theme}, its headline "Open {date:%B %d}"',
+        "themes": ["the market"],
+        "edit_prompt": "the same poster, warmer light",
+        "provider": provider_block("openai"),
+        "archive": str(archive_dir),
+        "size": "1024x1024",
+        "run_date": datetime.date(2026, 11, 23),
+        "text_check": "remake",
+    }
+    result = await daily_content(**kw)
+    checks = [img.text_check for img in result.generated]
+    assert [c.passed for c in checks if c] == [True, False], "the passing remake comes first"
+    assert checks[0] is not None and checks[0].expected == ["Open November 23"]
+    assert len(result.edited) == 1 and _paid(emulator) == 3, "two tries and one edit"
+    assert result.edited[0].extra["derived_from"] == result.generated[0].uri
+    again = await daily_content(**kw)  # the schedule's re-run of the day pays nothing
+    assert _paid(emulator) == 3 and [i.uri for i in again.edited] == [result.edited[0].uri]

@@ -152,3 +152,50 @@ def test_a_text_rule_that_cannot_be_kept_is_refused_before_paying() -> None:
     assert rule.given(None) is rule and rule.given(["B"]).expected == ["B"]
     assert rule.expected_for('say "C"') == ["A"]
     assert text_rule("flag").expected_for("no quotes", ["from source"]) == ["from source"]
+
+
+@pytest.mark.parametrize(
+    ("expected", "message"),
+    [
+        ([], r"expected_text has an empty line"),
+        (["SALE", "  "], r"expected_text has an empty line"),
+        ("SALE", r"must be a list of strings .* got str"),
+        (["SALE", 5], r"must hold only strings"),
+        (["--", "SALE"], r"a line with no letter or digit"),
+        ([f"line {i}" for i in range(9)], r"has 9 lines; the check reads at most 8"),
+        (["A very long headline " * 6], r"is 102 characters; the check reads at most 100"),
+    ],
+)
+def test_an_expected_text_the_check_cannot_read_is_refused_before_paying(
+    expected: object, message: str
+) -> None:
+    from gptimg_flows.engine.text_checking import text_rule
+    from gptimg_flows.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=message) as caught:
+        text_rule("flag", expected)  # type: ignore[arg-type]
+    assert caught.value.field == "expected_text"
+    with pytest.raises(InvalidRequest, match=message):  # a row's own expected_text too
+        text_rule("flag").given(expected)  # type: ignore[arg-type]
+    assert text_rule("off").given(["  "]).expected == ["  "], "not checked: not refused"
+
+
+def test_a_prompt_quoting_more_than_the_check_reads_is_refused() -> None:
+    from gptimg_flows.engine.text_checking import text_rule
+    from gptimg_flows.errors import InvalidRequest
+
+    long = 'a flyer with "' + "Every Saturday at the Market " * 5 + '"'
+    with pytest.raises(InvalidRequest, match=r"the text the prompt quotes is 120 characters"):
+        text_rule("flag").expected_for(long)
+    assert text_rule("flag", ["Every Saturday"]).expected_for(long) == ["Every Saturday"]
+    assert text_rule("off").expected_for(long), "off: the quotes are not judged"
+
+
+def test_the_caption_leaves_the_quoted_words_to_the_headline() -> None:
+    from gptimg_flows.textcheck.expected import without_quotes
+
+    assert without_quotes('a sign "SALE 50%" and \u201cnew\u201d, don\'t') == (
+        'a sign "\u2026" and \u201c\u2026\u201d, don\'t'
+    )
+    words = read_lines(render.render('a poster that says "Harbor Lights"', 1024, 1024, seed=3))
+    assert sum("harbor" in line.lower() for line in words) == 1, words

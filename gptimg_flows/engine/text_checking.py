@@ -26,6 +26,7 @@ from gptimg_flows.results import BatchFailure
 from gptimg_flows.rows import Row, row_expected_text, row_metadata
 from gptimg_flows.textcheck import TextCheck, TextCheckMode, check_image, engine_name, require_ocr
 from gptimg_flows.textcheck import expected_lines as lines_of
+from gptimg_flows.textcheck.expected import ExpectedTextError, check_expected, check_size
 
 #: Makes a request's images under a slot suffix ("" for the request itself).
 Make = Callable[[str], Awaitable[list[ArchivedImage]]]
@@ -45,13 +46,27 @@ class TextRule:
         return self.mode != "off"
 
     def given(self, expected: list[str] | None) -> TextRule:
-        """This rule with a row's own `expected_text`, where it has one."""
-        return self if expected is None else replace(self, expected=expected)
+        """This rule with a row's own `expected_text`, where it has one (InvalidRequest when
+        the check could not read it reliably)."""
+        if expected is None:
+            return self
+        return replace(self, expected=_valid(expected) if self.on else expected)
 
     def expected_for(self, prompt: str, fallback: list[str] | None = None) -> list[str]:
         """What an image of `prompt` must read: `expected_text`, else the prompt's quotes,
-        else `fallback` (an edit: what its source was checked for)."""
-        return lines_of(prompt, self.expected) or list(fallback or [])
+        else `fallback` (an edit: what its source was checked for). InvalidRequest, before
+        anything is paid, when the prompt quotes more than the check reads reliably."""
+        lines = lines_of(prompt, self.expected) or list(fallback or [])
+        if self.on and lines and self.expected is None:
+            _valid(lines, quoted_from_prompt=True)
+        return lines
+
+
+def _valid(expected: object, *, quoted_from_prompt: bool = False) -> list[str]:
+    try:
+        return check_expected(expected, quoted_from_prompt=quoted_from_prompt)
+    except ExpectedTextError as exc:
+        raise InvalidRequest(str(exc), field="expected_text") from None
 
 
 def text_rule(
@@ -79,8 +94,8 @@ def text_rule(
         raise InvalidRequest(
             f"text_check_attempts={attempts}; it must be 0 to 10", field="text_check_attempts"
         )
-    if expected is not None and not all(isinstance(t, str) for t in expected):
-        raise InvalidRequest("expected_text must be a list of strings", field="expected_text")
+    if expected is not None:
+        expected = _valid(expected)
     if mode != "off":
         require_ocr()
     return TextRule(mode, expected, attempts)
@@ -93,11 +108,18 @@ async def checked(
     archive: Archive,
     *,
     fallback: list[str] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> list[ArchivedImage]:
     """`make("")`'s images, each with its text check; under "remake", more tries of a request
-    none of whose images passed (passing images first, every paid one returned)."""
-    images = await make("")
+    none of whose images passed (passing images first, every paid one returned). A check
+    that cannot work (text too long, `size` too small) is refused before make pays."""
     expected = rule.expected_for(prompt, fallback)
+    if rule.on and expected and size is not None:
+        try:
+            check_size(*size)
+        except ExpectedTextError as exc:
+            raise InvalidRequest(str(exc), field="text_check") from None
+    images = await make("")
     if not rule.on or not expected:
         return images
     images = await check_all(images, expected, archive)
@@ -273,5 +295,6 @@ async def edit_all(
             rule,
             archive,
             fallback=source.text_check.expected if source.text_check else None,
+            size=(source.width, source.height),
         )
     return made

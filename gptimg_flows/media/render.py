@@ -14,7 +14,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from gptimg_flows.textcheck.expected import quoted
+from gptimg_flows.textcheck.expected import quoted, without_quotes
 
 Format = Literal["png", "jpeg", "webp"]
 MIME: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -59,7 +59,9 @@ def draw(
     size = max(10, min(width, height) // 16)
     font = ImageFont.load_default(size=size)
     chars = max(8, int(width / (size * 0.6)))
-    text = "\n".join(textwrap.wrap(prompt, chars)[:6])
+    # The caption leaves out the quoted words: they are the headline's, drawn once, so the text
+    # check reads them where a model would put them, not twice.
+    text = "\n".join(textwrap.wrap(without_quotes(prompt), chars)[:6])
     shapes.multiline_text(
         (size // 2, size // 2),
         text,
@@ -68,33 +70,81 @@ def draw(
         stroke_width=max(1, size // 12),
         stroke_fill=(0, 0, 0, 255),
     )
-    _headline(shapes, quoted(prompt), width, height)
+    _headline(img, quoted(prompt), width, height, rng)
     return img
 
 
-def _headline(canvas: ImageDraw.ImageDraw, lines: list[str], width: int, height: int) -> None:
-    """The text a prompt quotes, large on a plain panel in the lower half, as a model asked
-    for a poster's words draws them (what the text check reads back)."""
+#: How a headline is drawn; the renderer picks one per prompt and seed, so the text check is
+#: tried on more than one look: on a light or a dark plate, outlined over the busy picture,
+#: bold, slanted, or blocky (drawn small and scaled up, as a pixel font looks).
+STYLES = ("plate", "dark plate", "outline", "bold", "slanted", "blocky")
+
+
+def _wrap_at(line: str, longest: int = 22) -> int:
+    """Characters a wrapped line may hold: lines of about equal length, none over `longest`
+    unless a single word is."""
+    parts = -(-len(line) // longest)
+    return max(1, -(-len(line) // parts))
+
+
+def _headline(
+    img: Image.Image, lines: list[str], width: int, height: int, rng: random.Random
+) -> None:
+    """The text a prompt quotes, large in the lower half, as a model asked for a poster's words
+    draws them (what the text check reads back)."""
     if not lines:
         return
-    lines = lines[:3]
-    size = max(12, min(height // 10, int(width * 0.85 / (0.62 * max(map(len, lines))))))
-    font = ImageFont.load_default(size=size)
-    gap = size // 3
+    # A long headline wraps, as a poster's would, so its letters stay large.
+    lines = [part for line in lines[:3] for part in textwrap.wrap(line, _wrap_at(line))][:4]
+    style = rng.choice(STYLES)
+    fit = width * 0.85 / (0.62 * max(map(len, lines)))
+    size = max(12, int(min(height // 10, fit) * rng.uniform(0.7, 1.0)))
+    scale = 2 if style == "blocky" and size >= 32 else 1
+    points = max(8, size // scale)
+    font = ImageFont.load_default(size=points)
+    layer = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    canvas = ImageDraw.Draw(layer)
+    gap = points // 3
     boxes = [canvas.textbbox((0, 0), line, font=font) for line in lines]
     tall = sum(b[3] - b[1] for b in boxes) + gap * (len(lines) - 1)
-    top = height * 5 // 8 - tall // 2
     wide = max(b[2] - b[0] for b in boxes)
-    pad = size // 2
-    left = (width - wide) // 2
-    canvas.rectangle(
-        (left - pad, top - pad, left + wide + pad, top + tall + pad), fill=(250, 248, 240, 255)
-    )
+    pad = points // 2
+    left = (width // scale - wide) // 2
+    top = int(height // scale * rng.uniform(0.55, 0.7)) - tall // 2
+    top = max(pad, min(top, height // scale - tall - pad))
+    light = (rng.randrange(215, 256), rng.randrange(215, 256), rng.randrange(200, 256), 255)
+    dark = (rng.randrange(0, 60), rng.randrange(0, 60), rng.randrange(0, 80), 255)
+    ink: tuple[int, int, int, int] = light if style in ("dark plate", "outline") else dark
+    plate = None if style == "outline" else dark if style == "dark plate" else light
+    if plate is not None:
+        canvas.rectangle((left - pad, top - pad, left + wide + pad, top + tall + pad), fill=plate)
+    stroke = {"outline": max(2, points // 10), "bold": max(1, points // 24)}.get(style, 0)
     y = top
     for line, box in zip(lines, boxes, strict=True):
-        x = (width - (box[2] - box[0])) // 2 - box[0]
-        canvas.text((x, y - box[1]), line, font=font, fill=(20, 20, 20, 255))
+        x = (width // scale - (box[2] - box[0])) // 2 - box[0]
+        canvas.text(
+            (x, y - box[1]),
+            line,
+            font=font,
+            fill=ink,
+            stroke_width=stroke,
+            stroke_fill=(0, 0, 0, 255) if style == "outline" else ink,
+        )
         y += box[3] - box[1] + gap
+    if style == "blocky":
+        layer = layer.crop((0, 0, width // scale, height // scale)).resize(
+            (width // scale * scale, height // scale * scale), Image.Resampling.NEAREST
+        )
+        layer = layer.crop((0, 0, width, height)) if layer.size != img.size else layer
+    elif style == "slanted":
+        shear = 0.2
+        layer = layer.transform(
+            img.size,
+            Image.Transform.AFFINE,
+            (1, shear, -shear * (top + tall / 2), 0, 1, 0),
+            Image.Resampling.BICUBIC,
+        )
+    img.alpha_composite(layer.crop((0, 0, width, height)) if layer.size != img.size else layer)
 
 
 def encode(img: Image.Image, fmt: Format, quality: int | None = None) -> bytes:
