@@ -61,15 +61,45 @@ def count_calls() -> None:
     PrefectEventsClient._emit = emitted  # type: ignore[method-assign]
 
 
-def py_spy(pid: int, out: Path, subprocesses: bool) -> subprocess.Popen[bytes] | None:
+def py_spy(
+    pid: int, out: Path, subprocesses: bool, fmt: str = "flamegraph"
+) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of a running process: an SVG flame graph, or ("raw") collapsed stacks
+    that `top` below sums by function."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(exe).exists():
         print("py-spy is not installed (pip install py-spy): no flame graphs", file=sys.stderr)
         return None
     cmd = [exe, "record", "--pid", str(pid), "-o", str(out), "--rate", "100", "--nonblocking"]
+    cmd += ["--format", fmt]
     if subprocesses:
         cmd.append("--subprocesses")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top(collapsed: Path, count: int = 45) -> str:
+    """Share of samples under each function (inclusive, once a stack), from py-spy's raw
+    output: where the milliseconds go, as text beside the flame graph."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        frames = [
+            re.sub(r" \((.*/)?(site-packages/|gptimg_flows/)?", " (", f) for f in stack.split(";")
+        ]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    lines = [f"{total} samples; inclusive share, then own share, by function", ""]
+    lines += [f"{100 * v / total:5.1f}%  {k}" for k, v in inclusive.most_common(count)]
+    lines += ["", "own:"]
+    lines += [f"{100 * v / total:5.1f}%  {k}" for k, v in own.most_common(count)]
+    return "\n".join(lines) + "\n"
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
@@ -89,7 +119,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     os.environ.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
+        PREFECT_LOGGING_LEVEL=args.log_level,
     )
     from run import PrefectServer, process_tree_cpu, self_cpu
 
@@ -129,6 +159,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             spies = [
                 py_spy(os.getpid(), FLAMES / f"{args.label}-flow.svg", False),
                 py_spy(server.proc.pid, FLAMES / f"{args.label}-server.svg", True),
+                py_spy(os.getpid(), work / "flow.txt", False, "raw"),
+                py_spy(server.proc.pid, work / "server.txt", True, "raw"),
             ]
             await asyncio.sleep(1)
         server0, flow0 = process_tree_cpu(server.proc.pid), self_cpu()
@@ -141,9 +173,22 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         wall = await batch("measured", args.n)
         if profiler is not None:
             profiler.disable()
-        flow_cpu, server_cpu = self_cpu() - flow0, process_tree_cpu(server.proc.pid) - server0
+        flow_cpu = self_cpu() - flow0
+        # The server handles events after the run has ended: count until it is idle again.
+        settled = process_tree_cpu(server.proc.pid)
+        for _ in range(60):
+            await asyncio.sleep(1)
+            now = process_tree_cpu(server.proc.pid)
+            if now - settled < 0.05:
+                break
+            settled = now
+        server_cpu = settled - server0
         for spy in spies:
             stop(spy)
+        for name in ("flow", "server") if args.flames else ():
+            if (work / f"{name}.txt").exists():
+                text = top(work / f"{name}.txt")
+                (FLAMES / f"{args.label}-{name}-top.txt").write_text(text)
         if profiler is not None:
             import io
             import pstats
@@ -173,6 +218,7 @@ def main() -> None:
     parser.add_argument("--label", default="now")
     parser.add_argument("--no-flames", dest="flames", action="store_false")
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--log-level", default="INFO", help="the flow's (INFO: Prefect's default)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gptimg-profile-"))
@@ -184,7 +230,7 @@ def main() -> None:
     line = (
         f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {out['label']} | {out['n']} | {out['c']} | "
         f"{out['wall']:.1f} s | {out['flow_ms']:.1f} | {out['server_ms']:.1f} | "
-        f"{out['calls']:.2f} | {out['events']:.2f} |"
+        f"{out['calls']:.2f} | {out['events']:.2f} | {args.log_level} |"
     )
     if not args.no_write:
         head = (
@@ -192,7 +238,7 @@ def main() -> None:
             if RESULTS.exists()
             else "# Overhead (issue #36): bench/profile_batch.py\n\n"
             "| when (UTC) | label | N | C | wall | flow CPU ms/image | server CPU ms/image | "
-            "API calls/image | events/image |\n|---|---|---|---|---|---|---|---|---|\n"
+            "API calls/image | events/image | log level |\n|---|---|---|---|---|---|---|---|---|---|\n"
         )
         with RESULTS.open("a") as fh:
             fh.write(head + line + "\n")

@@ -107,13 +107,28 @@ class PrefectServer:
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    self._use()
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
         raise RuntimeError(f"prefect server did not start; see {self.log}")
 
+    def _use(self) -> None:
+        """Point this process's flows at this server. PREFECT_API_URL set in os.environ after
+        prefect was imported is not read again (its settings are fixed at import): without
+        this, a flow starts a temporary server of its own, and its CPU is counted nowhere."""
+        os.environ["PREFECT_API_URL"] = self.url
+        self._settings = None
+        if "prefect" in sys.modules:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            self._settings = temporary_settings(updates={PREFECT_API_URL: self.url})
+            self._settings.__enter__()
+
     def __exit__(self, *exc: object) -> None:
+        if getattr(self, "_settings", None) is not None:
+            self._settings.__exit__(None, None, None)
         if self.proc:
             self.proc.terminate()
             try:

@@ -36,6 +36,7 @@ from gptimg_flows.engine.job_record import Recorded, State, classify, state_of
 from gptimg_flows.engine.limits import provider_slot, submit_allowance
 from gptimg_flows.engine.pacing import account_limiter, paced_submit, reads_of, wait_bound
 from gptimg_flows.engine.polling import poll_until_done
+from gptimg_flows.engine.quiet_logs import quiet_per_image_completions
 from gptimg_flows.engine.rate_limiter import gated_read
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import (
@@ -97,6 +98,9 @@ UNCERTAIN_FIX = (
 )
 
 # -- tasks --------------------------------------------------------------------------------------
+
+
+quiet_per_image_completions()
 
 
 @task(name="upload-inputs", **RETRY_OPTIONS)
@@ -786,7 +790,7 @@ async def archive_images(
     )
     for sha, why in no_preview:
         logger.warning("no preview for %s: %s", sha[:12], why)
-    logger.info(
+    logger.debug(  # the artifact and the sidecar say it; a line an image costs (#36)
         "archived %d image(s) of %s job %s under %s",
         len(out),
         job.provider,
