@@ -238,7 +238,8 @@ def main() -> None:
             if RESULTS.exists()
             else "# Overhead (issue #36): bench/profile_batch.py\n\n"
             "| when (UTC) | label | N | C | wall | flow CPU ms/image | server CPU ms/image | "
-            "API calls/image | events/image | log level |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            "API calls/image | events/image | log level |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n"
         )
         with RESULTS.open("a") as fh:
             fh.write(head + line + "\n")
