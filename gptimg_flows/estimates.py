@@ -14,6 +14,7 @@ from gptimg_flows.blocks.resolve import (
     resolve_provider,
     unkeyed_block,
 )
+from gptimg_flows.blocks.seller import seller_of
 from gptimg_flows.engine.produce import planner_of
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
@@ -74,7 +75,7 @@ async def _estimate(
         unkeyed = unkeyed_block(provider.strip()) if isinstance(provider, str) else None
         if unkeyed is None:
             raise
-        spec = unkeyed
+        spec = seller_of(unkeyed)
     adapter = planner_of(spec)  # a route prices each request at the member it would pick first
     if isinstance(requests, ImageRequest):
         return estimate_requests(adapter, [requests])

@@ -13,7 +13,6 @@ from typing import Any
 from prefect import flow
 from prefect.logging import get_run_logger
 
-from gptimg_flows.blocks.credentials import ProviderSpec
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -21,6 +20,7 @@ from gptimg_flows.blocks.resolve import (
     resolve_provider,
 )
 from gptimg_flows.blocks.route import Route
+from gptimg_flows.blocks.seller import Seller
 from gptimg_flows.engine.artifacts import publish_images
 from gptimg_flows.engine.batch_api import batch_api_rows, batch_produce, check_batch_edit
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
@@ -740,7 +740,7 @@ def _row_numbers(given: list[int] | None, count: int) -> list[int]:
     return list(given)
 
 
-def _batch_provider(spec: ProviderSpec | Route) -> ProviderSpec:
+def _batch_provider(spec: Seller | Route) -> Seller:
     if isinstance(spec, Route):
         raise InvalidRequest(
             "batch_api=True sends requests to OpenAI's Batch API: give one OpenAI block as "

@@ -24,7 +24,7 @@ async def test_a_provider_name_finds_its_one_saved_block(monkeypatch: pytest.Mon
         return ["the-only-openai"]
 
     monkeypatch.setattr(resolve, "_saved_of", one)
-    spec = await resolve.resolve_provider("openai")
+    spec = (await resolve.resolve_provider("openai")).spec  # type: ignore[union-attr]
     assert isinstance(spec, OpenAIImageCredentials)
     assert spec.api_key.get_secret_value() == "sk-one"
 
@@ -49,6 +49,6 @@ async def test_with_none_saved_the_environment_key_is_used_or_named(
     with pytest.raises(InvalidRequest, match=r"no saved openai block, and OPENAI_API_KEY is not"):
         await resolve.resolve_provider("openai")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
-    spec = await resolve.resolve_provider("openai")
+    spec = (await resolve.resolve_provider("openai")).spec  # type: ignore[union-attr]
     assert isinstance(spec, OpenAIImageCredentials)
     assert spec.api_key.get_secret_value() == "sk-from-env"

@@ -11,7 +11,8 @@ from gptimg_flows.blocks.credentials import (
     ScenarioCredentials,
 )
 from gptimg_flows.blocks.resolve import resolve_provider
-from gptimg_flows.blocks.route import Member, Route, RoutePolicy
+from gptimg_flows.blocks.route import Route, RoutePolicy
+from gptimg_flows.blocks.seller import seller_of
 from gptimg_flows.engine import route_health as health
 from gptimg_flows.engine.routing import RoutePlanner, candidates, in_unit
 from gptimg_flows.errors import (
@@ -95,7 +96,7 @@ def test_a_member_failing_over_half_its_submits_in_the_window_cools() -> None:
 
 
 def _route(strategy: str = "order", **blocks: object) -> Route:
-    members = tuple(Member(name, spec) for name, spec in blocks.items())  # type: ignore[arg-type]
+    members = tuple(seller_of(spec, name) for name, spec in blocks.items())  # type: ignore[arg-type]
     return Route("test", members, RoutePolicy(strategy=strategy))  # type: ignore[arg-type]
 
 
@@ -139,7 +140,7 @@ def test_a_route_prices_in_its_members_shared_unit_or_in_usd() -> None:
 
 async def test_provider_names_a_route_as_a_list_and_a_list_of_one_is_that_provider() -> None:
     single = await resolve_provider(["offline"])
-    assert single == "offline"
+    assert not isinstance(single, Route) and single.spec == "offline" and single.name == "offline"
     route = await resolve_provider(["offline", "offline-lenient"])
     assert isinstance(route, Route) and [m.name for m in route.members] == [
         "offline",
@@ -158,12 +159,14 @@ async def test_provider_names_a_route_as_a_list_and_a_list_of_one_is_that_provid
 def test_chunk_runs_of_a_distributed_batch_load_a_route_by_its_saved_names() -> None:
     from gptimg_flows.distributed.flow import _provider_ref
 
-    saved = Route("content-route", (Member("offline", "offline"),), RoutePolicy(), "content-route")
+    saved = Route(
+        "content-route", (seller_of("offline", "offline"),), RoutePolicy(), "content-route"
+    )
     assert _provider_ref(saved) == "gptimg-provider-route/content-route"
     listed = Route(
-        "a → b", (Member("offline", "offline"), Member("x", "offline-lenient")), RoutePolicy()
+        "a → b", (seller_of("offline", "offline"), seller_of("offline-lenient", "x")), RoutePolicy()
     )
     assert _provider_ref(listed) == ["offline", "offline-lenient"]
-    unsaved = Route("r", (Member("runware", RunwareCredentials(api_key="k")),), RoutePolicy())
+    unsaved = Route("r", (seller_of(RunwareCredentials(api_key="k"), "runware"),), RoutePolicy())
     with pytest.raises(InvalidRequest, match="saved block"):
         _provider_ref(unsaved)

@@ -36,7 +36,8 @@ from gptimg_flows.blocks.credentials import (
     ScenarioCredentials,
     SkillsVideoCredentials,
 )
-from gptimg_flows.blocks.route import Member, ProviderRoute, Route, RoutePolicy, member_name
+from gptimg_flows.blocks.route import ProviderRoute, Route, RoutePolicy
+from gptimg_flows.blocks.seller import Seller, member_name, seller_of
 from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.providers.offline import OFFLINE_NAMES
 
@@ -64,10 +65,16 @@ _ARCHIVE_FIX = (
 )
 
 
-async def resolve_provider(provider: ProviderParam) -> ProviderSpec | Route:
+async def resolve_provider(provider: ProviderParam) -> Seller | Route:
     """One provider (a block object, `"offline"`, a saved block's name, or
     `"<block-type-slug>/<name>"`), or a route: a list of those, a ProviderRoute block, or a
-    saved one's name. A list of one is that one provider."""
+    saved one's name. A list of one is that one provider. Resolved once, here: each seller
+    with its adapter, what the engine is handed."""
+    spec = await _resolved(provider)
+    return spec if isinstance(spec, Route) else seller_of(spec)
+
+
+async def _resolved(provider: ProviderParam) -> ProviderSpec | Route:
     if isinstance(provider, ProviderRoute):
         saved = getattr(provider, "_block_document_name", None)
         return await _route(saved or "route", provider.providers, provider.policy(), saved)
@@ -75,7 +82,7 @@ async def resolve_provider(provider: ProviderParam) -> ProviderSpec | Route:
         if not provider:
             raise InvalidRequest("provider: an empty list names no provider", field="provider")
         if len(provider) == 1:
-            return await resolve_provider(provider[0])
+            return await _resolved(provider[0])
         shown = " → ".join(p if isinstance(p, str) else member_name(p, None) for p in provider)
         return await _route(shown, provider, RoutePolicy())
     return await _one_or_saved_route(provider)
@@ -141,7 +148,7 @@ async def _route(
 ) -> Route:
     """Each member resolved to one provider (a route inside a route is refused), under a name
     no other member has."""
-    members: list[Member] = []
+    members: list[Seller] = []
     for item in given:
         spec = await _one_or_saved_route(item)
         if isinstance(spec, Route):
@@ -158,7 +165,7 @@ async def _route(
                     f"provider: route {shown!r} lists {name!r} twice", field="provider"
                 )
             name = _unused(name, taken)
-        members.append(Member(name, spec))
+        members.append(seller_of(spec, name))
     return Route(shown, tuple(members), policy, saved)
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 from prefect.blocks.core import Block
 from pydantic import BaseModel, ConfigDict, Field
 
-from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec
+from gptimg_flows.blocks.seller import Seller
 
 _DOCS = "https://github.com/gptimg-flows/gptimg-flows#routes"
 
@@ -98,17 +98,9 @@ class RoutePolicy(PolicyFields):
     model_config = ConfigDict(frozen=True)
 
 
-@dataclass(frozen=True)
-class Member:
-    """One seller in a route: its name (a saved block's, `offline`, or the provider's for an
-    unsaved block) and what it resolved to."""
-
-    name: str
-    spec: ProviderSpec
-
-    @property
-    def usd_per_unit(self) -> float | None:
-        return self.spec.usd_per_unit if isinstance(self.spec, ProviderCredentials) else None
+#: One seller in a route: its name (a saved block's, `offline`, or the provider's for an
+#: unsaved block), what it resolved to and its adapter.
+Member = Seller
 
 
 @dataclass(frozen=True)
@@ -116,23 +108,11 @@ class Route:
     """A resolved route: what `produce` is handed instead of one provider."""
 
     name: str
-    members: tuple[Member, ...]
+    members: tuple[Seller, ...]
     policy: RoutePolicy
     #: the saved ProviderRoute block it was loaded from (what a chunk run on another worker
     #: loads), or None for a list given in the call
     saved: str | None = None
 
-    def member(self, name: str) -> Member | None:
+    def member(self, name: str) -> Seller | None:
         return next((m for m in self.members if m.name == name), None)
-
-
-def member_name(spec: ProviderSpec, given: str | None) -> str:
-    """A member's shown name: the saved block's name (however it was named: `runware-prod`
-    or `gptimg-runware-credentials/runware-prod`), else what the user wrote, else the
-    provider's."""
-    saved = getattr(spec, "_block_document_name", None)
-    if isinstance(spec, ProviderCredentials) and saved:
-        return str(saved)
-    if given:
-        return given
-    return spec.provider_name if isinstance(spec, ProviderCredentials) else str(spec)

@@ -35,7 +35,7 @@ from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
 from gptimg_flows.blocks.aws import S3_BUCKET_PREFIX, is_s3_bucket
-from gptimg_flows.blocks.credentials import ImageArchive, ProviderSpec
+from gptimg_flows.blocks.credentials import ImageArchive
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
@@ -44,6 +44,7 @@ from gptimg_flows.blocks.resolve import (
     resolve_provider,
 )
 from gptimg_flows.blocks.route import ProviderRoute, Route
+from gptimg_flows.blocks.seller import Seller
 from gptimg_flows.distributed.gather import archived_rows, gather_results, publish_report
 from gptimg_flows.distributed.plan import batch_digest, check_budget, keys_and_groups, make_chunks
 from gptimg_flows.distributed.watch import Watcher
@@ -319,14 +320,15 @@ def _json_rows(rows: list[Row]) -> list[Row]:
     return decoded
 
 
-def _provider_ref(spec: ProviderSpec | Route) -> str | list[str]:
+def _provider_ref(resolved: Seller | Route) -> str | list[str]:
     """What a chunk run on another machine loads the provider from: a saved block's
     `slug/name` (never its secrets as a parameter), or `offline`; for a route, the saved
     route's, or each member's."""
-    if isinstance(spec, Route):
-        if spec.saved:
-            return f"{ProviderRoute.get_block_type_slug()}/{spec.saved}"
-        return [str(_provider_ref(m.spec)) for m in spec.members]
+    if isinstance(resolved, Route):
+        if resolved.saved:
+            return f"{ProviderRoute.get_block_type_slug()}/{resolved.saved}"
+        return [str(_provider_ref(m)) for m in resolved.members]
+    spec = resolved.spec
     if isinstance(spec, str):
         return spec
     name = getattr(spec, "_block_document_name", None)

@@ -13,8 +13,8 @@ from typing import Any
 
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from gptimg_flows.blocks.credentials import ProviderSpec
 from gptimg_flows.blocks.route import Route
+from gptimg_flows.blocks.seller import Seller
 from gptimg_flows.engine.produce import request_key_of
 from gptimg_flows.models import ArchivedImage, ImageRequest, canonical_json
 from gptimg_flows.rows import Row, occurrence_slots
@@ -55,7 +55,7 @@ class Chunk:
 
 
 def keys_and_groups(
-    spec: ProviderSpec | Route, requests: dict[int, ImageRequest]
+    spec: Seller | Route, requests: dict[int, ImageRequest]
 ) -> tuple[dict[int, str], dict[int, str]]:
     """Each row's request key, with the slot batch_generate gives it (its occurrence number
     among identical requests), and each row's fingerprint (identical requests group)."""

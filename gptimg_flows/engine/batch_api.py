@@ -32,7 +32,7 @@ from prefect.logging import get_run_logger
 from gptimg_flows import errors as _errors
 from gptimg_flows.archive.layout import batch_rel
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
+from gptimg_flows.blocks.seller import Seller
 from gptimg_flows.engine.job_record import Recorded, State, mark_batched
 from gptimg_flows.engine.records import (
     archived_result,
@@ -381,7 +381,7 @@ def _sized_line(api: OpenAIBatchAPI, item: BatchItem) -> bytes:
 
 
 async def run_through_batch_api(
-    spec: ProviderSpec,
+    spec: Seller,
     archive: Archive,
     items: list[BatchItem],
     *,
@@ -397,7 +397,7 @@ async def run_through_batch_api(
     reported, never sent again. Each new line holds its half-price estimate (engine/spending:
     the run's budget and the block's spend limit) before its batch is created; a line that
     does not fit is refused, not sent."""
-    adapter = provider_of(spec)
+    adapter = spec.adapter
     api = batch_api_of(adapter)
     images: list[ArchivedImage] = []
     pending: list[BatchItem] = []
@@ -427,7 +427,7 @@ async def run_through_batch_api(
         half = None if price.amount is None else round(price.amount * BATCH_DISCOUNT, 9)
         try:
             holds[item.key] = await hold_spend(
-                spec, price.model_copy(update={"amount": half}), budget
+                spec.spec, price.model_copy(update={"amount": half}), budget
             )
         except BudgetExceeded as exc:
             errors[item.row] = ("BudgetExceeded", f"not sent in the batch: {exc.message}")
@@ -507,7 +507,7 @@ async def run_through_batch_api(
 
 
 async def batch_api_rows(
-    spec: ProviderSpec,
+    spec: Seller,
     store: Archive,
     rows: list[Row],
     requests: list[ImageRequest | None],
@@ -523,7 +523,7 @@ async def batch_api_rows(
 ) -> None:
     """The rows through OpenAI's Batch API (same keys as a synchronous run would use); the
     rows `refreshed` under the refresh's stamp."""
-    adapter = provider_of(spec)
+    adapter = spec.adapter
 
     def slot(i: int) -> str:
         return slots[i] + (refresh_stamp or "") if i in refreshed else slots[i]
@@ -574,7 +574,7 @@ async def batch_api_rows(
 
 
 async def batch_produce(
-    spec: ProviderSpec,
+    spec: Seller,
     store: Archive,
     requests: list[tuple[ImageRequest, str, dict[str, Any]]],
     *,
@@ -589,7 +589,7 @@ async def batch_produce(
     finds the other's images). Inputs are read and checked first; each request reserves half
     its price in `budget` before anything is sent. The first request without images raises
     its error (BatchPending while the batch runs on)."""
-    adapter = provider_of(spec)
+    adapter = spec.adapter
     stamp = refresh_stamp or ""
     items: list[BatchItem] = []
     for index, (request, slot, extra) in enumerate(requests):

@@ -10,8 +10,8 @@ from typing import Any
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.blocks.credentials import ProviderSpec, provider_of
 from gptimg_flows.blocks.route import Route
+from gptimg_flows.blocks.seller import Seller
 from gptimg_flows.engine.job_record import NO_PAYING, Recorded, State, recorded
 from gptimg_flows.engine.records import request_key, route_key
 from gptimg_flows.engine.refresh import (
@@ -34,21 +34,21 @@ from gptimg_flows.spend.estimate import Pricer
 from gptimg_flows.spend.prices import Budget
 
 
-def planner_of(spec: ProviderSpec | Route) -> Pricer:
+def planner_of(spec: Seller | Route) -> Pricer:
     """What checks and prices a request for the flows: the provider, or the route."""
-    return RoutePlanner(spec) if isinstance(spec, Route) else provider_of(spec)
+    return RoutePlanner(spec) if isinstance(spec, Route) else spec.adapter
 
 
 def request_key_of(
-    spec: ProviderSpec | Route, request: ImageRequest, digests: list[str], slot: str
+    spec: Seller | Route, request: ImageRequest, digests: list[str], slot: str
 ) -> str:
     """The key a request is claimed and recorded under: the route's, or the provider's."""
     if isinstance(spec, Route):
         return route_key(request, digests, slot)
-    return request_key(provider_of(spec), request, digests, slot)
+    return request_key(spec.adapter, request, digests, slot)
 
 
-def key_of(spec: ProviderSpec | Route, request: ImageRequest) -> list[str]:
+def key_of(spec: Seller | Route, request: ImageRequest) -> list[str]:
     """The keys a generation's images may be recorded under (slot "0", no inputs)."""
     if isinstance(spec, Route):
         return RoutePlanner(spec).keys(request, [], "0")
@@ -56,7 +56,7 @@ def key_of(spec: ProviderSpec | Route, request: ImageRequest) -> list[str]:
 
 
 async def produce(
-    spec: ProviderSpec | Route,
+    spec: Seller | Route,
     request: ImageRequest,
     archive: Archive,
     *,
@@ -104,7 +104,7 @@ async def produce(
             base_slot=base_slot,
             remake_uncertain=remake_uncertain,
         )
-    adapter = provider_of(spec)
+    adapter = spec.adapter
     loaded, mask, parents = prepared.loaded, prepared.mask, prepared.parents
     key = request_key(adapter, request, prepared.digests, slot)
     base = request_key(adapter, request, prepared.digests, base_slot)
@@ -127,7 +127,7 @@ async def produce(
         key = _resumable_route_key(found, adapter.name)
     found = await past_live_claim(archive, found)
     price = adapter.price(request)
-    hold = await hold_spend(spec, price, budget, take=found.may_pay)
+    hold = await hold_spend(spec.spec, price, budget, take=found.may_pay)
     try:
         inputs = (
             await upload_inputs(spec, request, loaded, mask, archive)

@@ -26,7 +26,6 @@ from typing import Any
 from prefect.logging import get_run_logger
 
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.blocks.credentials import provider_of
 from gptimg_flows.blocks.route import Member, Route
 from gptimg_flows.engine import route_health as health
 from gptimg_flows.engine.job_record import NO_PAYING, State, recorded
@@ -95,7 +94,7 @@ class RoutePlanner:
     @property
     def cost_unit(self) -> str:
         """The members' unit when they share one, else USD."""
-        units = {provider_of(m.spec).cost_unit for m in self.route.members}
+        units = {m.adapter.cost_unit for m in self.route.members}
         return units.pop() if len(units) == 1 else USD
 
     def validate(self, request: ImageRequest) -> None:
@@ -104,13 +103,13 @@ class RoutePlanner:
     def price(self, request: ImageRequest) -> Price:
         """What the member the strategy would pick first charges (in `cost_unit`)."""
         first = candidates(self.route, request)[0]
-        adapter = provider_of(first.spec)
+        adapter = first.adapter
         return in_unit(adapter.price(request), self.cost_unit, usd_rate(first, adapter), first.name)
 
     def keys(self, request: ImageRequest, digests: list[str], slot: str) -> list[str]:
         """Where a request's images or job may already be recorded: the route's key, then
         each member's own (sent there before the provider became a route)."""
-        own = [request_key(provider_of(m.spec), request, digests, slot) for m in self.route.members]
+        own = [request_key(m.adapter, request, digests, slot) for m in self.route.members]
         return [route_key(request, digests, slot), *dict.fromkeys(own)]
 
     def member_of_key(
@@ -118,7 +117,7 @@ class RoutePlanner:
     ) -> str | None:
         """The member whose own key `key` is (the first, where two share a provider)."""
         for member in self.route.members:
-            if request_key(provider_of(member.spec), request, digests, slot) == key:
+            if request_key(member.adapter, request, digests, slot) == key:
                 return member.name
         return None
 
@@ -130,7 +129,7 @@ def candidates(route: Route, request: ImageRequest) -> list[Member]:
     reasons: list[str] = []
     for member in route.members:
         try:
-            provider_of(member.spec).validate(request)
+            member.adapter.validate(request)
         except InvalidRequest as exc:
             reasons.append(f"{member.name}: {exc}")
             continue
@@ -147,7 +146,7 @@ def candidates(route: Route, request: ImageRequest) -> list[Member]:
 
 def _usd_of(member: Member, request: ImageRequest) -> tuple[int, float]:
     """Sort key: members with a known USD price for the request first, cheapest first."""
-    adapter = provider_of(member.spec)
+    adapter = member.adapter
     price = adapter.price(request)
     rate = usd_rate(member, adapter)
     if price.amount is None or rate is None:
@@ -216,7 +215,7 @@ async def produce_routed(
     deadline = time.monotonic() + timeout_seconds
     while True:
         if held_by is not None:
-            member = route.member(held_by)
+            member = _named(route, held_by)
             if member is None:
                 raise InvalidRequest(
                     f"this request was submitted to {held_by!r}, which route {route.name!r} "
@@ -337,7 +336,7 @@ async def _attempt(
 ) -> list[ArchivedImage]:
     """One member's try: budget, spend limit, inputs, then make_images under the route key.
     A resumed job (already on record) takes nothing from the spend limit again."""
-    adapter = provider_of(member.spec)
+    adapter = member.adapter
     account = _account(member)
     rate = usd_rate(member, adapter)
     price = adapter.price(request)
@@ -355,13 +354,13 @@ async def _attempt(
             take=not resumed,
         )
         inputs = (
-            await upload_inputs(member.spec, request, prepared.loaded, prepared.mask, archive)
+            await upload_inputs(member, request, prepared.loaded, prepared.mask, archive)
             if isinstance(request, EditRequest)
             else None
         )
         with _promised(account, request.n, wait):
-            archived: list[ArchivedImage] = await make_images_for(member.spec, may_move=may_move)(
-                member.spec,
+            archived: list[ArchivedImage] = await make_images_for(member, may_move=may_move)(
+                member,
                 request,
                 inputs,
                 key,
@@ -429,25 +428,29 @@ def _promised(account: str, images: int, wait: float | None) -> Iterator[None]:
 
 
 def _expected_wait(member: Member, n: int, now: float) -> float:
-    adapter = provider_of(member.spec)
+    adapter = member.adapter
     limiter = account_limiter(member.spec, adapter)
     return limiter.expected_wait(n, now, ahead=health.promised(adapter.account))
 
 
+def _named(route: Route, name: str) -> Member | None:
+    return next((m for m in route.members if m.name == name), None)
+
+
 def _account(member: Member) -> str:
-    return provider_of(member.spec).account
+    return member.adapter.account
 
 
 def _count_images(route: Route, images: list[ArchivedImage]) -> None:
     for name in {img.member for img in images if img.member}:
-        member = route.member(name)
+        member = _named(route, name)
         mine = [i for i in images if i.member == name]
         paid = [i for i in mine if not i.from_archive]
         costs = [i.cost for i in paid if i.cost is not None]
         cost = sum(costs) if costs else None
         rate = None
         if member is not None and cost is not None:
-            rate = usd_rate(member, provider_of(member.spec))
+            rate = usd_rate(member, member.adapter)
         health.record_images(
             health.run_stats(health.run_id(), name),
             len(paid),

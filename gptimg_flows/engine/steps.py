@@ -30,7 +30,8 @@ from pydantic import ValidationError
 
 from gptimg_flows.archive.layout import STAGING_DIR, job_rel, record_fix, staging_rel
 from gptimg_flows.archive.store import Archive
-from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec, provider_of
+from gptimg_flows.blocks.credentials import ProviderCredentials, ProviderSpec
+from gptimg_flows.blocks.seller import Seller, seller_of
 from gptimg_flows.engine.assets import emit_materializations
 from gptimg_flows.engine.job_record import Recorded, State, classify, state_of
 from gptimg_flows.engine.limits import provider_slot, submit_allowance
@@ -105,7 +106,7 @@ quiet_per_image_completions()
 
 @task(name="upload-inputs", **RETRY_OPTIONS)
 async def upload_inputs(
-    provider: ProviderSpec,
+    provider: ProviderSpec | Seller,
     request: EditRequest,
     images: list[InputImage],
     mask: InputImage | None,
@@ -117,7 +118,7 @@ async def upload_inputs(
     only take URLs can be given signed ones.
     """
     logger = get_run_logger()
-    adapter = provider_of(provider)
+    adapter = seller_of(provider).adapter
     if "bytes" not in adapter.capabilities.input_kinds:
         images = [await _with_url(archive, img) for img in images]
         if mask is not None:
@@ -171,7 +172,7 @@ async def _with_url(archive: Archive, image: InputImage) -> InputImage:
 
 @task(name="submit-job", task_run_name="submit-{key:.12}", **RETRY_OPTIONS)
 async def submit_job(
-    provider: ProviderSpec,
+    provider: ProviderSpec | Seller,
     request: ImageRequest,
     inputs: PreparedInputs | None,
     key: str,
@@ -185,13 +186,27 @@ async def submit_job(
     (never a task retry) until the block's `rate_limit_wait_seconds` (or `timeout_seconds`).
     `member`: the route member this is sent to (recorded with the job; a key already held by
     another member raises RoutedElsewhere)."""
+    return await _submit(
+        seller_of(provider), request, inputs, key, archive, timeout_seconds, member
+    )
+
+
+async def _submit(
+    seller: Seller,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    timeout_seconds: float | None,
+    member: str | None,
+) -> Job:
     logger = get_run_logger()
-    adapter = provider_of(provider)
+    adapter = seller.adapter
     adapter.validate(request)
     submitting: dict[str, Any] = {"state": "submitting", "key": key, "provider": adapter.name}
     if member is not None:
         submitting["member"] = member
-    limiter = account_limiter(provider, adapter)
+    limiter = account_limiter(seller.spec, adapter)
     while True:
         # Claim at once only when nothing will wait: a claim made before a long wait for the
         # limiter would leave a crash there looking like a lost answer (SubmitUncertain).
@@ -214,7 +229,7 @@ async def submit_job(
                 functools.partial(
                     _claimed_submit, adapter, request, inputs, key, archive, submitting, held
                 ),
-                wait_bound(provider, timeout_seconds),
+                wait_bound(seller.spec, timeout_seconds),
             )
         except _ClaimedElsewhere:
             continue  # another run claimed the key while this one waited for the limiter
@@ -570,14 +585,18 @@ async def _stage_inline(archive: Archive, job: Job) -> Job:
 
 @task(name="wait-for-job", task_run_name="wait-{job.job_id}", **RETRY_OPTIONS)
 async def wait_for_job(
-    provider: ProviderSpec, job: Job, timeout_seconds: float = 900.0
+    provider: ProviderSpec | Seller, job: Job, timeout_seconds: float = 900.0
 ) -> JobStatus:
     """Poll until the job ends: fast at first, then backing off, following the provider's hints.
 
     Passing the deadline raises `JobTimeout` (the job is canceled where the API allows).
     """
+    return await _wait(seller_of(provider), job, timeout_seconds)
+
+
+async def _wait(seller: Seller, job: Job, timeout_seconds: float) -> JobStatus:
     logger = get_run_logger()
-    adapter = provider_of(provider)
+    adapter = seller.adapter
     if job.status is not None and job.status.state.terminal:
         status = job.status
     else:
@@ -590,7 +609,7 @@ async def wait_for_job(
 
 @task(name="download-outputs", task_run_name="download-{job.job_id}", **RETRY_OPTIONS)
 async def download_outputs(
-    provider: ProviderSpec,
+    provider: ProviderSpec | Seller,
     job: Job,
     status: JobStatus,
     archive: Archive,
@@ -600,7 +619,17 @@ async def download_outputs(
 
     `timeout_seconds`: every download, its retries and any 429 hold end by then (JobTimeout;
     the job is paid, so a re-run that finds its record downloads it again without paying)."""
-    adapter = provider_of(provider)
+    return await _download(seller_of(provider), job, status, archive, timeout_seconds)
+
+
+async def _download(
+    seller: Seller,
+    job: Job,
+    status: JobStatus,
+    archive: Archive,
+    timeout_seconds: float | None,
+) -> list[DownloadedImage]:
+    adapter = seller.adapter
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
 
     def left() -> float | None:
@@ -613,7 +642,9 @@ async def download_outputs(
             on_retry=log_read_retry(f"resolving the outputs of job {job.job_id}"),
         )
         client = shared_client()
-        fetches = (_fetch(adapter, client, archive, job, ref, deadline, provider) for ref in refs)
+        fetches = (
+            _fetch(adapter, client, archive, job, ref, deadline, seller.spec) for ref in refs
+        )
         return list(await asyncio.gather(*fetches))
 
     limit = asyncio.timeout(timeout_seconds)
@@ -677,7 +708,7 @@ async def _fetch(
 
 @task(name="run-job", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
 async def run_job(
-    provider: ProviderSpec,
+    provider: ProviderSpec | Seller,
     request: ImageRequest,
     inputs: PreparedInputs | None,
     key: str,
@@ -692,15 +723,27 @@ async def run_job(
     of three per request is what keeps a 500-image batch from drowning the Prefect server in
     task-run events (see bench/RESULTS.md).
     """
-    job = await submit_job.fn(provider, request, inputs, key, archive, timeout_seconds, member)
-    status = await wait_for_job.fn(provider, job, timeout_seconds)
-    images = await download_outputs.fn(provider, job, status, archive, timeout_seconds)
+    return await _run(seller_of(provider), request, inputs, key, archive, timeout_seconds, member)
+
+
+async def _run(
+    seller: Seller,
+    request: ImageRequest,
+    inputs: PreparedInputs | None,
+    key: str,
+    archive: Archive,
+    timeout_seconds: float,
+    member: str | None,
+) -> tuple[Job, JobStatus, list[DownloadedImage]]:
+    job = await _submit(seller, request, inputs, key, archive, timeout_seconds, member)
+    status = await _wait(seller, job, timeout_seconds)
+    images = await _download(seller, job, status, archive, timeout_seconds)
     return job, status, images
 
 
 @task(name="make-images", task_run_name="job-{key:.12}", **RETRY_OPTIONS)
 async def make_images(
-    provider: ProviderSpec,
+    provider: ProviderSpec | Seller,
     request: ImageRequest,
     inputs: PreparedInputs | None,
     key: str,
@@ -719,11 +762,12 @@ async def make_images(
     Every step is idempotent, so a retry after a failed archive write resumes the recorded
     job (it may download again; it never pays again).
     """
-    async with provider_slot(provider):  # a slot of the provider's limit while its job runs
-        await submit_allowance(provider)
+    seller = seller_of(provider)
+    async with provider_slot(seller.spec):  # a slot of the provider's limit while its job runs
+        await submit_allowance(seller.spec)
         try:
-            job, status, images = await run_job.fn(
-                provider, request, inputs, key, archive, timeout_seconds, member
+            job, status, images = await _run(
+                seller, request, inputs, key, archive, timeout_seconds, member
             )
         except RoutedElsewhere:
             raise
@@ -750,11 +794,12 @@ async def make_images(
     return archived
 
 
-def make_images_for(spec: ProviderSpec, *, may_move: bool = False) -> Task[Any, Any]:
+def make_images_for(provider: ProviderSpec | Seller, *, may_move: bool = False) -> Task[Any, Any]:
     """`make_images` with as many retries as the provider's block asks for. `may_move`: a
     route member with others to move to, so a submit refused before anything was created is
     not retried here (the route sends it elsewhere at once)."""
-    retries = spec.retries if isinstance(spec, ProviderCredentials) else RETRIES
+    block = provider.block if isinstance(provider, Seller) else provider
+    retries = block.retries if isinstance(block, ProviderCredentials) else RETRIES
     return _make_images_with(retries, may_move)
 
 
