@@ -8,6 +8,12 @@ STAMP := $(VENV)/.installed
 # Prefect's default startup timeout is exactly 20 s, so give it room. No telemetry offline.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# Servers started here (make ui, the demo's and the tests' embedded ones) record task runs'
+# state events 200 at a time, not one by one: half the server CPU an image of a batch
+# (bench/RESULTS-overhead.md; gptimg_flows/cli/app.py sets the same for the CLI).
+export PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE ?= 200
+export PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE ?= 200
+export PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL ?= 1
 
 # The demo and the UI use a Prefect home of this checkout's own (./.prefect, ignored by git),
 # so a ~/.prefect made by another Prefect version is never touched, and the UI shows the runs

@@ -219,8 +219,19 @@ def main() -> None:
     parser.add_argument("--no-flames", dest="flames", action="store_false")
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--log-level", default="INFO", help="the flow's (INFO: Prefect's default)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the Prefect server (e.g. PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_"
+        "BATCH_SIZE=100), shown in the results' label column",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    for pair in args.server_env:
+        name, _, value = pair.partition("=")
+        os.environ[name] = value  # the server started below inherits it
     work = Path(tempfile.mkdtemp(prefix="gptimg-profile-"))
     try:
         out = asyncio.run(run(args, work))
@@ -228,7 +239,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=1))
     line = (
-        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {out['label']} | {out['n']} | {out['c']} | "
+        f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {out['label']} "
+        f"{' '.join(args.server_env)} | {out['n']} | {out['c']} | "
         f"{out['wall']:.1f} s | {out['flow_ms']:.1f} | {out['server_ms']:.1f} | "
         f"{out['calls']:.2f} | {out['events']:.2f} | {args.log_level} |"
     )

@@ -87,6 +87,12 @@ class PrefectServer:
             "PREFECT_UI_API_URL": self.url,
             "PREFECT_SERVER_UI_ENABLED": "false",
         }
+        # What `make ui` and the CLI's embedded server run with (Makefile): task runs'
+        # state events recorded 200 at a time. BENCH_RECORDER_BATCH=1 measures Prefect's default.
+        batch = os.environ.get("BENCH_RECORDER_BATCH", "200")
+        env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", batch)
+        env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE", batch)
+        env.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
         self.proc = subprocess.Popen(
             [
                 sys.executable,

@@ -28,12 +28,21 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 async def _task_runs(flow_run_id: UUID) -> list[Any]:
+    """The run's task runs once the server has recorded them all (its task-run recorder
+    writes them in batches, at least once a second: see the Makefile)."""
+    seen: list[Any] = []
     async with get_client() as client:
-        return list(
-            await client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        for _ in range(15):
+            runs = list(
+                await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
             )
-        )
+            if runs and len(runs) == len(seen):
+                return runs
+            seen = runs
+            await asyncio.sleep(1.2)
+    return seen
 
 
 async def _batch(**kwargs: Any) -> tuple[BatchResult, UUID]:

@@ -17,6 +17,12 @@ import os
 
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+#: For a Prefect server this process starts (the embedded one): its task-run recorder writes
+#: each task run's state events 200 at a time instead of one by one, which halves the server's
+#: CPU an image of a batch (bench/RESULTS-overhead.md). A server of your own: set them there.
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE", "200")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE", "200")
+os.environ.setdefault("PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL", "1")
 
 import contextlib
 import sys
