@@ -147,6 +147,10 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             assert len(result.images) == n, result.failures
             return time.perf_counter() - started
 
+        if args.executor:
+            from concurrent.futures import ThreadPoolExecutor
+
+            asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(args.executor))
         await batch("warmup", 5)
         count_calls()
         CALLS.clear()
@@ -218,6 +222,7 @@ def main() -> None:
     parser.add_argument("--label", default="now")
     parser.add_argument("--no-flames", dest="flames", action="store_false")
     parser.add_argument("--cprofile", action="store_true")
+    parser.add_argument("--executor", type=int, default=0, help="threads of the default executor")
     parser.add_argument("--log-level", default="INFO", help="the flow's (INFO: Prefect's default)")
     parser.add_argument(
         "--server-env",

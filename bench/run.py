@@ -255,29 +255,30 @@ def instrument_phases() -> None:
 
         return timed
 
+    from gptimg_flows.engine import steps
+
     flows.produce = timing("produce", flows.produce, lambda a: a[1].prompt)  # type: ignore[assignment]
     tasks.make_images.fn = timing("task", tasks.make_images.fn, lambda a: a[1].prompt)
-    tasks.submit_job.fn = timing("submit", tasks.submit_job.fn, lambda a: a[1].prompt)
+    # The flows' path calls the steps' bodies (steps._submit …), not the public tasks' .fn.
+    steps._submit = timing("submit", steps._submit, lambda a: a[1].prompt)  # type: ignore[assignment]
     tasks.archive_images.fn = timing("archive", tasks.archive_images.fn, lambda a: a[5])
-    original_wait, original_download = tasks.wait_for_job.fn, tasks.download_outputs.fn
-    jobs: dict[str, str] = {}
+    original_wait, original_download = steps._wait, steps._download
 
-    async def wait(provider: Any, job: Any, *rest: Any) -> Any:
+    async def wait(seller: Any, job: Any, *rest: Any) -> Any:
         start = time.time()
         try:
-            return await original_wait(provider, job, *rest)
+            return await original_wait(seller, job, *rest)
         finally:
-            jobs[job.job_id] = job.key
             PHASES.setdefault("key:" + job.key, {})["wait"] = (start, time.time())
 
-    async def download(provider: Any, job: Any, *rest: Any) -> Any:
+    async def download(seller: Any, job: Any, *rest: Any) -> Any:
         start = time.time()
         try:
-            return await original_download(provider, job, *rest)
+            return await original_download(seller, job, *rest)
         finally:
             PHASES.setdefault("key:" + job.key, {})["download"] = (start, time.time())
 
-    tasks.wait_for_job.fn, tasks.download_outputs.fn = wait, download
+    steps._wait, steps._download = wait, download  # type: ignore[assignment]
 
 
 def phase_means() -> dict[str, float]:

@@ -80,3 +80,31 @@ async def test_saved_blocks_are_used_by_name_and_keep_secrets_masked(
     assert "emu-scenario-secret" not in str(doc.data) and "emu-scenario-key" not in str(doc.data)
     loaded = await ScenarioCredentials.aload("scenario-test")
     assert loaded.api_secret.get_secret_value() == "emu-scenario-secret"
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_a_blank_key_is_refused_when_made_and_a_blank_saved_one_is_named(
+    archive_dir: Path,
+) -> None:
+    """#33: a blank key used to be saved quietly and fail later with "set OPENAI_API_KEY"."""
+    from pydantic import SecretStr, ValidationError
+
+    from gptimg_flows.blocks.credentials import OpenAIImageCredentials
+    from gptimg_flows.errors import InvalidRequest
+
+    with pytest.raises(ValidationError, match=r"OpenAIImageCredentials.api_key is empty"):
+        OpenAIImageCredentials(api_key="   ")
+    with pytest.raises(ValidationError, match=r"ScenarioCredentials.api_secret is empty"):
+        ScenarioCredentials(api_key="k", api_secret="")
+    # Blanked another way (the UI's form does not run our checks): named when used.
+    from prefect.client.schemas.actions import BlockDocumentUpdate
+
+    await OpenAIImageCredentials(api_key=SecretStr("sk-x")).asave("blank-key", overwrite=True)
+    async with get_client() as client:
+        doc = await client.read_block_document_by_name(
+            "blank-key", OpenAIImageCredentials.get_block_type_slug(), include_secrets=True
+        )
+        data = {**doc.data, "api_key": ""}
+        await client.update_block_document(doc.id, BlockDocumentUpdate(data=data))
+    with pytest.raises(InvalidRequest, match=r"saved block 'blank-key' cannot be used: .*empty"):
+        await generate_images(prompt="x", provider="blank-key", archive=str(archive_dir))

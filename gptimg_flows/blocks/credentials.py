@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from gptimg_flows.archive.store import LINK_EXPIRY_SECONDS, Archive, default_basepath
 from gptimg_flows.errors import InvalidRequest
@@ -142,6 +142,20 @@ class ProviderCredentials(CredentialsBlock, ABC):
     secret_fields: ClassVar[tuple[str, ...]] = ("api_key",)
     #: Block fields passed to the adapter as keyword arguments when set.
     adapter_options: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _keys_given(self) -> ProviderCredentials:
+        """An empty or blank key is refused when the block is made (and so before it is saved
+        from Python or the CLI, or used after being saved blank from the UI), naming the field
+        and the fix, instead of failing at the first paid call."""
+        for name in self.secret_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, SecretStr) and not value.get_secret_value().strip():
+                raise ValueError(
+                    f"{type(self).__name__}.{name} is empty: give the key (or create the block "
+                    "from the environment: `gptimg blocks create`)"
+                )
+        return self
 
     def _build(self) -> Provider:
         """The adapter for these credentials: one rule for every provider's block."""

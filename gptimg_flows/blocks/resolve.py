@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
 from gptimg_flows.archive.store import DEFAULT_ARCHIVE_ENV, Archive
 from gptimg_flows.blocks.aws import (
     S3_BUCKET_PREFIX,
@@ -105,6 +107,8 @@ async def _one_or_saved_route(provider: OneProvider) -> ProviderSpec | Route:
     for cls in CREDENTIAL_BLOCKS:
         try:
             return await _load_block(cls, name, name)
+        except UnusableBlock:
+            raise
         except InvalidRequest:
             continue
     try:
@@ -245,10 +249,31 @@ def unkeyed_block(name: str) -> ProviderCredentials | None:
 async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: str) -> ProviderSpec:
     try:
         block = await cls.aload(block_name)
+    except RuntimeError as exc:  # saved, but fails the block's checks (a blank key from the UI)
+        if "failed validation" not in str(exc):
+            raise
+        raise UnusableBlock(
+            f"provider: the saved block {shown!r} cannot be used: "
+            f"{_why_invalid(exc)}. Edit it in the Prefect UI (Blocks) or "
+            "save it again",
+            field="provider",
+        ) from None
     except ValueError:
         raise InvalidRequest(f"provider: no block {shown!r}", field="provider") from None
     assert isinstance(block, ProviderCredentials)
     return block
+
+
+class UnusableBlock(InvalidRequest):
+    """A saved block that exists but fails its checks: said as it is, not as "no block"."""
+
+
+def _why_invalid(exc: RuntimeError) -> str:
+    """What the block's checks said of a saved block that failed them (no secret in it)."""
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError):
+        return "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in cause.errors())
+    return "it fails its checks"
 
 
 def looks_like_path(text: str) -> bool:
