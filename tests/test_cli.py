@@ -101,7 +101,7 @@ def test_batch_where_every_item_fails_exits_1_after_the_summary(
     done = gptimg("batch", str(prompts), "--archive", str(archive_dir))
     assert done.returncode == 1
     assert "failures" in done.stdout
-    assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: all 2 item(s)")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: RowsFailed: all 2 row(s)")
 
 
 def test_strict_batch_with_one_failed_item_exits_1_after_the_summary(
@@ -114,7 +114,7 @@ def test_strict_batch_with_one_failed_item_exits_1_after_the_summary(
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "failures" in done.stdout and len(list(archive_dir.glob("images/*/*.png"))) == 1
-    assert done.stderr.strip().splitlines()[-1].startswith("error: BatchFailed: 1 of 2 item(s)")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: RowsFailed: 1 of 2 row(s)")
 
 
 def test_bad_size_exits_2_with_one_line_and_no_traceback(archive_dir: Path) -> None:

@@ -163,9 +163,10 @@ def batch(
                 if len(result.failures) >= len(rows)
                 else f"{len(result.failures)} of {len(rows)}"
             )
-            raise BatchFailed(
-                f"{how_many} item(s) failed (first: {first.error_type}: "
-                f"{short_error(first.error_type, first.error)})"
+            raise RowsFailed(  # the flow's own name for it (README, fail_on_row_failure)
+                f"{how_many} row(s) failed (first: row {first.index}: {first.error_type}: "
+                f"{short_error(first.error_type, first.error)})",
+                result,
             )
 
 
@@ -187,10 +188,6 @@ def _row_list(text: str | None) -> list[int] | None:
 def _prompt_of(row: dict[str, Any]) -> str:
     value = row.get("prompt")
     return "" if value is None else str(value).strip()
-
-
-class BatchFailed(Exception):
-    """Every item of a batch failed, or any did with --strict (exit 1)."""
 
 
 async def _batch_with_progress(kwargs: dict[str, Any], total: int) -> tuple[BatchResult, str]:
