@@ -703,6 +703,7 @@ async def batch_generate(
         reviews=reviews,
         refused_submits=traffic.refused,
         rate_limit_wait_seconds=round(traffic.waited_seconds, 3),
+        rate_limit_held_seconds=round(traffic.held_seconds, 3),
         text_check_failed=text_failed(images),
     )
     logger.info(

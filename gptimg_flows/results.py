@@ -64,7 +64,14 @@ class BatchResult(BaseModel):
         0, description="submits the providers refused with 429 (nothing paid; tried again)"
     )
     rate_limit_wait_seconds: float = Field(
-        0.0, description="time this run's submits spent waiting for the accounts' rate limits"
+        0.0,
+        description="time this run's submits spent waiting for the accounts' rate limits, "
+        "summed over the submits (two waiting 10 s together: 20)",
+    )
+    rate_limit_held_seconds: float = Field(
+        0.0,
+        description="wall time in which at least one of this run's submits was waiting for a "
+        "rate limit (two waiting 10 s together: 10)",
     )
     text_check_failed: int = Field(
         0, description="images whose text check failed (text_check='flag' or 'remake')"

@@ -86,6 +86,9 @@ async def test_batch_at_60_a_minute_with_16_at_once_loses_no_row_and_retries_no_
     assert refused > 0, "the limit must have been met for this test to mean anything"
     assert result.refused_submits == refused, (result.refused_submits, refused)
     assert result.rate_limit_wait_seconds > 0
+    # #33: "held back" is wall time (never longer than the run), the sum is over submits.
+    held = result.rate_limit_held_seconds
+    assert 0 < held <= wall and held < result.rate_limit_wait_seconds, (held, wall)
     # (rows - burst) submits at one a second: the batch cannot be faster than that.
     assert wall >= (rows - 3) * 0.9, wall
     task_runs = await _task_runs(run_id)
@@ -248,3 +251,13 @@ async def test_two_flow_processes_on_one_account_lose_no_row(
     ledger = emulator.ledger()
     assert len(ledger["submissions"]) == 2 * per, "each row of each process paid once"
     assert ledger["rate_limited"].get("gptimage2ai", 0) > 0
+
+
+def test_held_back_time_is_the_union_of_the_waits() -> None:
+    from gptimg_flows.engine.pacing import RunTraffic
+
+    traffic = RunTraffic()
+    for start, end in [(5, 12), (0, 10), (20, 21), (11, 13), (30, 30.5)]:
+        traffic.hold(start, end)
+    assert traffic.held == [(0, 13), (20, 21), (30, 30.5)]
+    assert traffic.held_seconds == 14.5

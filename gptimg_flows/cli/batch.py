@@ -327,11 +327,11 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
     summary.add_row("spent this run", cost_text(result.cost))
     if result.images_cost != result.cost:
         summary.add_row("images originally cost", cost_text(result.images_cost))
-    if result.refused_submits or result.rate_limit_wait_seconds >= 0.5:
-        summary.add_row(
+    if result.refused_submits or result.rate_limit_held_seconds >= 0.5:
+        summary.add_row(  # the run's wall time held back, not the submits' waits summed
             "rate limits",
-            f"{result.refused_submits} submit(s) refused with 429 (nothing paid), "
-            f"{result.rate_limit_wait_seconds:.0f} s waited",
+            f"{result.refused_submits} submit(s) refused with 429 (nothing paid); held back "
+            f"{result.rate_limit_held_seconds:.0f} s by the account's limit",
         )
     if result.text_check_failed:
         summary.add_row("text misread", f"{result.text_check_failed} image(s) (marked below)")

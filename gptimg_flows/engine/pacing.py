@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -33,10 +33,29 @@ T = TypeVar("T")
 
 @dataclass
 class RunTraffic:
-    """What one flow run met at its providers' rate limits."""
+    """What one flow run met at its providers' rate limits: refused submits, the seconds its
+    submits waited summed over them (`waited_seconds`: 50 submits waiting 10 s together are
+    500), and the wall time in which at least one was waiting (`held_seconds`, what a person
+    reads as "the run was held back")."""
 
     refused: int = 0
     waited_seconds: float = 0.0
+    #: disjoint (start, end) intervals on the monotonic clock, merged as they come: submits
+    #: wait together, so a run keeps a handful, not one a submit
+    held: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def held_seconds(self) -> float:
+        return sum(end - start for start, end in self.held)
+
+    def hold(self, start: float, end: float) -> None:
+        merged = [(start, end)]
+        for a, b in self.held:
+            if b < merged[0][0] or a > merged[0][1]:
+                merged.append((a, b))
+            else:
+                merged[0] = (min(a, merged[0][0]), max(b, merged[0][1]))
+        self.held = sorted(merged)
 
 
 @dataclass
@@ -74,11 +93,12 @@ def run_traffic(run_id: UUID | None = None) -> RunTraffic:
 
 def traffic_text(traffic: RunTraffic) -> str:
     """One line for an artifact or a log: empty when the run met no limit."""
-    if not traffic.refused and traffic.waited_seconds < 0.5:
+    if not traffic.refused and traffic.held_seconds < 0.5:
         return ""
     return (
         f"Rate limits: {traffic.refused} submit(s) refused with 429 (nothing paid, tried "
-        f"again), {traffic.waited_seconds:.1f} s spent waiting for the account's limit"
+        f"again); the run was held back {traffic.held_seconds:.1f} s by the account's limit "
+        f"({traffic.waited_seconds:.1f} s of waiting summed over its submits)"
     )
 
 
@@ -91,6 +111,9 @@ def _count(refused: int = 0, waited: float = 0.0) -> None:
             _RUNS.popitem(last=False)
         traffic.refused += refused
         traffic.waited_seconds += waited
+        if waited > 0:
+            now = time.monotonic()
+            traffic.hold(now - waited, now)
 
 
 def wait_bound(spec: Any, timeout_seconds: float | None) -> float:
