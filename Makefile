@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # Prefect's default startup timeout is exactly 20 s, so give it room. No telemetry offline.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export NO_MKDOCS_2_WARNING ?= 1
 # Servers started here (make ui, the demo's and the tests' embedded ones) record task runs'
 # state events 200 at a time, not one by one: half the server CPU an image of a batch
 # (bench/RESULTS-overhead.md; gptimg_flows/cli/app.py sets the same for the CLI).
@@ -23,13 +24,13 @@ LOCAL_PREFECT := PREFECT_HOME=$(CURDIR)/.prefect
 endif
 UI_PORT ?= 4200
 
-.PHONY: install demo ui test lint typecheck pytest pytest-fast pytest-slow clean bench
+.PHONY: install demo ui docs test lint typecheck pytest pytest-fast pytest-slow clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,aws,ocr]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,aws,ocr,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -62,10 +63,14 @@ pytest-fast: $(STAMP)
 pytest-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -ra --durations=15 -m slow
 
-test: lint typecheck pytest
+# The docs site into ./site (mkdocs, strict: a broken link or reference fails it).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint typecheck docs pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

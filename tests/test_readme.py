@@ -15,6 +15,8 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_readme_capability_table_matches_the_adapters() -> None:
-    text = README.read_text()
-    assert capability_table() in text, "run `gptimg providers` and paste the table into README"
-    assert capability_notes() in text
+    docs = README.parent / "docs"
+    for page in (README, docs / "providers.md"):
+        text = page.read_text()
+        assert capability_table() in text, f"run `gptimg providers`, paste the table in {page}"
+    assert capability_notes() in (docs / "provider-notes.md").read_text()
