@@ -426,3 +426,40 @@ def test_an_archive_block_a_deployment_would_refuse_is_warned_about_when_saved(
     )
     shared = gptimg("blocks", "create", "--prefix", prefix, "--archive", "s3://acme/gptimg")
     assert shared.returncode == 0 and "warning" not in shared.stdout, shared.stdout
+
+
+def test_estimate_starts_no_prefect_server_when_nothing_can_be_saved(tmp_path: Path) -> None:
+    """#33: pricing `-p openai` is arithmetic; with no API configured and no database yet,
+    no embedded server is started (20-40 s on a fresh machine) to look for saved blocks."""
+    home = tmp_path / "fresh-home"
+    env = {k: v for k, v in os.environ.items() if k not in _OURS and k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gptimg_flows.cli",
+            "--debug",
+            "estimate",
+            "a kite",
+            "-p",
+            "openai",
+            "--size",
+            "1024x1024",
+            "--quality",
+            "high",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.startswith("estimate: 0.")
+        and "usd" in done.stdout
+        and "nothing was run or paid" in done.stdout
+    )
+    assert "temporary server" not in done.stderr, done.stderr
+    assert not (home / "prefect.db").exists(), "a Prefect database was created to do arithmetic"

@@ -3,11 +3,12 @@ a flow run exists, the dry run, and printing archived images."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 
@@ -61,6 +62,25 @@ def provider_arg(text: str) -> ProviderParam:
     return names if len(names) > 1 else text
 
 
+def priced_without_api(provider: str) -> ProviderParam | None:
+    """What `estimate` can price with no Prefect API at all: `offline`, or one of our
+    providers' names (`openai`, …) at its documented prices when no block can have been
+    saved (no PREFECT_API_URL, and no Prefect database yet in PREFECT_HOME): starting an
+    embedded server (20-40 s on a fresh machine) only to find none would be waste. None when
+    a saved block may be meant."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from gptimg_flows.blocks.resolve import unkeyed_block
+    from gptimg_flows.providers.offline import OFFLINE_NAMES
+
+    name = provider.strip()
+    if name in OFFLINE_NAMES:
+        return name
+    if PREFECT_API_URL.value() or (Path(PREFECT_HOME.value()) / "prefect.db").exists():
+        return None
+    return cast("ProviderParam | None", unkeyed_block(name))  # one of its block types
+
+
 def precheck(
     provider: str, archive: str | None, timeout: float, request: ImageRequest | None = None
 ) -> None:
@@ -84,10 +104,14 @@ def print_estimate(
     """Print what `estimate_cost` says these requests (or this prompt file) would cost."""
     from gptimg_flows.estimates import estimate_cost
 
-    async def work() -> CostEstimate:
-        return await estimate_cost(requests, provider=provider_arg(provider), **batch)
+    unsaved = priced_without_api(provider)
 
-    estimate = run_command(work, status="estimating…")
+    async def work() -> CostEstimate:
+        given = unsaved if unsaved is not None else provider_arg(provider)
+        return await estimate_cost(requests, provider=given, **batch)
+
+    # Arithmetic needs no Prefect server: one is asked only where a saved block may be meant.
+    estimate = asyncio.run(work()) if unsaved is not None else run_command(work, "estimating…")
     if as_json:
         typer.echo(estimate.model_dump_json(indent=2))
         return
