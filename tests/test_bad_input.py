@@ -337,10 +337,21 @@ CASES = [
         Case(
             gen("openai", size="3840x3840"),
             InvalidRequest,
-            r"size 3840x3840 has 14,745,600 pixels; OpenAI allows at most 8,294,400",
+            r"size 3840x3840: OpenAI allows at most 8,294,400 pixels \(this is 14,745,600\)",
             field="size",
         ),
         id="size-over-pixel-cap-openai",
+    ),
+    pytest.param(  # #33: every rule it breaks at once, and what the provider takes
+        Case(
+            gen("openai", size="1000x5000"),
+            InvalidRequest,
+            r"size 1000x5000: OpenAI needs width and height that are multiples of 16; takes "
+            r"sides from 16 to 3840; needs an aspect ratio between 1:3 and 3:1\. It takes WxH, "
+            r"multiples of 16, sides 16-3840, ≤8,294,400 px, auto \(e\.g\. 1024x1024, 1536x1024",
+            field="size",
+        ),
+        id="every-broken-size-rule-at-once-openai",
     ),
     pytest.param(
         Case(

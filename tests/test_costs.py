@@ -99,3 +99,18 @@ def test_the_token_table_is_keyed_by_model_and_another_model_is_not_priced_as_gp
         "k", model="gpt-image-2.5-mini", token_prices=TokenPrices(image_output=10)
     )
     assert told.price(request).amount is not None
+
+
+def test_an_estimate_says_what_it_assumed_for_an_unset_size_and_quality() -> None:
+    """#33: an unset quality was priced as high with no word about it."""
+    from gptimg_flows.blocks.resolve import unkeyed_block
+    from gptimg_flows.models import ImageRequest
+
+    block = unkeyed_block("openai")
+    assert block is not None
+    adapter = block.get_provider()
+    unset = adapter.price(ImageRequest(prompt="a kite"))
+    assert "size auto estimated as 1024x1536" in unset.note
+    assert "quality auto estimated as high" in unset.note
+    given = adapter.price(ImageRequest(prompt="a kite", size="1024x1024", quality="low"))
+    assert given.note == "" and given.amount is not None and given.amount < (unset.amount or 0)

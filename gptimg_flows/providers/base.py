@@ -236,25 +236,22 @@ class Provider(ABC):
             return
         w, h = request.resolved_pixels()
         m = caps.multiple_of
+        broken = []  # every rule the size breaks, at once: one error, not one per try
         if w % m or h % m:
-            raise self._invalid(
-                "size", f"size {w}x{h}: {who} needs width and height that are multiples of {m}"
-            )
+            broken.append(f"needs width and height that are multiples of {m}")
         if min(w, h) < caps.min_side or max(w, h) > caps.max_side:
-            raise self._invalid(
-                "size", f"size {w}x{h}: {who} takes sides from {caps.min_side} to {caps.max_side}"
-            )
+            broken.append(f"takes sides from {caps.min_side} to {caps.max_side}")
         if caps.max_pixels and w * h > caps.max_pixels:
-            raise self._invalid(
-                "size",
-                f"size {w}x{h} has {w * h:,} pixels; {who} allows at most {caps.max_pixels:,}",
-            )
+            broken.append(f"allows at most {caps.max_pixels:,} pixels (this is {w * h:,})")
         if caps.ratio_bounds:
             lo, hi = caps.ratio_bounds
             if not lo <= w / h <= hi:
-                raise self._invalid(
-                    "size", f"size {w}x{h}: {who} needs an aspect ratio between 1:3 and 3:1"
-                )
+                broken.append("needs an aspect ratio between 1:3 and 3:1")
+        if broken:
+            raise self._invalid(
+                "size",
+                f"size {w}x{h}: {who} " + "; ".join(broken) + f". It takes {_sizes_of(caps)}",
+            )
 
     def _check_edit(self, request: EditRequest) -> None:
         caps = self.capabilities
@@ -367,3 +364,17 @@ class Provider(ABC):
 
     def __repr__(self) -> str:  # never show credentials
         return f"<{type(self).__name__} {self.name}>"
+
+
+def _sizes_of(caps: Capabilities) -> str:
+    """What a pixel-size provider takes, with sizes that work everywhere it does."""
+    rule = caps.table_row()["sizes"]
+    fine = [
+        f"{w}x{h}"
+        for w, h in ((1024, 1024), (1536, 1024), (1024, 1536), (2048, 1152), (3840, 2160))
+        if not (w % caps.multiple_of or h % caps.multiple_of)
+        and caps.min_side <= min(w, h)
+        and max(w, h) <= caps.max_side
+        and (not caps.max_pixels or w * h <= caps.max_pixels)
+    ]
+    return f"{rule} (e.g. {', '.join(fine)})" if fine else rule

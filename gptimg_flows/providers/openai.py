@@ -240,7 +240,12 @@ class OpenAIProvider(Provider):
         usd = token_estimate(
             request.prompt, request.n, request.quality, size, inputs, self.token_prices
         )
-        note = "" if request.size not in (None, "auto") else "size auto estimated as 1024x1536"
+        assumed = []  # what the estimate had to assume, said rather than hidden (#33)
+        if request.size in (None, "auto"):
+            assumed.append("size auto estimated as 1024x1536")
+        if request.quality in (None, "auto"):
+            assumed.append("quality auto estimated as high (the most it can cost)")
+        note = "; ".join(assumed)
         return Price(amount=usd, unit=COST_UNIT, basis="token table", note=note)
 
     # -- inputs ------------------------------------------------------------------------------
