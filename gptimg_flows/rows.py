@@ -233,7 +233,15 @@ def row_failure(index: int, row: Row, prompt: str, exc: BaseException) -> BatchF
 def on_row(images: list[ArchivedImage], index: int, extra: dict[str, Any]) -> list[ArchivedImage]:
     """This run's row and metadata on each image (an image answered from the archive carries
     those of the run that paid for it in its sidecar)."""
-    return [i.model_copy(update={"row": index, "extra": {**i.extra, **extra}}) for i in images]
+    return [
+        i.model_copy(update={"row": index, "extra": _in_file_order(extra, i.extra)}) for i in images
+    ]
+
+
+def _in_file_order(extra: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
+    """This run's columns, in the file's order, then any others the image kept (a sidecar
+    read back holds its keys sorted: a re-run printed them alphabetically)."""
+    return {**extra, **{k: v for k, v in kept.items() if k not in extra}}
 
 
 def plan_rows(
@@ -249,11 +257,24 @@ def plan_rows(
     requests: list[ImageRequest | None] = []
     failures: list[BatchFailure] = []
     for i, row in enumerate(rows):
+        request: ImageRequest | None = None
         try:
             request = row_request(row, defaults, template)
             validate(request)
             requests.append(request)
         except (ValueError, ProviderError) as exc:
             requests.append(None)
-            failures.append(row_failure(i, row, row_prompt(row), exc))
+            # the prompt as it would have been sent: a templated row's filled template
+            shown = request.prompt if request is not None else _shown_prompt(row, template)
+            failures.append(row_failure(i, row, shown, exc))
     return requests, failures
+
+
+def _shown_prompt(row: Row, template: str | None) -> str:
+    """A failed row's prompt for the failures table: its template filled where it can be."""
+    if template is not None:
+        try:
+            return template.format_map({k: "" if v is None else v for k, v in row.items()})
+        except (KeyError, IndexError, ValueError):
+            pass
+    return row_prompt(row)

@@ -142,3 +142,23 @@ async def test_a_strict_batch_with_a_failed_row_fails_its_run_after_archiving_ev
     result = await batch_generate(prompts=rows, archive=str(archive_dir), size="256x256")
     assert len(result.images) == 2 and [f.index for f in result.failures] == [1]
     assert all(i.from_archive for i in result.images)
+
+
+def test_a_failed_templated_row_shows_its_filled_prompt_and_metadata_keeps_file_order() -> None:
+    """#33: the failures table showed an empty prompt for a templated row; a re-run printed
+    a row's columns in alphabetical order (as its sidecar keeps them)."""
+    from gptimg_flows.blocks.credentials import provider_of
+    from gptimg_flows.models import ArchivedImage
+    from gptimg_flows.rows import on_row, plan_rows
+
+    rows: list[dict[str, Any]] = [{"name": "kite", "size": "1000x1000"}, {"name": "heron"}]
+    requests, failures = plan_rows(rows, {}, "a photo of {name}", provider_of("offline").validate)
+    assert requests[0] is None and requests[1] is not None
+    assert [(f.index, f.prompt) for f in failures] == [(0, "a photo of kite")]
+    kept = ArchivedImage.model_construct(extra={"campaign": "old", "a_sidecar_only": 1, "sku": "x"})
+    [shown] = on_row([kept], 3, {"sku": "S-1", "campaign": "spring"})
+    assert list(shown.extra.items()) == [
+        ("sku", "S-1"),
+        ("campaign", "spring"),
+        ("a_sidecar_only", 1),
+    ]

@@ -463,3 +463,30 @@ def test_estimate_starts_no_prefect_server_when_nothing_can_be_saved(tmp_path: P
     )
     assert "temporary server" not in done.stderr, done.stderr
     assert not (home / "prefect.db").exists(), "a Prefect database was created to do arithmetic"
+
+
+def _flow_runs() -> int:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def count() -> int:
+        async with get_client() as client:
+            return len(await client.read_flow_runs(limit=200))
+
+    return asyncio.run(count())
+
+
+def test_mistakes_are_caught_before_any_flow_run_exists(archive_dir: Path, tmp_path: Path) -> None:
+    """#33: a provider typo, a size the saved block's provider cannot make and a mask that
+    does not fit its image used to leave a Failed flow run behind, though nothing was paid."""
+    image, mask = png_file(tmp_path / "in.png"), sky_mask(tmp_path / "m.png", (128, 128))
+    before = _flow_runs()
+    typo = gptimg("generate", "a kite", "-p", "no-such-block", "--archive", str(archive_dir))
+    assert typo.returncode == 2 and "no saved credentials block or route" in typo.stderr
+    gptimg("blocks", "create", "--prefix", "mistake", env={"RUNWARE_API_KEY": "k"})
+    size = gptimg("generate", "a kite", "-p", "mistake-runware", "--size", "1000x1000")
+    assert size.returncode == 2 and "multiples of 16" in size.stderr, size.stderr
+    fit = gptimg("edit", str(image), "sky", "--mask", str(mask), "--archive", str(archive_dir))
+    assert fit.returncode == 2 and "mask" in fit.stderr, fit.stderr
+    assert _flow_runs() == before, "a flow run was created for a mistake"

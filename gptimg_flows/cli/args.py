@@ -82,20 +82,45 @@ def priced_without_api(provider: str) -> ProviderParam | None:
 
 
 def precheck(
-    provider: str, archive: str | None, timeout: float, request: ImageRequest | None = None
+    provider: str,
+    archive: str | None,
+    timeout: float,
+    request: ImageRequest | None = None,
+    *,
+    saved: bool = True,
 ) -> None:
-    """What can be checked without Prefect, checked before a flow run exists: a typo costs
-    neither a server start nor a Failed run. (Saved blocks are checked by the flow.)"""
+    """What can be checked before a flow run exists, checked here: a typo costs no Failed run.
+    Without Prefect: the request's fields, the offline provider's rules, a local archive, an
+    edit's local inputs and mask (a mask that does not fit its image). With the API
+    (`saved`): a saved provider's or route's name, and that it can make the request's size."""
     from gptimg_flows.blocks.credentials import provider_of
-    from gptimg_flows.blocks.resolve import looks_like_path, open_archive
-    from gptimg_flows.engine.produce import check_timeout
+    from gptimg_flows.blocks.resolve import looks_like_path, open_archive, resolve_provider
+    from gptimg_flows.engine.produce import check_timeout, planner_of
+    from gptimg_flows.models import EditRequest
     from gptimg_flows.providers.offline import OFFLINE_NAMES
 
     check_timeout(timeout)
+    store = None
     if archive is not None and looks_like_path(archive):
-        open_archive(archive)
+        store = open_archive(archive)
     if request is not None and provider.strip() in OFFLINE_NAMES:
         provider_of(provider.strip()).validate(request)
+    elif saved:
+        spec = run_command(lambda: resolve_provider(provider_arg(provider)))
+        if request is not None:
+            planner_of(spec).validate(request)
+    if isinstance(request, EditRequest) and (archive is None or store is not None):
+        sources = [*request.images, *([request.mask] if request.mask else [])]
+        if all(isinstance(s, str) and "://" not in s for s in sources):  # local files only
+            _check_edit_inputs(request, store)
+
+
+def _check_edit_inputs(request: Any, store: Any) -> None:
+    """An edit's inputs read and checked as the flow will (the mask against its image)."""
+    from gptimg_flows.archive.store import Archive
+    from gptimg_flows.engine.steps import load_edit_inputs
+
+    asyncio.run(load_edit_inputs(request, store if store is not None else Archive()))
 
 
 def print_estimate(

@@ -295,7 +295,7 @@ def estimate(
             if edit_images
             else ImageRequest(**fields)
         )
-        precheck(provider, None, 1.0, request)
+        precheck(provider, None, 1.0, request, saved=False)  # a price needs no saved block
         print_estimate(provider, [request], as_json)
 
 
