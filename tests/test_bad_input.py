@@ -539,8 +539,8 @@ CASES = [
     pytest.param(
         Case(
             gen("openai", creds={"api_key": " "}),
-            AuthError,
-            r"no OpenAI API key: set OPENAI_API_KEY",
+            ValueError,  # pydantic's ValidationError: the block itself refuses it (#33)
+            r"OpenAIImageCredentials.api_key is empty: give the key",
         ),
         id="blank-api-key-openai",
     ),
