@@ -35,6 +35,7 @@ from gptimg_flows.engine.progress import BatchProgress
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.engine.records import archived_under
 from gptimg_flows.engine.refresh import end_refresh, refresh_stamp, refreshed_rows
+from gptimg_flows.engine.route_health import route_moves
 from gptimg_flows.engine.text_checking import (
     TextRule,
     check_rows,
@@ -705,6 +706,7 @@ async def batch_generate(
         rate_limit_wait_seconds=round(traffic.waited_seconds, 3),
         rate_limit_held_seconds=round(traffic.held_seconds, 3),
         text_check_failed=text_failed(images),
+        **route_moves(),
     )
     logger.info(
         "batch: %d image(s), %d failure(s), cost %s",

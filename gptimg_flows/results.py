@@ -76,6 +76,12 @@ class BatchResult(BaseModel):
     text_check_failed: int = Field(
         0, description="images whose text check failed (text_check='flag' or 'remake')"
     )
+    route_failovers: int = Field(
+        0, description="requests a route moved to another member (one was down or refused)"
+    )
+    route_spills: int = Field(
+        0, description="requests a route moved to another member because a rate limit was full"
+    )
 
 
 class RowsFailed(Exception):

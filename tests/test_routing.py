@@ -71,6 +71,7 @@ async def test_a_200_row_batch_over_a_down_and_a_healthy_member_is_all_made_by_t
     assert _paid(ledger, "gptimage2ai") == rows
     refused = [f for f in ledger["faults"] if f["kind"] == "outage_503"]
     assert 1 <= len(refused) < 40, "a member that keeps failing cools down: not asked per row"
+    assert result.route_failovers == len(refused), "every request moved off it is counted"
     assert {s["member"] for s in _sidecars(archive_dir)} == {"route-healthy"}
     table = await _artifact("batch-generate")
     assert "| route-down | 0 | 0 |" in table and "| route-healthy | 200 | 0 |" in table

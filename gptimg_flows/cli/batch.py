@@ -333,6 +333,12 @@ def _print_batch_summary(result: BatchResult, total: int, where: str) -> None:
             f"{result.refused_submits} submit(s) refused with 429 (nothing paid); held back "
             f"{result.rate_limit_held_seconds:.0f} s by the account's limit",
         )
+    if result.route_failovers or result.route_spills:
+        summary.add_row(
+            "route",
+            f"{result.route_failovers} request(s) moved off a failing member, "
+            f"{result.route_spills} off a full rate limit",
+        )
     if result.text_check_failed:
         summary.add_row("text misread", f"{result.text_check_failed} image(s) (marked below)")
     summary.add_row("archived under", Text(where))

@@ -178,6 +178,17 @@ def stats_of(run: Any) -> dict[str, MemberStats]:
         return dict(_RUNS.get(run, {}))
 
 
+def route_moves(run: Any = None) -> dict[str, int]:
+    """A run's requests moved between a route's members, summed (BatchResult's fields): to
+    another member because one was down or refused (`route_failovers`), or because its rate
+    limit was full (`route_spills`)."""
+    members = stats_of(run if run is not None else run_id()).values()
+    return {
+        "route_failovers": sum(m.failovers for m in members),
+        "route_spills": sum(m.spills for m in members),
+    }
+
+
 def record_images(
     stats: MemberStats,
     paid: int,
