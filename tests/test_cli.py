@@ -465,18 +465,6 @@ def test_estimate_starts_no_prefect_server_when_nothing_can_be_saved(tmp_path: P
     assert not (home / "prefect.db").exists(), "a Prefect database was created to do arithmetic"
 
 
-def _flow_runs() -> int:
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-
-    async def count() -> int:
-        async with get_client() as client:
-            return len(await client.read_flow_runs(limit=200))
-
-    return asyncio.run(count())
-
-
 def test_mistakes_are_caught_before_any_flow_run_exists(archive_dir: Path, tmp_path: Path) -> None:
     """#33: a provider typo, a size the saved block's provider cannot make and a mask that
     does not fit its image used to leave a Failed flow run behind, though nothing was paid."""
@@ -490,3 +478,12 @@ def test_mistakes_are_caught_before_any_flow_run_exists(archive_dir: Path, tmp_p
     fit = gptimg("edit", str(image), "sky", "--mask", str(mask), "--archive", str(archive_dir))
     assert fit.returncode == 2 and "mask" in fit.stderr, fit.stderr
     assert _flow_runs() == before, "a flow run was created for a mistake"
+
+
+def test_help_shows_flags_as_flags_and_wraps_between_words() -> None:
+    """#33: on/off flags read `--strict <bool>` and help text wrapped inside narrow cells."""
+    done = CliRunner().invoke(app, ["batch", "--help"], env={"COLUMNS": "100"})
+    assert done.exit_code == 0, done.output
+    assert "<bool>" not in done.output and "--strict" in done.output
+    lines = done.output.splitlines()
+    assert all(len(line) <= 100 for line in lines), max(lines, key=len)

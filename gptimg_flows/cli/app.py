@@ -44,6 +44,9 @@ app = typer.Typer(
     no_args_is_help=True,
     # Rich tracebacks print local variables, which may hold a key: we print plain ones.
     pretty_exceptions_enable=False,
+    # Plain help: flags read `--strict` (not `--strict <bool>`) and text wraps at the terminal
+    # width as written, not inside narrow table cells (#33).
+    rich_markup_mode=None,
 )
 blocks_app = typer.Typer(help="Prefect blocks: register the types, create them from env vars.")
 app.add_typer(blocks_app, name="blocks", no_args_is_help=True)
