@@ -335,7 +335,13 @@ def test_gptimg_batch_cancelled_in_prefect_stops_once_its_paid_submits_are_recor
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 1, (out, err)
-    assert "stopping (the flow run was cancelled in Prefect): waiting for" in err, err
+    # Which of the two it says depends on the moment the cancel is seen (the command looks
+    # every 2 s; the rows submit and poll in step, so now and then no submit is on the wire).
+    assert re.search(
+        r"stopping \(the flow run was cancelled in Prefect\): (waiting for|no paid call is in "
+        r"flight)",
+        err,
+    ), err
     assert err.strip().splitlines()[-1].startswith("error: RunCancelled: "), err
     assert asyncio.run(_state_of(name)) == "Cancelled"
     paid = _paid(emulator)
