@@ -14,6 +14,8 @@ public (scripts and other tools read it), so a rule changes here or nowhere.
 
 from __future__ import annotations
 
+import posixpath
+
 from gptimg_flows.media.sniff import EXTENSIONS
 
 #: Every sidecar, as a glob under the base path.
@@ -25,6 +27,11 @@ STAGING_MARK = f"/{STAGING_DIR}/"
 
 def image_rel(sha256: str, mime: str) -> str:
     return f"images/{sha256[:2]}/{sha256}.{EXTENSIONS.get(mime, 'bin')}"
+
+
+def image_sha(path: str) -> str:
+    """The sha256 an archived image's path or URI names (the inverse of `image_rel`)."""
+    return posixpath.basename(path.replace("\\", "/")).split(".", 1)[0]
 
 
 def sidecar_rel(sha256: str) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect.artifacts import acreate_markdown_artifact
 
+from gptimg_flows.archive.layout import image_sha
 from gptimg_flows.archive.store import Archive, Link
 from gptimg_flows.archive.thumbnails import load_thumbnail, recent_thumbnail
 from gptimg_flows.engine.pacing import run_traffic, traffic_text
@@ -69,11 +70,6 @@ def code_cell(text: str, limit: int = 200) -> str:
     return "`" + short.replace("`", "'").replace("|", "\\|") + "`"
 
 
-def _sha_of(uri: str) -> str:
-    """Archived images are named by their sha256 (archive.image_rel)."""
-    return posixpath.basename(uri.replace("\\", "/")).split(".", 1)[0]
-
-
 async def _thumb(archive: Archive, sha256: str, uri: str, gate: asyncio.Semaphore) -> str | None:
     if (recent := recent_thumbnail(archive, sha256)) is not None:
         return recent
@@ -92,7 +88,7 @@ async def show(images: Sequence[ArchivedImage], archive: Archive) -> list[Shown]
     async def one(img: ArchivedImage) -> Shown:
         thumb = await _thumb(archive, img.sha256, img.uri, gate)
         parent = img.parents[0] if img.parents else None
-        source = await _thumb(archive, _sha_of(parent), parent, gate) if parent else None
+        source = await _thumb(archive, image_sha(parent), parent, gate) if parent else None
         return Shown(img, thumb, archive.link(img.uri), source)
 
     return list(await asyncio.gather(*(one(i) for i in images)))

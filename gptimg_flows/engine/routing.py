@@ -215,7 +215,7 @@ async def produce_routed(
     deadline = time.monotonic() + timeout_seconds
     while True:
         if held_by is not None:
-            member = _named(route, held_by)
+            member = route.member(held_by)
             if member is None:
                 raise InvalidRequest(
                     f"this request was submitted to {held_by!r}, which route {route.name!r} "
@@ -433,17 +433,13 @@ def _expected_wait(member: Member, n: int, now: float) -> float:
     return limiter.expected_wait(n, now, ahead=health.promised(adapter.account))
 
 
-def _named(route: Route, name: str) -> Member | None:
-    return next((m for m in route.members if m.name == name), None)
-
-
 def _account(member: Member) -> str:
     return member.adapter.account
 
 
 def _count_images(route: Route, images: list[ArchivedImage]) -> None:
     for name in {img.member for img in images if img.member}:
-        member = _named(route, name)
+        member = route.member(name)
         mine = [i for i in images if i.member == name]
         paid = [i for i in mine if not i.from_archive]
         costs = [i.cost for i in paid if i.cost is not None]

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from prefect.logging import get_run_logger
 
+from gptimg_flows.archive.layout import image_sha
 from gptimg_flows.archive.store import Archive
 from gptimg_flows.errors import InvalidRequest, ProviderError
 from gptimg_flows.models import ArchivedImage
@@ -216,8 +216,7 @@ async def checked_text_of(archive: Archive, sources: list[str]) -> list[str]:
         rel = archive.rel_of(source)
         if not rel.startswith("images/"):
             continue
-        sha = posixpath.basename(rel).split(".", 1)[0]  # archived images are named by sha256
-        sidecar = await asyncio.to_thread(archive.read_json, Archive.sidecar_rel(sha))
+        sidecar = await asyncio.to_thread(archive.read_json, Archive.sidecar_rel(image_sha(rel)))
         kept = sidecar.get("text_check") if isinstance(sidecar, dict) else None
         if isinstance(kept, dict) and isinstance(kept.get("expected"), list):
             return [str(line) for line in kept["expected"]]
