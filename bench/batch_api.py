@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from memory import PeakSampler, rss_mb  # noqa: E402
-from run import PrefectServer, machine  # noqa: E402
+from run import PrefectServer, bench_env, machine  # noqa: E402
 
 OUT = HERE / "out-batch-api"
 LATENCY = 3.0
@@ -69,11 +69,7 @@ async def main(sizes: list[int]) -> None:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     home = OUT / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
+    bench_env(home)
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
     from gptimg_flows.testing.config import EMULATOR_KEYS
 

@@ -116,12 +116,9 @@ def stop(proc: subprocess.Popen[bytes] | None) -> None:
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     home = work / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL=args.log_level,
-    )
-    from run import PrefectServer, process_tree_cpu, self_cpu
+    from run import PrefectServer, bench_env, process_tree_cpu, self_cpu
+
+    bench_env(home, args.log_level)
 
     from gptimg_flows import RunwareCredentials, batch_generate
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess

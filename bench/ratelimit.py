@@ -137,12 +137,9 @@ async def project(provider: str, block: Any, n: int, c: int, archive: Path) -> d
 
 async def run(cases: list[tuple[int, int, int]], work: Path) -> list[dict[str, Any]]:
     home = work / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    from run import PrefectServer
+    from run import PrefectServer, bench_env
+
+    bench_env(home)
 
     from gptimg_flows import GptImage2AICredentials, OpenAIImageCredentials
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess

@@ -71,12 +71,9 @@ async def batch(provider: Any, n: int, c: int, archive: Path, tag: str) -> dict[
 
 async def run(quick: bool, work: Path) -> list[str]:
     home = work / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    from run import PrefectServer
+    from run import PrefectServer, bench_env
+
+    bench_env(home)
 
     from gptimg_flows import GptImage2AICredentials, ScenarioCredentials
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess

@@ -39,6 +39,16 @@ REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 RAW_POLL_INTERVAL = 0.25  # a careful hand-written script's poll rhythm
 
 
+def bench_env(home: Path, log_level: str = "WARNING") -> None:
+    """The environment every bench runs in, set before prefect is imported: its own Prefect
+    home, no telemetry, Prefect's own logs at `log_level`."""
+    os.environ.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_LEVEL=log_level,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -379,11 +389,7 @@ async def main(sizes: list[int]) -> None:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     home = OUT / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
+    bench_env(home)
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
     from gptimg_flows.testing.config import EMULATOR_KEYS
 

@@ -46,12 +46,9 @@ def _block_maker(emu: Any) -> Any:
 
 
 async def run(first: int, last: int, show: bool, work: Path) -> list[str]:
-    os.environ.update(
-        PREFECT_HOME=str(work / "prefect-home"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="ERROR",
-    )
-    from run import PrefectServer
+    from run import PrefectServer, bench_env
+
+    bench_env(work / "prefect-home", "ERROR")
 
     from gptimg_flows.testing import EmulatorConfig, EmulatorProcess
 

@@ -268,20 +268,12 @@ def install_size() -> tuple[float, list[str]]:
     return total, parts
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def batches(n_limited: int, n_free: int, work: Path) -> list[dict[str, Any]]:
     """`off` against `flag`, alternating, limited and unlimited."""
     home = work / "prefect-home"
-    os.environ.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_LOGGING_LEVEL="WARNING",
-    )
-    from run import PrefectServer
+    from run import PrefectServer, bench_env
+
+    bench_env(home)
 
     from gptimg_flows import GptImage2AICredentials, batch_generate
     from gptimg_flows.engine.rate_limiter import forget_limiters
@@ -358,6 +350,8 @@ def main() -> None:
 
 
 def write(args: argparse.Namespace, acc: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    from run import pct
+
     from gptimg_flows.textcheck.check import MAX_ERROR_RATE
 
     scores = acc["tune"]["scores"] + acc["held"]["scores"]
