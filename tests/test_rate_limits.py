@@ -216,7 +216,8 @@ def _block_fields(block: Any) -> dict[str, Any]:
 async def test_two_flow_processes_on_one_account_lose_no_row(
     provider_block: Any, emulator: Any, tmp_path: Path
 ) -> None:
-    """Two workers sharing one key, each pacing itself from the 429s it meets."""
+    """Two workers sharing one key: they lose nothing, pay each row once, and keep one pace
+    for the account on the Prefect server (bench/shared_limit.py measures the wall)."""
     per = 12
     emulator.configure(
         latency=0.2,
@@ -251,6 +252,17 @@ async def test_two_flow_processes_on_one_account_lose_no_row(
     ledger = emulator.ledger()
     assert len(ledger["submissions"]) == 2 * per, "each row of each process paid once"
     assert ledger["rate_limited"].get("gptimage2ai", 0) > 0
+    # they met on the Prefect server: one pace for the account, near its 1 a second, and
+    # both processes gone from it once their batches ended
+    from prefect.variables import Variable
+
+    from gptimg_flows.blocks.credentials import provider_of
+    from gptimg_flows.engine.shared_pace import variable_name
+
+    shared: Any = await Variable.aget(variable_name(provider_of(block).account))
+    assert shared is not None, "the processes kept their pace in step through the server"
+    assert 0.3 <= shared["rate"] <= 2.0, shared
+    assert shared["members"] == {}, shared
 
 
 def test_held_back_time_is_the_union_of_the_waits() -> None:

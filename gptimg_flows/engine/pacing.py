@@ -24,6 +24,7 @@ from prefect.logging import get_run_logger
 
 from gptimg_flows.blocks.credentials import RATE_LIMIT_WAIT_SECONDS, ProviderCredentials
 from gptimg_flows.engine.rate_limiter import AccountLimiter, limiter_for, paced
+from gptimg_flows.engine.shared_pace import in_step
 from gptimg_flows.errors import RateLimited
 from gptimg_flows.providers._http import RATE_HEADERS_SINK, RateHeaders
 from gptimg_flows.providers.base import Provider
@@ -192,6 +193,7 @@ async def paced_submit(
         if seconds >= 1.0 and limiter.rate is not None:
             _announce(limiter, None)
 
+    await in_step(limiter)  # with the account's other processes, if any
     try:
         return await paced(
             limiter, n, send_with_headers, bound=bound, on_refused=refused, on_waited=waited

@@ -15,7 +15,12 @@ with Prefect's task retries, used to lose rows. The limiter:
 - lets submits go one at a time in FIFO order, so no row waits much longer than its place in
   the queue, and a change of pace applies at once to everyone waiting;
 - never holds anything longer than `max_hold` (a block's `max_retry_after_seconds`): a 429
-  asking for an hour, or for 1e9 s, must not stop an account for the rest of the process.
+  asking for an hour, or for 1e9 s, must not stop an account for the rest of the process;
+- shares what it learned with the other processes on the same account (`sync` with a
+  `SharedPace` kept elsewhere, engine/shared_pace.py): one pace for the account, cut once per
+  congestion whoever met it, and each process sending its share of it (in proportion to the
+  submits it has waiting), so two processes do not each learn the limit alone and together
+  send twice it.
 
 Time is passed in (`clock`), so tests can run it fast. Thread-safe: flow runs of one process
 may run on several event loops.
@@ -63,6 +68,57 @@ WINDOW_SECONDS = 20.0
 #: A measured rate needs at least this long a window and this many images to be believed.
 MIN_WINDOW_SECONDS = 4.0
 MIN_WINDOW_IMAGES = 4
+#: Another process counts for its share while it said it was sending this recently (s) ...
+MEMBER_STALE_SECONDS = 5.0
+#: ... and a pace nobody has kept up to date for this long is an old guess, not news (s).
+SHARED_FRESH_SECONDS = 120.0
+
+
+@dataclass
+class SharedPace:
+    """What the processes pacing one account tell each other: the account's pace (images/s
+    for all of them together), the fastest pace a 429 has cut, when a 429 last cut it and
+    until when a long Retry-After holds every submit (wall clock, seconds), and who is
+    sending with how many submits waiting. Plain JSON, so any store can keep it."""
+
+    rate: float | None = None
+    peak: float = 0.0
+    cut_at: float = 0.0
+    hold_until: float = 0.0
+    updated: float = 0.0
+    #: member -> (last seen, wall clock; submits waiting)
+    members: dict[str, tuple[float, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "rate": self.rate,
+            "peak": self.peak,
+            "cut_at": self.cut_at,
+            "hold_until": self.hold_until,
+            "updated": self.updated,
+            "members": {m: [seen, waiting] for m, (seen, waiting) in self.members.items()},
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> SharedPace:
+        """Whatever is stored, read leniently: a value this code cannot read is no news."""
+        if not isinstance(value, dict):
+            return cls()
+        try:
+            members = {
+                str(m): (float(v[0]), int(v[1])) for m, v in dict(value.get("members", {})).items()
+            }
+            rate = value.get("rate")
+            return cls(
+                rate=float(rate) if rate is not None and float(rate) > 0 else None,
+                peak=float(value.get("peak", 0.0)),
+                cut_at=float(value.get("cut_at", 0.0)),
+                hold_until=float(value.get("hold_until", 0.0)),
+                updated=float(value.get("updated", 0.0)),
+                members=members,
+            )
+        except (TypeError, ValueError, IndexError):
+            return cls()
 
 
 @dataclass(frozen=True)
@@ -102,6 +158,8 @@ class AccountLimiter:
 
     name: str
     images_per_minute: float | None = None
+    #: the account's id (account_id): where other processes on it can be found
+    account: str = ""
     #: the longest any 429 holds this account's submits or reads (seconds)
     max_hold: float = RETRY_AFTER_CAP
     #: images/s never to pass (a block's images_per_minute, or the provider's own figure)
@@ -119,6 +177,15 @@ class AccountLimiter:
     last_retry_after: float | None = None
     #: Reads (polls, downloads) answered 429 hold the account's reads, not its submits.
     read_hold_until: float = 0.0
+    #: this process's share of the account's pace (1.0: alone); `rate` is the account's
+    share: float = 1.0
+    #: submits of this process inside `paced` (waiting, or sending): it is on the account
+    busy: int = 0
+    #: set when a 429 cuts the pace: whoever shares it should hear at once
+    cut_news: threading.Event = field(default_factory=threading.Event)
+    _synced_rate: float | None = None
+    _synced_decreases: int = 0
+    _synced_wall: float = 0.0
     _through: deque[tuple[float, int]] = field(default_factory=deque)
     _queue: deque[_Waiter] = field(default_factory=deque)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -174,7 +241,7 @@ class AccountLimiter:
             # A timer fires a little late: a send up to half an interval behind its schedule
             # keeps the schedule (or the pace drifts below the rate it claims); after a pause
             # the schedule starts again from now (no burst the account may not allow).
-            interval = 1.0 / self.rate
+            interval = 1.0 / self._pace()
             late = now - self.next_at
             start = self.next_at if 0.0 <= late <= interval / 2 else max(now, self.next_at)
             self.next_at = start + me.n * interval
@@ -210,13 +277,14 @@ class AccountLimiter:
                 self._set_rate(max(1.0 / max(hold, 0.05), self._measured(now) or 0.0))
             elif ticket.epoch == self.epoch and ticket.paced:
                 self.peak = max(self.peak, self.rate)
-                floor = min(self.rate * FLOOR_OF_PACE, self._measured(now) or 0.0)
+                floor = min(self.rate * FLOOR_OF_PACE, (self._measured(now) or 0.0) / self.share)
                 self._set_rate(max(self.rate * DECREASE, floor))
                 self.decreases += 1
+                self.cut_news.set()
             else:
                 return now + hold  # sent under a pace already decreased: the same congestion
             assert self.rate is not None
-            interval = 1.0 / self.rate
+            interval = 1.0 / self._pace()
             everyone = hold if hold >= HOLD_ALL_INTERVALS * interval else min(hold, interval)
             self.hold_until = max(self.hold_until, now + everyone)
             self.next_at = max(self.next_at, self.hold_until)
@@ -276,11 +344,80 @@ class AccountLimiter:
             if self.rate is None:
                 return max(0.0, at)
             queued = sum(w.n for w in self._queue) + ahead
-            return max(0.0, at) + queued / self.rate
+            return max(0.0, at) + queued / self._pace()
 
     def waited(self, seconds: float) -> None:
         with self._lock:
             self.stats.waited_seconds += max(0.0, seconds)
+
+    # -- other processes on the account -----------------------------------------------------
+
+    def sync(self, shared: SharedPace, member: str, wall: float, now: float) -> SharedPace:
+        """Merge what this process learned since its last sync into the account's `shared`
+        pace and take the account's pace and this process's share back; returns what to
+        store. `member` names this process, `wall` and `now` are the same instant on the
+        wall clock and on this limiter's clock.
+
+        Changes merge as factors (a cut here and a probe faster there both count), but a 429
+        cuts the account's pace once however many processes met it: a cut here after
+        another process's cut since the last sync is the same congestion. A process joining
+        takes the account's pace instead of its own first guess. A pace nobody has kept up
+        for SHARED_FRESH_SECONDS is forgotten.
+        """
+        with self._lock:
+            others = {
+                m: v
+                for m, v in shared.members.items()
+                if m != member and wall - v[0] <= MEMBER_STALE_SECONDS
+            }
+            fresh = shared.rate is not None and (
+                others or wall - shared.updated <= SHARED_FRESH_SECONDS
+            )
+            theirs = shared.rate if fresh else None
+            cut_at = shared.cut_at
+            mine_cut = self.decreases > self._synced_decreases
+            if theirs is None:
+                rate = self.rate
+                if mine_cut:
+                    cut_at = wall
+            elif self.rate is None or self._synced_rate is None:
+                rate = theirs  # joining: the account's pace beats a first guess
+            elif mine_cut and shared.cut_at > self._synced_wall:
+                rate = theirs  # cut there already: the same congestion
+            else:
+                rate = theirs * (self.rate / self._synced_rate)
+                if mine_cut:
+                    cut_at = wall
+            if rate is not None:
+                self._set_rate(rate)
+                self.peak = max(self.peak, shared.peak if fresh else 0.0)
+            self._synced_rate = self.rate
+            self._synced_decreases = self.decreases
+            self._synced_wall = wall
+            # a long Retry-After met anywhere holds everyone on the account
+            self.hold_until = max(self.hold_until, shared.hold_until - wall + now)
+            self.next_at = max(self.next_at, self.hold_until)
+            members = dict(others)
+            if self.busy and self.rate is not None:
+                waiting = max(1, sum(w.n for w in self._queue))
+                members[member] = (wall, waiting)
+                self.share = waiting / (waiting + sum(max(1, n) for _, n in others.values()))
+            else:
+                self.share = 1.0
+            self._wake_head()
+            return SharedPace(
+                rate=self.rate if self.rate is not None else theirs,
+                peak=max(self.peak, shared.peak),
+                cut_at=cut_at,
+                hold_until=max(shared.hold_until, self.hold_until - now + wall),
+                updated=wall if self.rate is not None else shared.updated,
+                members=members,
+            )
+
+    def _pace(self) -> float:
+        """This process's pace: its share of the account's."""
+        assert self.rate is not None
+        return self.rate * self.share
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -303,7 +440,8 @@ class AccountLimiter:
         rate = self.rate
         if rate is None:
             return "no limit seen"
-        return f"{rate:.2g} images/s" if rate >= 1 else f"{rate * 60:.2g} images/min"
+        text = f"{rate:.2g} images/s" if rate >= 1 else f"{rate * 60:.2g} images/min"
+        return text if self.share >= 0.999 else f"{text}, {self.share:.0%} of it here"
 
     @property
     def waiting(self) -> int:
@@ -325,7 +463,7 @@ def limiter_for(
     with _REGISTRY_LOCK:
         limiter = _LIMITERS.get(account)
         if limiter is None:
-            limiter = _LIMITERS[account] = AccountLimiter(name, images_per_minute)
+            limiter = _LIMITERS[account] = AccountLimiter(name, images_per_minute, account)
         if max_hold:
             with limiter._lock:
                 limiter.max_hold = min(max_hold, RETRY_AFTER_CAP)
@@ -367,6 +505,8 @@ async def paced(
     start = clock()
     sending = 0.0
     again: float | None = None
+    with limiter._lock:
+        limiter.busy += 1
     try:
         while True:
             if again is not None:
@@ -399,6 +539,8 @@ async def paced(
             limiter.accepted(ticket, now)
             return result
     finally:
+        with limiter._lock:
+            limiter.busy -= 1
         waited = max(0.0, clock() - start - sending)
         limiter.waited(waited)
         if on_waited is not None:
