@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import logging
 import os
@@ -28,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
@@ -49,7 +51,7 @@ MEMBER = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
 #: limiter -> the thread keeping it in step, and its first read done
-_KEEPERS: dict[int, tuple[threading.Thread, threading.Event]] = {}
+_KEEPERS: dict[int, tuple[threading.Thread, Future[None]]] = {}
 _KEPT: dict[int, AccountLimiter] = {}
 #: limiter -> when its account was last looked at (monotonic; in the future after a failure)
 _LOOKED: dict[int, float] = {}
@@ -70,11 +72,13 @@ async def in_step(limiter: AccountLimiter) -> None:
     first = _keeper_for(limiter)
     if first is None:
         return
-    if not first.is_set():
-        await asyncio.to_thread(first.wait, FIRST_READ_SECONDS)
+    if not first.done():
+        # shielded: one submit's timeout must not cancel the read the others wait for
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(first)), FIRST_READ_SECONDS)
 
 
-def _keeper_for(limiter: AccountLimiter) -> threading.Event | None:
+def _keeper_for(limiter: AccountLimiter) -> Future[None] | None:
     account = limiter.account
     if not account:
         return None
@@ -90,7 +94,7 @@ def _keeper_for(limiter: AccountLimiter) -> threading.Event | None:
         if looked is not None and looked > now:  # failed lately: not before its time
             return None
         _LOOKED[key] = now
-        first = threading.Event()
+        first: Future[None] = Future()
         # the run's context (its Prefect API settings) goes with the thread
         context = contextvars.copy_context()
         thread = threading.Thread(
@@ -105,7 +109,7 @@ def _keeper_for(limiter: AccountLimiter) -> threading.Event | None:
     return first
 
 
-def _keep(limiter: AccountLimiter, first: threading.Event) -> None:
+def _keep(limiter: AccountLimiter, first: Future[None]) -> None:
     """Sync while this process paces the account; leave (one last sync) when it stops."""
     name = variable_name(limiter.account)
     try:
@@ -114,7 +118,7 @@ def _keep(limiter: AccountLimiter, first: threading.Event) -> None:
             while True:
                 limiter.cut_news.clear()
                 _sync(client, name, limiter)
-                first.set()
+                _done(first)
                 if limiter.rate is None:
                     return  # nobody paces this account: nothing to keep
                 idle = 0 if limiter.busy else idle + 1
@@ -126,7 +130,12 @@ def _keep(limiter: AccountLimiter, first: threading.Event) -> None:
         with _LOCK:
             _LOOKED[id(limiter)] = time.monotonic() + AFTER_FAILURE_SECONDS
     finally:
-        first.set()
+        _done(first)
+
+
+def _done(first: Future[None]) -> None:
+    if not first.done():
+        first.set_result(None)
 
 
 @atexit.register
