@@ -40,8 +40,10 @@ def test_block_type_names_are_our_own() -> None:
 
 
 def test_package_is_a_prefect_collection() -> None:
-    found = [e for e in entry_points(group="prefect.collections") if e.value == "gptimg_flows"]
+    found = [e for e in entry_points(group="prefect.collections") if e.name == "gptimg_flows"]
     assert found, "the prefect.collections entry point is missing (pip install -e .?)"
+    # the blocks' module: the package itself imports its names lazily (tests/test_light_cli.py)
+    assert found[0].value == "gptimg_flows.blocks"
 
 
 @pytest.mark.usefixtures("prefect_server")

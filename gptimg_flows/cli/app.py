@@ -3,8 +3,8 @@ register themselves on it from their modules (commands, batch, blocks).
 
 Settings that must be in place before Prefect is imported are set first: the embedded server
 needs more than Prefect's default 20 s to create its database on a fresh machine, and with no
-internet its telemetry only logs errors. (The package's `__init__` imports Prefect before this
-module runs, so the callback also applies them to Prefect's settings for the command's run.)
+internet its telemetry only logs errors. (Where Prefect was imported before this module, the
+callback also applies them to Prefect's settings for the command's run.)
 
 Errors end a command with one line on stderr, `error: <type>: <message>`, and exit code 2 for
 bad input (`InvalidRequest`, an unreadable file) or 1 for anything else; `--debug` adds the
@@ -65,8 +65,12 @@ def _main_options(
 
 
 def _env_defaults_applied() -> contextlib.AbstractContextManager[Any]:
-    """Prefect read its settings when the package imported it, before this module's
-    `os.environ.setdefault`s: apply them (the user's own values win) for this command."""
+    """Where Prefect was imported before this module's `os.environ.setdefault`s (a program
+    that runs the app in its own process, tests), it read its settings without them: apply
+    them (the user's own values win) for this command. Otherwise Prefect, imported later by
+    the commands that need it, reads them from the environment."""
+    if "prefect.settings" not in sys.modules:
+        return contextlib.nullcontext()
     from prefect.settings import (
         PREFECT_SERVER_ANALYTICS_ENABLED,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -104,13 +108,16 @@ def main() -> None:
     waits for its paid calls already sent to be recorded: see console.Stop). A SIGTERM during
     a flow run (Prefect's handler raises TerminationSignal) exits 143 once the closing event
     loop has let those calls end recorded."""
-    from prefect.exceptions import TerminationSignal
-
     OPTIONS.owns_process = True
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except TerminationSignal as exc:
+    except Exception as exc:
+        # Only a command that imported Prefect can meet its TerminationSignal; `--help` and
+        # `estimate` import none of it (2-3 s)
+        prefect_exceptions = sys.modules.get("prefect.exceptions")
+        if prefect_exceptions is None or not isinstance(exc, prefect_exceptions.TerminationSignal):
+            raise
         sys.stderr.write("stopped by a termination signal\n")
         sys.exit(128 + exc.signal)

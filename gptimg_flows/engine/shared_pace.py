@@ -57,8 +57,11 @@ _KEPT: dict[int, AccountLimiter] = {}
 _LOOKED: dict[int, float] = {}
 #: set as the process exits: each keeper leaves its account's members at once
 _STOP = threading.Event()
-#: how long an exiting process waits for its keepers to leave (seconds)
+#: how long an exiting process waits for its keepers to leave (seconds), and how long after
+#: leaving a keeper looks again (the variable has no compare-and-set: a write read before
+#: the leave puts the member back)
 LEAVE_SECONDS = 2.0
+LEAVE_CHECK_SECONDS = 0.3
 
 
 def variable_name(account: str) -> str:
@@ -122,7 +125,11 @@ def _keep(limiter: AccountLimiter, first: Future[None]) -> None:
                 if limiter.rate is None:
                     return  # nobody paces this account: nothing to keep
                 idle = 0 if limiter.busy else idle + 1
-                if idle >= 2 or _STOP.is_set():  # the last sync left the members
+                if idle >= 2 or _STOP.is_set():  # the last sync left the members ...
+                    if not limiter.busy:
+                        # ... unless another process wrote back what it read before it
+                        time.sleep(LEAVE_CHECK_SECONDS)
+                        _sync(client, name, limiter)
                     return
                 limiter.cut_news.wait(SYNC_SECONDS)
     except Exception as exc:  # the sharing is lost, never a submit: pace alone
