@@ -590,12 +590,18 @@ def write_results(
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text()]
-    (HERE / "RESULTS.md").write_text("\n".join(lines))
-    print(f"wrote {HERE / 'RESULTS.md'}")
+    # another concurrency writes beside the default's figures, not over them
+    out = HERE / ("RESULTS.md" if CONCURRENCY == 50 else f"RESULTS-c{CONCURRENCY}.md")
+    out.write_text("\n".join(lines))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="50,200,500", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--concurrency", type=int, default=CONCURRENCY, help="jobs in flight (both contestants)"
+    )
     args = parser.parse_args()
+    CONCURRENCY = args.concurrency
     asyncio.run(main([int(s) for s in args.sizes.split(",")]))
