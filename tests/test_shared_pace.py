@@ -278,3 +278,27 @@ async def test_processes_meet_in_a_prefect_variable() -> None:
     assert set(stored["members"]) == {"other"}, "a process that stopped left"
     async with get_client() as client:
         await client.delete_variable_by_name(name)
+
+
+async def test_a_bigger_share_applies_at_once_not_after_the_next_slow_send() -> None:
+    """A process with 1 submit waiting against another's 31 sends 1/32 of the pace; when the
+    other leaves, its next send is one interval of the whole pace away, not 32."""
+    a, b = _pacing(1.0), _pacing(1.0)
+    _busy(a, 31)
+    b.busy = 1
+    shared = a.sync(SharedPace(), "a", time.time(), time.monotonic())
+    shared = b.sync(shared, "b", time.time(), time.monotonic())
+    assert b.share == pytest.approx(1 / 32)
+
+    async def send() -> None:
+        pass
+
+    await paced(b, 1, send, bound=5.0)  # goes at once (no schedule yet), the next 32 s away
+    assert b.next_at - time.monotonic() > 30
+    a.busy = 0
+    a._queue.clear()
+    shared = a.sync(shared, "a", time.time(), time.monotonic())
+    b.busy = 1
+    b.sync(shared, "b", time.time(), time.monotonic())
+    assert b.share == 1.0
+    assert b.next_at - time.monotonic() <= 1.0

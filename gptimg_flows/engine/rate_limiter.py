@@ -183,6 +183,7 @@ class AccountLimiter:
     busy: int = 0
     #: set when a 429 cuts the pace: whoever shares it should hear at once
     cut_news: threading.Event = field(default_factory=threading.Event)
+    _last_send: tuple[float, int] | None = None
     _synced_rate: float | None = None
     _synced_decreases: int = 0
     _synced_wall: float = 0.0
@@ -245,6 +246,7 @@ class AccountLimiter:
             late = now - self.next_at
             start = self.next_at if 0.0 <= late <= interval / 2 else max(now, self.next_at)
             self.next_at = start + me.n * interval
+            self._last_send = (start, me.n)
             if self._queue:  # others wait: the pace may be too slow; probe a little faster
                 growth = GROWTH_STEADY if self.decreases else GROWTH_FINDING
                 rate = self.rate * (1.0 + growth * me.n)
@@ -404,6 +406,12 @@ class AccountLimiter:
                 self.share = waiting / (waiting + sum(max(1, n) for _, n in others.values()))
             else:
                 self.share = 1.0
+            if self.rate is not None and self._last_send is not None:
+                # a faster pace or a bigger share applies now, not after a send scheduled at
+                # the old one (a share of 1/32 spaces sends 32 intervals apart)
+                sent, n = self._last_send
+                soonest = max(sent + n / self._pace(), self.hold_until)
+                self.next_at = min(self.next_at, soonest)
             self._wake_head()
             return SharedPace(
                 rate=self.rate if self.rate is not None else theirs,
