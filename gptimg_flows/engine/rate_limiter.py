@@ -19,8 +19,8 @@ with Prefect's task retries, used to lose rows. The limiter:
 - shares what it learned with the other processes on the same account (`sync` with a
   `SharedPace` kept elsewhere, engine/shared_pace.py): one pace for the account, cut once per
   congestion whoever met it, and each process sending its share of it (in proportion to the
-  submits it has waiting), so two processes do not each learn the limit alone and together
-  send twice it.
+  submits it has waiting), so two processes do not each learn the limit alone (one starved
+  by the other, then slow once alone).
 
 Time is passed in (`clock`), so tests can run it fast. Thread-safe: flow runs of one process
 may run on several event loops.

@@ -1,9 +1,9 @@
 """The processes on one provider account keep their pace in step through the Prefect server.
 
-Each flow process learns an account's rate limit from the 429s it meets; two processes on one
-key learning it alone each pace at what the account allows, so together they send twice it,
-meet 429s, and the one left behind crawls on at the pace it learned while sharing (1.41x the
-ideal wall at 60 images/min, two processes of C=16; bench/RESULTS-ratelimit.md). Here a
+Each flow process learns an account's rate limit from the 429s it meets. Two processes on one
+key learning it alone end up unequal: one takes most of the account while the other, starved,
+learns a slow pace, and crawls on at it once the first has finished (1.16-1.42x the ideal wall
+at 60 images/min, two processes of C=16; bench/RESULTS-ratelimit.md). Here a
 limiter that is pacing keeps a Prefect variable per account (`gptimg_pace_<account id>`, a
 digest of the provider, base URL and key: no secret) in step with itself, about once a second
 while its submits wait and at once after a 429 cuts its pace: the account's pace, who is
@@ -31,7 +31,7 @@ import time
 import uuid
 from concurrent.futures import Future
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import VariableCreate, VariableUpdate
 from prefect.exceptions import ObjectAlreadyExists
 
@@ -106,6 +106,8 @@ def _keeper_for(limiter: AccountLimiter) -> Future[None] | None:
             name=f"gptimg-pace-{account[:8]}",
             daemon=True,
         )
+        for gone in [k for k, (t, _) in _KEEPERS.items() if not t.is_alive()]:
+            del _KEEPERS[gone], _KEPT[gone]  # a keeper that left holds no limiter alive
         _KEEPERS[key] = (thread, first)
         _KEPT[key] = limiter
     thread.start()
@@ -159,10 +161,8 @@ def _leave_all() -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _sync(client: object, name: str, limiter: AccountLimiter) -> None:
-    from prefect.client.orchestration import SyncPrefectClient
-
-    assert isinstance(client, SyncPrefectClient)
+def _sync(client: SyncPrefectClient, name: str, limiter: AccountLimiter) -> None:
+    """Read the account's shared pace, merge this process's news, write it back if changed."""
     stored = client.read_variable_by_name(name)
     before = SharedPace.from_json(stored.value if stored is not None else None)
     after = limiter.sync(before, MEMBER, time.time(), time.monotonic())
