@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from gptimg_flows.blocks.resolve import (
     ArchiveParam,
     ProviderParam,
+    UnusableBlock,
     resolve_archive,
     resolve_provider,
     unkeyed_block,
@@ -21,7 +22,7 @@ from gptimg_flows.errors import InvalidRequest
 from gptimg_flows.media.prompt_files import read_prompts
 from gptimg_flows.models import ImageRequest, OutputFormat, Quality
 from gptimg_flows.rows import PromptsParam
-from gptimg_flows.spend.estimate import estimate_requests, estimate_rows
+from gptimg_flows.spend.estimate import Pricer, estimate_requests, estimate_rows
 from gptimg_flows.spend.prices import CostEstimate
 
 
@@ -68,8 +69,20 @@ async def _estimate(
         raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
     if requests is None and prompts is None:
         raise InvalidRequest("estimate_cost: pass requests or prompts", field="prompts")
+    note = ""
     try:
         spec = await resolve_provider(provider)
+    except UnusableBlock as exc:
+        # A saved block whose key was blanked still says which provider it is for: price at
+        # that provider's documented figures, and say why (a run would refuse it).
+        unkeyed = unkeyed_block(exc.provider_name) if exc.provider_name else None
+        if unkeyed is None:
+            raise
+        spec = seller_of(unkeyed)
+        note = (
+            f"{str(exc).removeprefix('provider: ')}; priced at {exc.provider_name}'s "
+            "documented prices (not any price_per_image of its own), and a run would refuse it"
+        )
     except InvalidRequest:
         # A bare provider name prices with its documented figures: no key needed to ask.
         unkeyed = unkeyed_block(provider.strip()) if isinstance(provider, str) else None
@@ -77,6 +90,22 @@ async def _estimate(
             raise
         spec = seller_of(unkeyed)
     adapter = planner_of(spec)  # a route prices each request at the member it would pick first
+    estimate = await _priced(
+        adapter, requests, prompts, size, quality, output_format, prompt_template, archive
+    )
+    return estimate.model_copy(update={"notes": [*estimate.notes, note]}) if note else estimate
+
+
+async def _priced(
+    adapter: Pricer,
+    requests: ImageRequest | Sequence[ImageRequest] | None,
+    prompts: PromptsParam | None,
+    size: str | None,
+    quality: Quality | None,
+    output_format: OutputFormat | None,
+    prompt_template: str | None,
+    archive: ArchiveParam,
+) -> CostEstimate:
     if isinstance(requests, ImageRequest):
         return estimate_requests(adapter, [requests])
     if requests is not None:

@@ -110,3 +110,12 @@ async def test_a_blank_key_is_refused_when_made_and_a_blank_saved_one_is_named(
         await client.update_block_document(doc.id, BlockDocumentUpdate(data=data))
     with pytest.raises(InvalidRequest, match=r"saved block 'blank-key' cannot be used: .*empty"):
         await generate_images(prompt="x", provider="blank-key", archive=str(archive_dir))
+    # an estimate needs no key: priced at the provider's documented prices, and it says why
+    from gptimg_flows import ImageRequest, estimate_cost
+
+    request = ImageRequest(prompt="x", size="1024x1024", quality="low")
+    estimate = await estimate_cost(request, provider="blank-key")
+    assert estimate.total == (await estimate_cost(request, provider="openai")).total
+    assert estimate.total.get("usd", 0) > 0
+    noted = [n for n in estimate.notes if "'blank-key' cannot be used" in n]
+    assert noted and "documented prices" in noted[0], estimate.notes

@@ -252,12 +252,14 @@ async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: st
     except RuntimeError as exc:  # saved, but fails the block's checks (a blank key from the UI)
         if "failed validation" not in str(exc):
             raise
-        raise UnusableBlock(
+        unusable = UnusableBlock(
             f"provider: the saved block {shown!r} cannot be used: "
             f"{_why_invalid(exc)}. Edit it in the Prefect UI (Blocks) or "
             "save it again",
             field="provider",
-        ) from None
+        )
+        unusable.provider_name = cls.provider_name
+        raise unusable from None
     except ValueError:
         raise InvalidRequest(f"provider: no block {shown!r}", field="provider") from None
     assert isinstance(block, ProviderCredentials)
@@ -266,6 +268,9 @@ async def _load_block(cls: type[ProviderCredentials], block_name: str, shown: st
 
 class UnusableBlock(InvalidRequest):
     """A saved block that exists but fails its checks: said as it is, not as "no block"."""
+
+    #: the provider the block is for: an estimate can still price at its documented prices
+    provider_name: str | None = None
 
 
 def _why_invalid(exc: RuntimeError) -> str:
