@@ -113,9 +113,9 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:
-        # Only a command that imported Prefect can meet its TerminationSignal; `--help` and
-        # `estimate` import none of it (2-3 s)
+    except BaseException as exc:  # Prefect's signals are BaseExceptions
+        # Only a command that imported Prefect can meet its TerminationSignal; `--help`
+        # imports none of it (2-3 s)
         prefect_exceptions = sys.modules.get("prefect.exceptions")
         if prefect_exceptions is None or not isinstance(exc, prefect_exceptions.TerminationSignal):
             raise
