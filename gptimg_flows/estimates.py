@@ -15,7 +15,8 @@ from gptimg_flows.blocks.resolve import (
     resolve_provider,
     unkeyed_block,
 )
-from gptimg_flows.blocks.seller import seller_of
+from gptimg_flows.blocks.route import Route
+from gptimg_flows.blocks.seller import Seller, seller_of
 from gptimg_flows.engine.produce import planner_of
 from gptimg_flows.engine.reading import read_rules
 from gptimg_flows.errors import InvalidRequest
@@ -49,37 +50,31 @@ async def estimate_cost(
     `text_check_attempts` (a run with text_check='remake') adds what every remake could cost
     (`at_most`, and a note).
     """
-    estimate = await _estimate(
-        requests, prompts, provider, size, quality, output_format, prompt_template, archive
-    )
-    return estimate.with_remakes(text_check_attempts)
-
-
-async def _estimate(
-    requests: ImageRequest | Sequence[ImageRequest] | None,
-    prompts: PromptsParam | None,
-    provider: ProviderParam,
-    size: str | None,
-    quality: Quality | None,
-    output_format: OutputFormat | None,
-    prompt_template: str | None,
-    archive: ArchiveParam,
-) -> CostEstimate:
     if requests is not None and prompts is not None:
         raise InvalidRequest("estimate_cost: pass requests or prompts, not both")
     if requests is None and prompts is None:
         raise InvalidRequest("estimate_cost: pass requests or prompts", field="prompts")
-    note = ""
+    spec, note = await _priced_as(provider)
+    # a route prices each request at the member it would pick first
+    estimate = await _priced(
+        planner_of(spec), requests, prompts, size, quality, output_format, prompt_template, archive
+    )
+    if note:
+        estimate = estimate.model_copy(update={"notes": [*estimate.notes, note]})
+    return estimate.with_remakes(text_check_attempts)
+
+
+async def _priced_as(provider: ProviderParam) -> tuple[Seller | Route, str]:
+    """What prices the requests, and a note when it is not the provider as given."""
     try:
-        spec = await resolve_provider(provider)
+        return await resolve_provider(provider), ""
     except UnusableBlock as exc:
         # A saved block whose key was blanked still says which provider it is for: price at
         # that provider's documented figures, and say why (a run would refuse it).
         unkeyed = unkeyed_block(exc.provider_name) if exc.provider_name else None
         if unkeyed is None:
             raise
-        spec = seller_of(unkeyed)
-        note = (
+        return seller_of(unkeyed), (
             f"{str(exc).removeprefix('provider: ')}; priced at {exc.provider_name}'s "
             "documented prices (not any price_per_image of its own), and a run would refuse it"
         )
@@ -88,12 +83,7 @@ async def _estimate(
         unkeyed = unkeyed_block(provider.strip()) if isinstance(provider, str) else None
         if unkeyed is None:
             raise
-        spec = seller_of(unkeyed)
-    adapter = planner_of(spec)  # a route prices each request at the member it would pick first
-    estimate = await _priced(
-        adapter, requests, prompts, size, quality, output_format, prompt_template, archive
-    )
-    return estimate.model_copy(update={"notes": [*estimate.notes, note]}) if note else estimate
+        return seller_of(unkeyed), ""
 
 
 async def _priced(

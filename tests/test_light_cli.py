@@ -22,13 +22,16 @@ assert not loaded, loaded[:5]
 """
 
 
+def _fresh_python(code: str) -> str:
+    """Run `code` in a new interpreter (nothing imported yet); its stdout, once it passed."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.parametrize("args", [["--help"], ["estimate", "--help"], ["batch", "--help"]])
 def test_help_imports_no_prefect(args: list[str]) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", NO_PREFECT.format(args=args)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "Usage: gptimg" in done.stdout
+    assert "Usage: gptimg" in _fresh_python(NO_PREFECT.format(args=args))
 
 
 def test_the_package_imports_lazily_and_still_names_everything() -> None:
@@ -46,8 +49,7 @@ def test_the_package_imports_lazily_and_still_names_everything() -> None:
         "else:\n"
         "    raise SystemExit('no AttributeError')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _fresh_python(code)
 
 
 def test_prefect_finds_the_blocks_through_its_collections_and_register() -> None:
@@ -64,5 +66,4 @@ def test_prefect_finds_the_blocks_through_its_collections_and_register() -> None
         "found = [n for n, c in inspect.getmembers(gptimg_flows) if Block.is_block_class(c)]\n"
         "assert 'OpenAIImageCredentials' in found and 'ProviderRoute' in found, found\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
+    _fresh_python(code)

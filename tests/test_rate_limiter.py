@@ -4,7 +4,6 @@ x-ratelimit figures it is told (pure: a token bucket in this process, time compr
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 
 import httpx
@@ -21,6 +20,8 @@ from gptimg_flows.engine.rate_limiter import (
 )
 from gptimg_flows.errors import RateLimited, is_retryable
 from gptimg_flows.providers._http import parse_duration, parse_rate_headers
+
+from .support.bucket import Bucket
 
 
 @pytest.mark.parametrize(
@@ -141,27 +142,6 @@ async def test_reads_told_429_hold_the_accounts_reads() -> None:
     assert await gated_read(limiter, refused_once) == "ok"  # a peer's read waits the hold
     assert calls[1] - calls[0] >= 0.28
     assert limiter.rate is None, "a read's 429 leaves the submits' pace alone"
-
-
-class Bucket:
-    """A provider's token bucket: `per_second`, `burst` held, honest Retry-After."""
-
-    def __init__(self, per_second: float, burst: int, whole_seconds: bool) -> None:
-        self.rate, self.burst, self.tokens = per_second, float(burst), float(burst)
-        self.at = time.monotonic()
-        self.whole_seconds = whole_seconds
-        self.refused = 0
-
-    def take(self) -> float | None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return None
-        self.refused += 1
-        wait = (1 - self.tokens) / self.rate
-        return float(math.ceil(wait)) if self.whole_seconds else wait
 
 
 @pytest.mark.parametrize(("headers", "processes"), [(True, 1), (False, 1), (True, 2), (False, 2)])

@@ -23,6 +23,8 @@ from gptimg_flows.engine.rate_limiter import (
 )
 from gptimg_flows.errors import RateLimited
 
+from .support.bucket import Bucket
+
 
 def _busy(limiter: AccountLimiter, waiting: int) -> None:
     """As if `waiting` submits of this process were queued for their turn."""
@@ -44,6 +46,18 @@ def _pacing(rate: float) -> AccountLimiter:
     return limiter
 
 
+def _two_in_step(
+    rate: float = 1.0, waiting: tuple[int, int] = (4, 4), b_at: float = 0.0
+) -> tuple[AccountLimiter, AccountLimiter, SharedPace]:
+    """Two processes pacing one account at `rate`, each with submits waiting, in step (a
+    synced at 0, then b at `b_at` on the wall clock)."""
+    a, b = _pacing(rate), _pacing(rate)
+    _busy(a, waiting[0])
+    _busy(b, waiting[1])
+    shared = a.sync(SharedPace(), "a", 0.0, 0.0)
+    return a, b, b.sync(shared, "b", b_at, 0.0)
+
+
 def test_a_process_joining_takes_the_accounts_pace_and_its_share() -> None:
     wall, now = 1000.0, 50.0
     a = _pacing(1.0)
@@ -63,11 +77,7 @@ def test_a_process_joining_takes_the_accounts_pace_and_its_share() -> None:
 
 
 def test_shares_follow_the_submits_each_process_has_waiting() -> None:
-    a, b = _pacing(2.0), _pacing(2.0)
-    _busy(a, 12)
-    _busy(b, 4)
-    shared = a.sync(SharedPace(), "a", 0.0, 0.0)
-    shared = b.sync(shared, "b", 0.1, 0.0)
+    a, b, shared = _two_in_step(2.0, (12, 4), b_at=0.1)
     shared = a.sync(shared, "a", 0.2, 0.0)
     assert (a.share, b.share) == (pytest.approx(0.75), pytest.approx(0.25))
     assert a._pace() + b._pace() == pytest.approx(2.0), "together: the account's pace"
@@ -75,11 +85,7 @@ def test_shares_follow_the_submits_each_process_has_waiting() -> None:
 
 def test_one_congestion_cuts_the_accounts_pace_once() -> None:
     """Both processes meet 429s from the same overload: the account's pace is cut once."""
-    a, b = _pacing(1.0), _pacing(1.0)
-    _busy(a, 4)
-    _busy(b, 4)
-    shared = a.sync(SharedPace(), "a", 0.0, 0.0)
-    shared = b.sync(shared, "b", 0.1, 0.0)
+    a, b, shared = _two_in_step(b_at=0.1)
     for limiter in (a, b):
         limiter.refused(Ticket(epoch=limiter.epoch, n=1), 1.0, now=1.0)
         assert limiter.cut_news.is_set()
@@ -96,11 +102,7 @@ def test_one_congestion_cuts_the_accounts_pace_once() -> None:
 
 
 def test_a_probe_here_and_a_cut_there_merge_as_factors() -> None:
-    a, b = _pacing(1.0), _pacing(1.0)
-    _busy(a, 4)
-    _busy(b, 4)
-    shared = a.sync(SharedPace(), "a", 0.0, 0.0)
-    shared = b.sync(shared, "b", 0.0, 0.0)
+    a, b, shared = _two_in_step()
     a._set_rate(1.1)  # a probed 10 % faster while its submits waited
     b.refused(Ticket(epoch=b.epoch, n=1), 1.0, now=1.0)  # b met a 429
     shared = b.sync(shared, "b", 1.0, 1.0)
@@ -109,11 +111,7 @@ def test_a_probe_here_and_a_cut_there_merge_as_factors() -> None:
 
 
 def test_a_process_that_stopped_or_vanished_leaves_its_share() -> None:
-    a, b = _pacing(1.0), _pacing(1.0)
-    _busy(a, 4)
-    _busy(b, 4)
-    shared = a.sync(SharedPace(), "a", 0.0, 0.0)
-    shared = b.sync(shared, "b", 0.0, 0.0)
+    a, b, shared = _two_in_step()
     a.busy = 0  # a's batch ended: its last sync leaves
     shared = a.sync(shared, "a", 0.5, 0.5)
     assert set(shared.members) == {"b"}
@@ -160,30 +158,11 @@ def test_the_stored_value_round_trips_and_is_read_leniently() -> None:
         assert SharedPace.from_json(junk).rate is None
 
 
-class Bucket:
-    """A provider's token bucket answering 429 with Retry-After only (whole seconds)."""
-
-    def __init__(self, per_second: float, burst: int) -> None:
-        self.rate, self.burst, self.tokens = per_second, float(burst), float(burst)
-        self.at = time.monotonic()
-        self.refused = 0
-
-    def take(self) -> float | None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return None
-        self.refused += 1
-        return (1 - self.tokens) / self.rate
-
-
 async def _two_processes(sharing: bool, scale: float, rows: int) -> dict[str, float]:
     """Two processes of 16 submits at once on a bucket of 60 a minute (time compressed),
     keeping in step every (compressed) second or each alone; what their paces added up to
     over the second half of the run, in bucket rates, and the 429s a row."""
-    bucket = Bucket(1.0 * scale, 3)
+    bucket = Bucket(1.0 * scale, 3, whole_seconds=False)
     limiters = [AccountLimiter(f"sim-{p}", account="acct") for p in range(2)]
     todo = {0: list(range(rows // 2)), 1: list(range(rows // 2))}
     done: list[int] = []

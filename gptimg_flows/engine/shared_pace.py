@@ -50,9 +50,8 @@ MEMBER = f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
-#: limiter -> the thread keeping it in step, and its first read done
-_KEEPERS: dict[int, tuple[threading.Thread, Future[None]]] = {}
-_KEPT: dict[int, AccountLimiter] = {}
+#: limiter (by id) -> the thread keeping it in step, its first read done, and the limiter
+_KEEPERS: dict[int, tuple[threading.Thread, Future[None], AccountLimiter]] = {}
 #: limiter -> when its account was last looked at (monotonic; in the future after a failure)
 _LOOKED: dict[int, float] = {}
 #: set as the process exits: each keeper leaves its account's members at once
@@ -106,10 +105,9 @@ def _keeper_for(limiter: AccountLimiter) -> Future[None] | None:
             name=f"gptimg-pace-{account[:8]}",
             daemon=True,
         )
-        for gone in [k for k, (t, _) in _KEEPERS.items() if not t.is_alive()]:
-            del _KEEPERS[gone], _KEPT[gone]  # a keeper that left holds no limiter alive
-        _KEEPERS[key] = (thread, first)
-        _KEPT[key] = limiter
+        for gone in [k for k, (t, _, _) in _KEEPERS.items() if not t.is_alive()]:
+            del _KEEPERS[gone]  # a keeper that left holds no limiter alive
+        _KEEPERS[key] = (thread, first, limiter)
     thread.start()
     return first
 
@@ -152,12 +150,11 @@ def _leave_all() -> None:
     """A process ending says so, instead of counting for its share until it goes stale."""
     _STOP.set()
     with _LOCK:
-        keepers = [thread for thread, _ in _KEEPERS.values() if thread.is_alive()]
-        limiters = list(_KEPT.values())
-    for limiter in limiters:
+        alive = [(thread, limiter) for thread, _, limiter in _KEEPERS.values() if thread.is_alive()]
+    for _, limiter in alive:
         limiter.cut_news.set()
     deadline = time.monotonic() + LEAVE_SECONDS
-    for thread in keepers:
+    for thread, _ in alive:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
